@@ -1,0 +1,38 @@
+"""`ib-ft` command line: one subcommand per module, each exposing `main(argv)`.
+
+Runs as the console script `ib-ft` and as `python -m trl_ib.cli`, so the same entry works under
+`accelerate launch -m trl_ib.cli train --config run.yaml`.
+"""
+
+import importlib
+import sys
+
+# subcommand -> (module with `main(argv)`, one-line help)
+SUBCOMMANDS = {
+    "train": ("trl_ib.train", "fine-tune with IB-LoRA (IBSFTTrainer); YAML config + overrides"),
+    "eval": ("trl_ib.evaluation", "generate samples and score Pass@k^(m) in the sandbox"),
+    "memorization": ("trl_ib.memorization", "Min-K% Prob memorization scores of a dataset"),
+    "export": ("peft_ib.export", "write an IB-LoRA adapter as a plain LoRA adapter for serving"),
+    "demo": ("trl_ib.demo.run", "the memorization barrier, reproduced end to end on CPU"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: ib-ft <command> [options]", "", "commands:"]
+    lines += [f"  {name:<13} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return
+    command, rest = argv[0], argv[1:]
+    if command not in SUBCOMMANDS:
+        sys.exit(f"ib-ft: unknown command {command!r}; choose one of {', '.join(SUBCOMMANDS)}\n\n{_usage()}")
+    importlib.import_module(SUBCOMMANDS[command][0]).main(rest)
+
+
+if __name__ == "__main__":
+    main()
