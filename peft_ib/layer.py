@@ -1,0 +1,38 @@
+"""The variational IB encoder: q(z | h) = N(mu(h), diag exp(logvar(h))) and the decoder z -> h_ib.
+
+Shapes: h (..., H) -> mu, logvar, z (..., D) -> h_ib (..., H), with H the model's hidden size and D = ib_dim.
+"""
+
+import torch
+from torch import nn
+
+
+class IBEncoder(nn.Module):
+    """mu / logvar heads on one block's output and the decoder `up` back to the hidden size (DESIGN.md section 2)."""
+
+    def __init__(self, hidden_size: int, ib_dim: int, logvar_min: float, logvar_max: float):
+        super().__init__()
+        self.mu = nn.Linear(hidden_size, ib_dim)
+        self.logvar = nn.Linear(hidden_size, ib_dim)
+        self.up = nn.Linear(ib_dim, hidden_size)
+        self.logvar_min = logvar_min
+        self.logvar_max = logvar_max
+
+    def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (..., H) in any dtype -> mu, logvar (..., D) in the encoder's dtype, logvar clamped."""
+        h = h.to(self.mu.weight.dtype)
+        return self.mu(h), self.logvar(h).clamp(self.logvar_min, self.logvar_max)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (..., D) -> h_ib (..., H)."""
+        return self.up(z)
+
+
+def sample_z(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """One reparameterized sample z = mu + exp(logvar / 2) * eps, eps ~ N(0, I); same shape as mu."""
+    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+
+def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Elementwise KL(N(mu, exp(logvar)) || N(0, 1)) in nats; same shape as mu."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())

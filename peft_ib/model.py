@@ -1,0 +1,263 @@
+"""IBLoraModel: PEFT's LoRA, plus one IB encoder per chosen decoder block, run only in a training forward.
+
+Where things live:
+- LoRA layers: exactly as `peft.LoraModel` puts them.
+- IB encoders: `self.lora_ib_encoders[adapter_name][str(block_index)]`, on the tuner itself (as VeRA keeps its
+  shared matrices), so PEFT's structural rules make them adapter weights: saved and loaded with the adapter, per
+  adapter name, trainable only while their adapter is active. Parameter names contain `lora_`.
+- The block outputs are captured by forward hooks that exist only for the duration of a training forward with
+  labels (never `output_hidden_states=True`); eval, `generate` and `disable_adapter()` run the plain LoRA model.
+"""
+
+from dataclasses import dataclass
+from operator import attrgetter
+
+import torch
+from peft import LoraModel
+from torch import nn
+from trl.kernels import ChunkedLogProbFunction
+from trl.trainer.utils import maybe_gather_lm_head_ctx
+
+from .config import IBLoraConfig
+from .layer import IBEncoder, kl_to_standard_normal, sample_z
+
+# Where decoder blocks live in common causal-LM classes, relative to the model passed to get_peft_model.
+BLOCK_PATHS = (
+    "model.layers",  # Llama, Mistral, Qwen2, Gemma, Phi-3, ...
+    "model.language_model.layers",  # multimodal wrappers
+    "transformer.h",  # GPT-2, GPT-J, Falcon, BLOOM, StarCoder
+    "gpt_neox.layers",  # GPT-NeoX, Pythia
+    "model.decoder.layers",  # OPT
+    "transformer.blocks",  # MPT
+)
+FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm")
+# Vocabulary tile of the chunked cross-entropy of the IB branch (the same width TRL's fused LM head uses).
+CE_VOCAB_CHUNK = 32768
+
+
+@dataclass
+class IBTerms:
+    """
+    IB terms of one adapter's last training forward, as sums and counts so that a trainer can normalize them over a
+    whole accumulated batch. `kl()` / `ce_ib()` / `loss()` normalize over this forward alone unless told otherwise.
+    """
+
+    layers: list[int]  # IB blocks, 0-based
+    kl_sum: torch.Tensor  # (num_layers,) KL summed over the masked positions and the D latent dims, nats
+    num_kl_positions: torch.Tensor  # () positions in the KL mask
+    ce_sum: torch.Tensor  # (num_layers,) -log p(label | h_ib) summed over supervised positions, nats
+    num_ce_positions: torch.Tensor  # () supervised positions (labels != -100 after the shift)
+    ib_dim: int
+    alpha: float
+    beta: float
+
+    def kl(self, num_positions=None) -> torch.Tensor:
+        """(num_layers,) KL per position and latent dim (the official code's `.mean()` scale)."""
+        count = self.num_kl_positions if num_positions is None else num_positions
+        return self.kl_sum / (torch.as_tensor(count).clamp(min=1) * self.ib_dim)
+
+    def ce_ib(self, num_positions=None) -> torch.Tensor:
+        """(num_layers,) cross-entropy per supervised token of the labels predicted from z."""
+        count = self.num_ce_positions if num_positions is None else num_positions
+        return self.ce_sum / torch.as_tensor(count).clamp(min=1)
+
+    def loss(self, num_kl_positions=None, num_ce_positions=None, alpha=None, beta=None) -> torch.Tensor:
+        """alpha * (KL + beta * ce_ib), each averaged over the IB blocks; alpha/beta default to the config's."""
+        alpha = self.alpha if alpha is None else alpha
+        beta = self.beta if beta is None else beta
+        return alpha * (self.kl(num_kl_positions).mean() + beta * self.ce_ib(num_ce_positions).mean())
+
+
+def find_decoder_blocks(model: nn.Module, blocks_path: str | None = None) -> tuple[str, nn.ModuleList]:
+    """The decoder block list of `model` and its dotted path; `blocks_path` overrides the search."""
+    for path in (blocks_path,) if blocks_path else BLOCK_PATHS:
+        try:
+            blocks = attrgetter(path)(model)
+        except AttributeError:
+            continue
+        if isinstance(blocks, nn.ModuleList):
+            return path, blocks
+    if blocks_path:
+        raise ValueError(f"ib_blocks_path={blocks_path!r} does not name an nn.ModuleList in {type(model).__name__}.")
+    raise ValueError(
+        f"Could not find the decoder blocks of {type(model).__name__}: looked for an nn.ModuleList at "
+        f"{', '.join(BLOCK_PATHS)}. Pass its dotted path as IBLoraConfig(ib_blocks_path=...)."
+    )
+
+
+def _block_output(output) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+class IBLoraModel(LoraModel):
+    """LoRA (all of `peft.LoraModel`) plus the IB encoders of IB-FT; see the module docstring for the layout."""
+
+    def inject_adapter(self, model, adapter_name, autocast_adapter_dtype=True, low_cpu_mem_usage=False, state_dict=None):
+        if not hasattr(self, "lora_ib_encoders"):
+            self.lora_ib_encoders = nn.ModuleDict()
+            self._ib_adapters_enabled = True
+            self._last_ib_terms: dict[str, IBTerms] = {}
+            self._ib_capture = None
+            # Hooks on the wrapped model's __call__, so the IB branch runs whichever PeftModel class or patched
+            # forward (TRL's fused LM head) drives it; always_call unhooks the blocks even if the forward raises.
+            self._ib_model_hooks = [
+                model.register_forward_pre_hook(self._ib_pre_forward, with_kwargs=True),
+                model.register_forward_hook(self._ib_post_forward, with_kwargs=True, always_call=True),
+            ]
+        super().inject_adapter(model, adapter_name, autocast_adapter_dtype, low_cpu_mem_usage, state_dict)
+        config = self.peft_config[adapter_name]
+        if not isinstance(config, IBLoraConfig):
+            raise TypeError(f"IBLoraModel needs an IBLoraConfig, got {type(config).__name__} for {adapter_name!r}.")
+        _, blocks = find_decoder_blocks(model, config.ib_blocks_path)
+        layers = config.resolve_ib_layers(len(blocks))
+        if config.ib_final_norm:
+            self._final_norm(model, config)  # fail now, not at the first training step
+        hidden_size = model.get_output_embeddings().weight.shape[1]
+        encoders = nn.ModuleDict()
+        for index in layers:
+            ref = next(blocks[index].parameters())
+            encoder = IBEncoder(hidden_size, config.ib_dim, config.ib_logvar_min, config.ib_logvar_max)
+            dtype = torch.float32 if autocast_adapter_dtype else ref.dtype
+            encoders[str(index)] = encoder.to(device=ref.device, dtype=dtype)
+        self.lora_ib_encoders[adapter_name] = encoders
+        self._set_ib_requires_grad(config.inference_mode)
+
+    # ---- adapter bookkeeping that must also cover the encoders -------------------------------------------------
+
+    def _set_ib_requires_grad(self, inference_mode: bool = False) -> None:
+        for name, encoders in self.lora_ib_encoders.items():
+            trainable = self._ib_adapters_enabled and name in self.active_adapters and not inference_mode
+            encoders.requires_grad_(trainable)
+
+    def set_adapter(self, adapter_name, inference_mode: bool = False) -> None:
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+        self._set_ib_requires_grad(inference_mode)
+
+    def set_requires_grad(self, adapter_names, requires_grad: bool = True) -> None:
+        super().set_requires_grad(adapter_names, requires_grad)
+        for name in [adapter_names] if isinstance(adapter_names, str) else adapter_names:
+            if name in self.lora_ib_encoders:
+                self.lora_ib_encoders[name].requires_grad_(requires_grad)
+
+    def _enable_adapter_layers(self, enabled: bool = True) -> None:
+        super()._enable_adapter_layers(enabled)
+        self._ib_adapters_enabled = enabled
+        self._set_ib_requires_grad()
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        del self.lora_ib_encoders[adapter_name]
+        self._last_ib_terms.pop(adapter_name, None)
+
+    # ---- the IB branch ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _final_norm(model: nn.Module, config: IBLoraConfig) -> nn.Module:
+        path, _ = find_decoder_blocks(model, config.ib_blocks_path)
+        backbone = attrgetter(path.rpartition(".")[0])(model) if "." in path else model
+        for name in FINAL_NORM_NAMES:
+            if isinstance(getattr(backbone, name, None), nn.Module):
+                return getattr(backbone, name)
+        raise ValueError(
+            f"ib_final_norm=True, but {type(backbone).__name__} has none of the final-norm attributes "
+            f"{', '.join(FINAL_NORM_NAMES)}; set ib_final_norm=False."
+        )
+
+    def _active_ib_adapter(self) -> str | None:
+        names = [name for name in self.active_adapters if name in self.lora_ib_encoders]
+        if len(names) > 1:
+            raise ValueError(f"IB training supports one active IB adapter at a time, got {names}.")
+        return names[0] if names else None
+
+    def _ib_pre_forward(self, model, args, kwargs):
+        """Forward pre-hook of the wrapped model: in a training forward with labels, hook the IB blocks."""
+        self._last_ib_terms.clear()  # terms describe the last forward only, never a stale training step
+        has_labels = kwargs.get("labels") is not None or kwargs.get("shift_labels") is not None
+        adapter = self._active_ib_adapter() if self._ib_adapters_enabled else None
+        if not model.training or adapter is None or not has_labels:
+            return
+        config = self.peft_config[adapter]
+        _, blocks = find_decoder_blocks(model, config.ib_blocks_path)
+        captured: dict[int, torch.Tensor] = {}
+
+        def capture(index):
+            def save(module, args, output):
+                # Under gradient checkpointing a block can run again in backward; keep the forward's output.
+                captured.setdefault(index, _block_output(output))
+
+            return save
+
+        handles = [blocks[int(i)].register_forward_hook(capture(int(i))) for i in self.lora_ib_encoders[adapter]]
+        self._ib_capture = (adapter, captured, handles)
+
+    def _ib_post_forward(self, model, args, kwargs, outputs):
+        """Forward hook of the wrapped model: unhook the blocks and compute the IB terms from their outputs."""
+        if self._ib_capture is None:
+            return
+        adapter, captured, handles = self._ib_capture
+        self._ib_capture = None
+        for handle in handles:
+            handle.remove()
+        encoders = self.lora_ib_encoders[adapter]
+        if len(captured) < len(encoders):
+            return  # the forward raised before reaching the IB blocks; its error propagates
+        if torch.is_grad_enabled() and not all(h.requires_grad for h in captured.values()):
+            raise RuntimeError(
+                "The IB blocks' outputs carry no gradient: reentrant gradient checkpointing runs blocks under "
+                "no_grad. Use gradient_checkpointing_kwargs={'use_reentrant': False}."
+            )
+        self._last_ib_terms[adapter] = self._ib_terms(
+            self.peft_config[adapter], encoders, captured, kwargs.get("attention_mask"), kwargs.get("labels"),
+            kwargs.get("shift_labels"),
+        )
+
+    def _unload_and_optionally_merge(self, *args, **kwargs):
+        for handle in self._ib_model_hooks:
+            handle.remove()
+        return super()._unload_and_optionally_merge(*args, **kwargs)
+
+    def _ib_terms(self, config, encoders, captured, attention_mask, labels, shift_labels) -> IBTerms:
+        h0 = next(iter(captured.values()))  # (B, N, H)
+        batch, seq = h0.shape[:2]
+        # Position t predicts token t+1: the supervised positions are those whose next-token label is kept.
+        if shift_labels is None:
+            shift_labels = torch.cat([labels[:, 1:], labels.new_full((batch, 1), -100)], dim=1)
+        supervised = shift_labels != -100  # (B, N)
+        if config.ib_kl_mask == "response":
+            kl_mask = supervised
+        elif config.ib_kl_mask == "attention" and attention_mask is not None:
+            kl_mask = attention_mask.bool()
+        else:  # "all", or "attention" on padding-free batches (no padding, every position is a real token)
+            kl_mask = torch.ones(batch, seq, dtype=torch.bool, device=h0.device)
+        targets = shift_labels[supervised]  # (S,)
+
+        lm_head = self.model.get_output_embeddings()
+        norm = self._final_norm(self.model, config) if config.ib_final_norm else None
+        text_config = self.model.config.get_text_config()
+        softcap = getattr(text_config, "final_logit_softcapping", None)
+        logit_scale = getattr(text_config, "logit_scale", None) or 1.0
+
+        kl_sums, ce_sums = [], []
+        for index, encoder in ((int(i), e) for i, e in encoders.items()):
+            mu, logvar = encoder.encode(captured[index][kl_mask | supervised])  # (P, D)
+            z = sample_z(mu, logvar)
+            in_kl = kl_mask[kl_mask | supervised]  # which of the P rows count in the KL
+            kl_sums.append(kl_to_standard_normal(mu[in_kl], logvar[in_kl]).sum())
+            h_ib = encoder.decode(z[supervised[kl_mask | supervised]])  # (S, H)
+            if norm is not None:
+                h_ib = norm(h_ib.to(lm_head.weight.dtype))
+            with maybe_gather_lm_head_ctx(lm_head.weight, lm_head.bias):
+                log_probs = ChunkedLogProbFunction.apply(
+                    h_ib, lm_head.weight, lm_head.bias, targets, 1.0, CE_VOCAB_CHUNK, softcap, logit_scale, ()
+                )[0]
+            ce_sums.append(-log_probs.sum())
+        return IBTerms(
+            layers=[int(i) for i in encoders],
+            kl_sum=torch.stack(kl_sums),
+            num_kl_positions=kl_mask.sum(),
+            ce_sum=torch.stack(ce_sums),
+            num_ce_positions=supervised.sum(),
+            ib_dim=config.ib_dim,
+            alpha=config.ib_alpha,
+            beta=config.ib_beta,
+        )

@@ -1,0 +1,61 @@
+"""Tiny models and a tokenizer trained on the fly, so no test downloads anything."""
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+CORPUS = [
+    "def add(a, b):\n    return a + b\n",
+    "def mul(a, b):\n    return a * b\n",
+    "Write a function that returns the sum of a list.\n",
+    "module top(input a, input b, output y); assign y = a & b; endmodule\n",
+] * 8
+
+
+def train_tokenizer(directory: str | Path, vocab_size: int = 300, corpus: list[str] = CORPUS) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `corpus`, saved to `directory` and returned."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+    fast.save_pretrained(directory)
+    return fast
+
+
+def tiny_llama(vocab_size: int = 300, num_layers: int = 4, hidden: int = 32, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, eos_token_id=1,
+        bos_token_id=1, tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
+
+
+def tiny_gpt2(vocab_size: int = 300, num_layers: int = 4, hidden: int = 32, seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=vocab_size, n_embd=hidden, n_layer=num_layers, n_head=4, n_positions=256, pad_token_id=0,
+        eos_token_id=1, bos_token_id=1, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def batch(vocab_size: int = 300, batch_size: int = 3, seq: int = 12, seed: int = 1) -> dict[str, torch.Tensor]:
+    """input_ids / attention_mask with right padding on all but the first row, labels with a masked prompt."""
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(2, vocab_size, (batch_size, seq), generator=g)
+    attention_mask = torch.ones(batch_size, seq, dtype=torch.long)
+    for row in range(1, batch_size):
+        attention_mask[row, seq - 2 * row :] = 0
+    input_ids[attention_mask == 0] = 0
+    labels = input_ids.clone()
+    labels[:, :4] = -100  # prompt
+    labels[attention_mask == 0] = -100
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
