@@ -9,6 +9,7 @@ Where things live:
   labels (never `output_hidden_states=True`); eval, `generate` and `disable_adapter()` run the plain LoRA model.
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -98,6 +99,7 @@ class IBLoraModel(LoraModel):
             self._ib_adapters_enabled = True
             self._last_ib_terms: dict[str, IBTerms] = {}
             self._ib_capture = None
+            self._ib_in_eval = False
             # Hooks on the wrapped model's __call__, so the IB branch runs whichever PeftModel class or patched
             # forward (TRL's fused LM head) drives it; always_call unhooks the blocks even if the forward raises.
             self._ib_model_hooks = [
@@ -174,7 +176,7 @@ class IBLoraModel(LoraModel):
         self._last_ib_terms.clear()  # terms describe the last forward only, never a stale training step
         has_labels = kwargs.get("labels") is not None or kwargs.get("shift_labels") is not None
         adapter = self._active_ib_adapter() if self._ib_adapters_enabled else None
-        if not model.training or adapter is None or not has_labels:
+        if not (model.training or self._ib_in_eval) or adapter is None or not has_labels:
             return
         config = self.peft_config[adapter]
         _, blocks = find_decoder_blocks(model, config.ib_blocks_path)
@@ -189,6 +191,15 @@ class IBLoraModel(LoraModel):
 
         handles = [blocks[int(i)].register_forward_hook(capture(int(i))) for i in self.lora_ib_encoders[adapter]]
         self._ib_capture = (adapter, captured, handles)
+
+    @contextmanager
+    def ib_terms_in_eval(self):
+        """Within this context, eval-mode forwards with labels compute the IB terms too (z is still sampled)."""
+        self._ib_in_eval = True
+        try:
+            yield
+        finally:
+            self._ib_in_eval = False
 
     def _ib_post_forward(self, model, args, kwargs, outputs):
         """Forward hook of the wrapped model: unhook the blocks and compute the IB terms from their outputs."""
