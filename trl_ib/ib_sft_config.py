@@ -1,0 +1,58 @@
+"""IBSFTConfig: SFTConfig plus the knobs of the IB penalty's schedule."""
+
+from dataclasses import dataclass, field
+
+from trl import SFTConfig
+
+
+@dataclass
+class IBSFTConfig(SFTConfig):
+    """
+    Configuration of [`IBSFTTrainer`]: every [`~trl.SFTConfig`] option, plus how the IB penalty
+    `alpha * (KL + beta * ce_ib)` is weighted during training. The IB architecture (blocks, bottleneck size, masks)
+    lives in the adapter's `IBLoraConfig`.
+    """
+
+    ib_alpha: float | None = field(
+        default=None,
+        metadata={"help": "Weight alpha of the IB penalty. None: the adapter's IBLoraConfig.ib_alpha."},
+    )
+    ib_beta: float | None = field(
+        default=None,
+        metadata={"help": "Weight beta of ce_ib inside the penalty. None: the adapter's IBLoraConfig.ib_beta."},
+    )
+    ib_warmup_steps: float = field(
+        default=0,
+        metadata={
+            "help": (
+                "alpha ramps linearly from 0 to its value over this many optimizer steps; a float in (0, 1) is a "
+                "ratio of the total training steps (the convention of `warmup_steps`). 0: no ramp."
+            )
+        },
+    )
+    ib_target_kl: float | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "If set, a controller adapts alpha after every optimizer step to hold the KL (nats per position and "
+                "latent dim) near this target, keeping the weight of ce_ib, alpha * beta, fixed. None: fixed alpha."
+            )
+        },
+    )
+    ib_kl_controller_rate: float = field(
+        default=0.05,
+        metadata={"help": "Step size of the KL controller: log(alpha) += rate * clip(log(KL / target), -1, 1)."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("ib_alpha", "ib_beta"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name}={value!r}: must be None (take the adapter's) or a number >= 0.")
+        if self.ib_warmup_steps < 0:
+            raise ValueError(f"ib_warmup_steps={self.ib_warmup_steps!r}: must be >= 0 (steps, or a ratio in (0, 1)).")
+        if self.ib_target_kl is not None and self.ib_target_kl <= 0:
+            raise ValueError(f"ib_target_kl={self.ib_target_kl!r}: must be None (fixed alpha) or a number > 0.")
+        if self.ib_kl_controller_rate <= 0:
+            raise ValueError(f"ib_kl_controller_rate={self.ib_kl_controller_rate!r}: must be > 0.")
