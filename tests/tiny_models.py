@@ -3,8 +3,9 @@
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from trl_ib import builtin
 
 CORPUS = [
     "def add(a, b):\n    return a + b\n",
@@ -16,26 +17,14 @@ CORPUS = [
 
 def train_tokenizer(directory: str | Path, vocab_size: int = 300, corpus: list[str] = CORPUS) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on `corpus`, saved to `directory` and returned."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
-    fast.save_pretrained(directory)
-    return fast
+    tokenizer = builtin.train_tokenizer(corpus, vocab_size=vocab_size)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
 
 
 def tiny_llama(vocab_size: int = 300, num_layers: int = 4, hidden: int = 32, seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, eos_token_id=1,
-        bos_token_id=1, tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(config)
+    return builtin.tiny_llama(vocab_size, hidden_size=hidden, num_layers=num_layers, max_positions=256)
 
 
 def tiny_gpt2(vocab_size: int = 300, num_layers: int = 4, hidden: int = 32, seed: int = 0) -> GPT2LMHeadModel:

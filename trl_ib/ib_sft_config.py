@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 
+from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig
 
 
@@ -45,6 +46,10 @@ class IBSFTConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        # SFTConfig turns bf16 on by default and then refuses to run on a CPU; IB-FT's built-in default and its
+        # tests run on CPUs, so the default is bf16 only where a bf16-capable accelerator is present.
+        if self.bf16 is None and not self.fp16 and not is_torch_bf16_gpu_available():
+            self.bf16 = False
         super().__post_init__()
         for name in ("ib_alpha", "ib_beta"):
             value = getattr(self, name)

@@ -1,0 +1,125 @@
+"""`ib-ft train`: IB-FT of a causal LM with IBSFTTrainer, configured by a YAML file and/or command-line flags.
+
+    ib-ft train                                      # built-in default: tiny model, shipped code dataset, CPU
+    ib-ft train --config examples/configs/origen_deepseek_7b.yaml --learning_rate 5e-5
+    accelerate launch --config_file examples/accelerate/ddp.yaml -m trl_ib.cli train --config run.yaml
+
+Flags are those of trl's ScriptArguments (dataset), ModelConfig (model and LoRA: --lora_r, --lora_alpha,
+--lora_dropout, --lora_target_modules, ...), IBSFTConfig (training, --ib_alpha, --ib_beta, --ib_warmup_steps,
+--ib_target_kl) and IBArguments below (the IB encoders).
+"""
+
+from dataclasses import dataclass, field
+
+from datasets import load_dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import ModelConfig, ScriptArguments, TrlParser
+
+from peft_ib import IBLoraConfig
+
+from . import builtin
+from .ib_sft_config import IBSFTConfig
+from .ib_sft_trainer import IBSFTTrainer
+
+
+@dataclass
+class IBArguments:
+    """The IB encoder fields of IBLoraConfig, as flags (ib_alpha / ib_beta are IBSFTConfig flags)."""
+
+    ib_layers: str = field(
+        default="0.625",
+        metadata={"help": "A relative depth in (0, 1] ('0.625'), a block index ('19') or a list ('10,19')."},
+    )
+    ib_dim: int = field(default=256, metadata={"help": "Bottleneck dimension D."})
+    ib_kl_mask: str = field(default="attention", metadata={"help": "'attention', 'response' or 'all'."})
+    ib_final_norm: bool = field(default=False, metadata={"help": "Pass h_ib through the final norm before lm_head."})
+    ib_logvar_min: float = field(default=-4.0, metadata={"help": "Lower clamp of logvar."})
+    ib_logvar_max: float = field(default=4.0, metadata={"help": "Upper clamp of logvar."})
+    ib_blocks_path: str | None = field(default=None, metadata={"help": "Dotted path to the decoder block list."})
+
+    def parsed_ib_layers(self) -> int | float | list[int]:
+        text = self.ib_layers.strip()
+        try:
+            if "," in text:
+                return [int(part) for part in text.split(",")]
+            return float(text) if "." in text else int(text)
+        except ValueError:
+            raise ValueError(
+                f"ib_layers={self.ib_layers!r}: expected a relative depth like '0.625', a block index like '19' "
+                "or a comma-separated list like '10,19'."
+            ) from None
+
+
+def make_parser() -> TrlParser:
+    return TrlParser((ScriptArguments, IBSFTConfig, ModelConfig, IBArguments), prog="ib-ft train")
+
+
+def build_peft_config(model_args: ModelConfig, ib_args: IBArguments, training_args: IBSFTConfig) -> IBLoraConfig:
+    """IBLoraConfig from the LoRA flags of ModelConfig and the IB flags; ib_alpha/beta recorded as trained."""
+    defaults = IBLoraConfig.__dataclass_fields__
+    return IBLoraConfig(
+        task_type=model_args.lora_task_type,
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules or "all-linear",
+        modules_to_save=model_args.lora_modules_to_save,
+        use_rslora=model_args.use_rslora,
+        use_dora=model_args.use_dora,
+        ib_layers=ib_args.parsed_ib_layers(),
+        ib_dim=ib_args.ib_dim,
+        ib_alpha=defaults["ib_alpha"].default if training_args.ib_alpha is None else training_args.ib_alpha,
+        ib_beta=defaults["ib_beta"].default if training_args.ib_beta is None else training_args.ib_beta,
+        ib_logvar_min=ib_args.ib_logvar_min,
+        ib_logvar_max=ib_args.ib_logvar_max,
+        ib_kl_mask=ib_args.ib_kl_mask,
+        ib_final_norm=ib_args.ib_final_norm,
+        ib_blocks_path=ib_args.ib_blocks_path,
+    )
+
+
+def load_data(script_args: ScriptArguments):
+    """(train, eval or None): a Hub dataset, a local .json/.jsonl file, or the built-in code dataset."""
+    name = script_args.dataset_name
+    if name is None:
+        return builtin.code_dataset(), None
+    if name.endswith((".json", ".jsonl")):
+        dataset = load_dataset("json", data_files=name)
+    else:
+        dataset = load_dataset(name, name=script_args.dataset_config)
+    return dataset[script_args.dataset_train_split], dataset.get(script_args.dataset_test_split)
+
+
+def run(script_args: ScriptArguments, training_args: IBSFTConfig, model_args: ModelConfig, ib_args: IBArguments):
+    train_dataset, eval_dataset = load_data(script_args)
+    if model_args.model_name_or_path is None:
+        texts = [row["prompt"] + row["completion"] for row in train_dataset]
+        tokenizer = builtin.train_tokenizer(texts)
+        model = builtin.tiny_llama(vocab_size=len(tokenizer))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_args.model_name_or_path, revision=model_args.model_revision, dtype=model_args.dtype or "auto",
+            attn_implementation=model_args.attn_implementation,
+        )
+    trainer = IBSFTTrainer(
+        model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
+        processing_class=tokenizer,
+        peft_config=build_peft_config(model_args, ib_args, training_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(training_args.output_dir)
+    trainer.accelerator.print(f"IB-LoRA adapter saved to {training_args.output_dir}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> None:
+    script_args, training_args, model_args, ib_args = make_parser().parse_args_and_config(args=argv)
+    run(script_args, training_args, model_args, ib_args)
