@@ -52,7 +52,7 @@ def adapter_card(
     eval_dataset: str | None = None,
     datasets: str | list[str] | None = None,
     license: str | None = None,
-    tags: Iterable[str] = (),
+    tags: str | Iterable[str] | None = None,
     plots: Sequence[tuple[str, str]] = (),
 ) -> ModelCard:
     """
@@ -161,7 +161,7 @@ def export_card(
     """
     base_model = base_model or peft_config.base_model_name_or_path
     return ModelCard.from_template(
-        _card_data(base_model, EXPORT_TAGS, (), datasets, license),
+        _card_data(base_model, EXPORT_TAGS, None, datasets, license),
         template_str=_template("export_card.md"),
         base_model=base_model,
         ib_adapter=ib_adapter,
@@ -211,9 +211,10 @@ def _plot_pass_at_k_m(rows: list[tuple[int, int, str, float]], path: Path) -> bo
 
 
 def _card_data(
-    base_model: str | None, default_tags: list[str], tags: Iterable[str], datasets, license
+    base_model: str | None, default_tags: list[str], tags: str | Iterable[str] | None, datasets, license
 ) -> ModelCardData:
     on_hub = base_model is not None and not os.path.isdir(base_model)
+    tags = [tags] if isinstance(tags, str) else tags or []  # one tag, several, or none, as TRL passes them
     all_tags = [*default_tags, *(t for t in tags if t not in default_tags)]
     if on_hub:
         all_tags.append(f"base_model:adapter:{base_model}")

@@ -69,7 +69,8 @@ def test_adapter_card_body(config):
 
 
 def test_adapter_card_without_training_or_eval(config):
-    card = adapter_card(config)
+    card = adapter_card(config, tags="one")  # a single tag may come as a string, as TRL passes tags
+    assert card.data.tags == [*TAGS, "one", f"base_model:adapter:{BASE}"]
     assert "## Training summary" not in card.text and "## Pass@k^(m)" not in card.text
     assert 'from_pretrained("path/to/this/adapter")' in card.text
     assert card.data.model_name == "tiny-base-ib-lora" and card.data.eval_results is None

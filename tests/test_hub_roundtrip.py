@@ -33,13 +33,20 @@ def base():
     return AutoModelForCausalLM.from_pretrained("user/tiny-base")
 """
 
-# Push the base model, an IB-LoRA adapter twice (branch "v1" on the first commit) and its plain-LoRA export.
+# Push the base model, an IB-LoRA adapter twice (branch "v1" on the first commit), its plain-LoRA export, and the
+# adapter again with `Trainer.push_to_hub` through the `create_model_card` override that IBSFTTrainer needs.
 PUSH = """
 import peft_ib
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from peft import AutoPeftModelForCausalLM, PeftModel, get_peft_model, get_peft_model_state_dict
 from peft_ib.hub import install_card_hook
 from tiny_models import tiny_llama
+from transformers import Trainer, TrainingArguments
+from hub_cards import trainer_card
+
+class CardTrainer(Trainer):
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None, **kwargs):
+        trainer_card(self, model_name=model_name, datasets=dataset_name, tags=tags)
 
 install_card_hook()
 tiny_llama(vocab_size=64).push_to_hub("user/tiny-base")
@@ -68,6 +75,14 @@ out["card"], out["card_text"] = card.data.to_dict(), card.text
 out["first_card_tags"] = ModelCard.load(hf_hub_download("user/ib", "README.md", revision=first)).data.tags
 out["adapter_config"] = json.load(open(hf_hub_download("user/ib", "adapter_config.json")))
 peft_ib.export_lora("user/ib", sys.argv[1], push_to_hub="user/ib-lora")
+
+args = TrainingArguments(sys.argv[2], push_to_hub=True, hub_model_id="user/ib-trained", report_to=[], use_cpu=True)
+trainer = CardTrainer(model=model, args=args)
+trainer.state.log_history = [{"loss": 2.0, "ce": 1.5, "ib_kl": 0.75, "ib_ce": 2.875, "ib_alpha": 0.2, "step": 10}]
+trainer.push_to_hub(dataset_name="user/code")
+trained = ModelCard.load("user/ib-trained")
+out["trained_card"], out["trained_card_text"] = trained.data.to_dict(), trained.text
+out["trained_files"] = sorted(f.rfilename for f in HfApi().model_info("user/ib-trained").siblings)
 print(json.dumps(out))
 """
 
@@ -121,7 +136,7 @@ def run_client(hub, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pushed(run_client, tmp_path_factory):
-    return run_client(PUSH, str(tmp_path_factory.mktemp("export")))
+    return run_client(PUSH, str(tmp_path_factory.mktemp("export")), str(tmp_path_factory.mktemp("trainer")))
 
 
 def test_logits_survive_the_round_trip(pushed):
@@ -167,3 +182,15 @@ def test_plain_lora_export_loads_with_stock_peft(run_client, pushed):
     assert loaded["peft_type"] == "LORA"
     assert loaded["logits"] == pushed["v2"]
     assert loaded["card_tags"] == ["lora", "information-bottleneck", "peft", "trl", "sft", "base_model:adapter:user/tiny-base"]
+
+
+def test_trainer_push_to_hub_uploads_the_trainer_card(pushed):
+    card = pushed["trained_card"]
+    assert (card["library_name"], card["base_model"], card["datasets"]) == ("peft", "user/tiny-base", "user/code")
+    assert card["tags"] == [*TAGS[:5], "base_model:adapter:user/tiny-base"]
+    assert 'AutoPeftModelForCausalLM.from_pretrained("user/ib-trained")' in pushed["trained_card_text"]
+    assert "| `ib_kl` | 0.75 | 10 |" in pushed["trained_card_text"]
+    assert "![Training curves](training_curves.png)" in pushed["trained_card_text"]
+    assert {"README.md", "adapter_config.json", "adapter_model.safetensors", "training_curves.png"} <= set(
+        pushed["trained_files"]
+    )
