@@ -24,16 +24,22 @@ CONTROLLER_FILE = "ib_kl_controller.json"
 INSTRUCTION_COLUMNS = ("Instruction", "Response")
 
 
-def instruction_response_to_prompt_completion(example: dict) -> dict:
-    """The paper's format: prompt = instruction + "\\n", completion = response (the loss is on the completion)."""
-    return {"prompt": example["Instruction"] + "\n", "completion": example["Response"]}
+def to_prompt_completion(dataset, prompt_column: str = "Instruction", completion_column: str = "Response"):
+    """The paper's format: prompt = instruction + "\\n", completion = response, so the loss is on the response."""
+    missing = [c for c in (prompt_column, completion_column) if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"Dataset has no column(s) {missing}; its columns are {dataset.column_names}.")
+    return dataset.map(
+        lambda row: {"prompt": row[prompt_column] + "\n", "completion": row[completion_column]},
+        remove_columns=dataset.column_names,
+    )
 
 
 def _map_instruction_columns(dataset):
     """Datasets with the paper's Instruction/Response columns become prompt/completion datasets."""
     if dataset is None or not all(c in (dataset.column_names or []) for c in INSTRUCTION_COLUMNS):
         return dataset
-    return dataset.map(instruction_response_to_prompt_completion, remove_columns=dataset.column_names)
+    return to_prompt_completion(dataset, *INSTRUCTION_COLUMNS)
 
 
 class _StepEnd(TrainerCallback):

@@ -19,7 +19,7 @@ from peft_ib import IBLoraConfig
 
 from . import builtin
 from .ib_sft_config import IBSFTConfig
-from .ib_sft_trainer import IBSFTTrainer
+from .ib_sft_trainer import IBSFTTrainer, to_prompt_completion
 
 
 @dataclass
@@ -36,6 +36,11 @@ class IBArguments:
     ib_logvar_min: float = field(default=-4.0, metadata={"help": "Lower clamp of logvar."})
     ib_logvar_max: float = field(default=4.0, metadata={"help": "Upper clamp of logvar."})
     ib_blocks_path: str | None = field(default=None, metadata={"help": "Dotted path to the decoder block list."})
+    prompt_column: str | None = field(
+        default=None,
+        metadata={"help": "With completion_column: map rows to prompt = row[prompt_column] + '\\n' (paper's format)."},
+    )
+    completion_column: str | None = field(default=None, metadata={"help": "Column holding the response."})
 
     def parsed_ib_layers(self) -> int | float | list[int]:
         text = self.ib_layers.strip()
@@ -78,7 +83,7 @@ def build_peft_config(model_args: ModelConfig, ib_args: IBArguments, training_ar
     )
 
 
-def load_data(script_args: ScriptArguments):
+def load_data(script_args: ScriptArguments, ib_args: IBArguments):
     """(train, eval or None): a Hub dataset, a local .json/.jsonl file, or the built-in code dataset."""
     name = script_args.dataset_name
     if name is None:
@@ -87,11 +92,16 @@ def load_data(script_args: ScriptArguments):
         dataset = load_dataset("json", data_files=name)
     else:
         dataset = load_dataset(name, name=script_args.dataset_config)
+    if ib_args.prompt_column or ib_args.completion_column:
+        if not (ib_args.prompt_column and ib_args.completion_column):
+            raise ValueError("prompt_column and completion_column must be given together.")
+        dataset = {split: to_prompt_completion(ds, ib_args.prompt_column, ib_args.completion_column)
+                   for split, ds in dataset.items()}
     return dataset[script_args.dataset_train_split], dataset.get(script_args.dataset_test_split)
 
 
 def run(script_args: ScriptArguments, training_args: IBSFTConfig, model_args: ModelConfig, ib_args: IBArguments):
-    train_dataset, eval_dataset = load_data(script_args)
+    train_dataset, eval_dataset = load_data(script_args, ib_args)
     if model_args.model_name_or_path is None:
         texts = [row["prompt"] + row["completion"] for row in train_dataset]
         tokenizer = builtin.train_tokenizer(texts)
