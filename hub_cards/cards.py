@@ -74,6 +74,7 @@ def adapter_card(
     if results and not eval_dataset:
         raise ValueError("eval_dataset=None: pass_at_k_m results need the Hub id of the dataset they were measured on.")
     model_name = (repo_id or f"{base_model}-ib-lora").rstrip("/").split("/")[-1]
+    ib_fields = [f for f in fields(peft_config) if f.name.startswith("ib_")]
     card_data = _card_data(base_model, ADAPTER_TAGS, tags, datasets, license)
     card_data.model_name = model_name
     card_data.eval_results = [
@@ -93,7 +94,7 @@ def adapter_card(
         model_name=model_name,
         repo_id=repo_id or "path/to/this/adapter",
         base_model=base_model,
-        ib_settings=[(f.name, getattr(peft_config, f.name), f.metadata.get("help", "")) for f in _ib_fields(peft_config)],
+        ib_settings=[(f.name, getattr(peft_config, f.name), f.metadata.get("help", "")) for f in ib_fields],
         lora_settings=_lora_settings(peft_config),
         training=_final_metrics(log_history or []),
         pass_at_k_m=results,
@@ -230,10 +231,6 @@ def _card_data(
 
 def _template(name: str) -> str:
     return files(__package__).joinpath("templates", name).read_text(encoding="utf-8")
-
-
-def _ib_fields(peft_config: Any) -> list:
-    return [f for f in fields(peft_config) if f.name.startswith("ib_")]
 
 
 def _lora_settings(peft_config: Any) -> list[tuple[str, Any]]:

@@ -151,7 +151,8 @@ def preupload(hub: HubServer, body: bytes, repo: str, rev: str) -> tuple:
     files = json.loads(body)["files"]
     # Like git's binary detection: a NUL byte in the first 512 bytes means the file goes through LFS.
     modes = ["lfs" if b"\0" in base64.b64decode(f["sample"]) else "regular" for f in files]
-    return 200, {}, {"files": [{"path": f["path"], "uploadMode": m, "shouldIgnore": False} for f, m in zip(files, modes)]}
+    files = [{"path": f["path"], "uploadMode": mode, "shouldIgnore": False} for f, mode in zip(files, modes)]
+    return 200, {}, {"files": files}
 
 
 def lfs_batch(hub: HubServer, body: bytes, repo: str) -> tuple:

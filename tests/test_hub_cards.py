@@ -1,8 +1,8 @@
-"""hub_cards: card metadata and body, plots, the trainer card, and the save_pretrained hook of peft_ib.hub."""
+"""hub_cards: card metadata and body, plots, the trainer card, and the card hook that `import peft_ib` installs."""
 
 import pytest
 from huggingface_hub import ModelCard, ModelCardData
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from tiny_models import tiny_llama
 from transformers import Trainer, TrainingArguments
 
@@ -130,7 +130,6 @@ def test_export_card(config, tmp_path):
 
 @pytest.fixture
 def ib_model(config):
-    install_card_hook()
     base = tiny_llama(vocab_size=64)
     base.name_or_path = BASE  # as if loaded from the Hub: get_peft_model copies it into base_model_name_or_path
     return get_peft_model(base, config)
@@ -150,17 +149,14 @@ def test_save_pretrained_writes_the_ib_card_keeping_data_facts(ib_model, tmp_pat
 
 
 def test_save_pretrained_of_plain_lora_keeps_the_peft_card(tmp_path):
-    install_card_hook()
     get_peft_model(tiny_llama(vocab_size=64), LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path)
     card = ModelCard.load(tmp_path / "README.md")
     assert "ib-lora" not in card.data.tags and "- PEFT " in card.text
 
 
-def test_install_card_hook_is_idempotent():
-    install_card_hook()
-    from peft import PeftModel
-
+def test_import_installs_the_card_hook_once():
     hook = PeftModel.create_or_update_model_card
+    assert hook._ib_card_hook
     install_card_hook()
     assert PeftModel.create_or_update_model_card is hook
 

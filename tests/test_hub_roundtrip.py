@@ -1,8 +1,9 @@
 """Push and load IB-LoRA adapters through a Hub served over HTTP by tests/hub_server.py.
 
-The huggingface_hub client is not patched: the pushing and loading code runs in fresh Python processes whose
-environment points HF_ENDPOINT at the local server (huggingface_hub reads it at import time), with a temporary
-HF_HOME cache, a fake token and HF_HUB_DISABLE_XET=1 so uploads take the LFS path that the server implements.
+`import peft_ib` installs the card hook (peft_ib/hub.py). The huggingface_hub client is not patched: the pushing
+and loading code runs in fresh Python processes whose environment points HF_ENDPOINT at the local server
+(huggingface_hub reads it at import time), with a temporary HF_HOME cache, a fake token and HF_HUB_DISABLE_XET=1 so
+uploads take the LFS path that the server implements.
 """
 
 import json
@@ -39,7 +40,6 @@ PUSH = """
 import peft_ib
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from peft import AutoPeftModelForCausalLM, PeftModel, get_peft_model, get_peft_model_state_dict
-from peft_ib.hub import install_card_hook
 from tiny_models import tiny_llama
 from transformers import Trainer, TrainingArguments
 from hub_cards import trainer_card
@@ -48,7 +48,6 @@ class CardTrainer(Trainer):
     def create_model_card(self, model_name=None, dataset_name=None, tags=None, **kwargs):
         trainer_card(self, model_name=model_name, datasets=dataset_name, tags=tags)
 
-install_card_hook()
 tiny_llama(vocab_size=64).push_to_hub("user/tiny-base")
 config = peft_ib.IBLoraConfig(r=4, target_modules=["q_proj", "v_proj"], ib_layers=2, ib_dim=8, init_lora_weights=False)
 model = get_peft_model(base(), config)
@@ -181,7 +180,7 @@ def test_plain_lora_export_loads_with_stock_peft(run_client, pushed):
     assert loaded["peft_ib_imported"] is False
     assert loaded["peft_type"] == "LORA"
     assert loaded["logits"] == pushed["v2"]
-    assert loaded["card_tags"] == ["lora", "information-bottleneck", "peft", "trl", "sft", "base_model:adapter:user/tiny-base"]
+    assert loaded["card_tags"] == ["lora", *TAGS[1:5], "base_model:adapter:user/tiny-base"]
 
 
 def test_trainer_push_to_hub_uploads_the_trainer_card(pushed):
