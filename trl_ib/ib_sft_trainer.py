@@ -170,6 +170,14 @@ class IBSFTTrainer(SFTTrainer):
             ce = ce.detach() * num_items_in_batch / (scale * (labels != -100).sum().clamp(min=1))
         return self.accelerator.gather_for_metrics(ce.detach().reshape(1)).mean().item()
 
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None, **kwargs):
+        """Our IB-LoRA card (hub_cards) with the training curves, instead of TRL's generic one."""
+        if not self.is_world_process_zero():
+            return
+        from hub_cards import trainer_card
+
+        trainer_card(self, model_name=model_name, datasets=dataset_name, tags=tags)
+
     # ---- checkpoints: the controller's state travels with them -----------------------------------------------
 
     def _save_checkpoint(self, model, trial):

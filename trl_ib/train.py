@@ -122,6 +122,7 @@ def run(script_args: ScriptArguments, training_args: IBSFTConfig, model_args: Mo
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
+    trainer.create_model_card(dataset_name=script_args.dataset_name)
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(training_args.output_dir)
     trainer.accelerator.print(f"IB-LoRA adapter saved to {training_args.output_dir}")
