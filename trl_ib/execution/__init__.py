@@ -1,0 +1,79 @@
+"""Sandboxed execution of model-generated programs: one backend per language and a parallel runner.
+
+    from trl_ib.execution import Sample, run_samples
+    results = run_samples([Sample(program, test, entry_point)], language="python", timeout=3.0)
+    results[0].passed, results[0].result   # True, "passed"
+
+Each sample runs in its own sandboxed process (see `sandbox.py`), so the worker pool is a pool of
+threads that only wait on children: a sample that crashes, hangs or kills its process yields a verdict
+and never takes a worker or another sample's result down with it.
+"""
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from . import python, verilog
+from .sandbox import ExecutionResult, Limits, bwrap_available
+
+
+__all__ = ["BACKENDS", "ExecutionResult", "Limits", "Sample", "bwrap_available", "run_samples"]
+
+# language -> a context manager (entered once per `run_samples` call) holding an object with
+# `run_sample(program, test, entry_point, timeout, limits) -> ExecutionResult`, safe to call from threads
+BACKENDS: dict[str, Callable[[], AbstractContextManager]] = {
+    "python": python.ForkServers,
+    "verilog": lambda: nullcontext(verilog),
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One candidate program and the tests it must pass.
+
+    Python: `program` is HumanEval's prompt + completion, `test` the test source, `entry_point` the
+    function handed to `check` (None: `test` is plain top-level asserts). Verilog: `program` is the
+    design, `test` the testbench plus reference module, `entry_point` the testbench's top module.
+    """
+
+    program: str
+    test: str
+    entry_point: str | None = None
+
+
+def run_samples(
+    samples: Sequence[Sample],
+    language: str = "python",
+    timeout: float = 3.0,
+    num_workers: int | None = None,
+    limits: Limits = Limits(),
+    progress: bool = True,
+) -> list[ExecutionResult]:
+    """Run every sample in its own sandbox, `num_workers` at a time (default: usable CPUs).
+
+    Returns:
+        One `ExecutionResult` per sample, in the order of `samples`.
+    """
+    if language not in BACKENDS:
+        raise ValueError(f"language={language!r} is not supported; choose one of {sorted(BACKENDS)}")
+    if timeout <= 0:
+        raise ValueError(f"timeout={timeout} is invalid; give the wall-clock seconds per sample, > 0")
+    num_workers = num_workers or len(os.sched_getaffinity(0))
+    bwrap_available()  # warn (once) before the progress bar starts
+    results: list[ExecutionResult | None] = [None] * len(samples)
+    with BACKENDS[language]() as backend, ThreadPoolExecutor(max_workers=num_workers) as pool:
+        futures = {
+            pool.submit(backend.run_sample, sample.program, sample.test, sample.entry_point, timeout, limits): index
+            for index, sample in enumerate(samples)
+        }
+        try:
+            for future in tqdm(as_completed(futures), total=len(futures), desc=f"running {language}", disable=not progress):
+                results[futures[future]] = future.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    return results
