@@ -1,0 +1,51 @@
+import datasets
+import pytest
+from tiny_models import tiny_llama, train_tokenizer
+from transformers import Trainer, TrainingArguments
+
+from trl_ib.callbacks import PassAtKMCallback
+
+
+# Completions are cut at the first newline and land in the comment the prompt ends with: the first
+# problem passes whatever the model writes, the second fails whatever it writes.
+PROBLEMS = [
+    {"prompt": "def f():\n    return 1\n#", "test": "def check(c):\n    assert c() == 1\n", "entry_point": "f"},
+    {"prompt": "def g():\n    return 1\n#", "test": "def check(c):\n    assert c() == 2\n", "entry_point": "g"},
+]
+
+
+def make_trainer(tmp_path) -> Trainer:
+    tokenizer = train_tokenizer(tmp_path / "tokenizer")
+    input_ids = [tokenizer("def add(a, b):\n    return a + b\n")["input_ids"][:8]] * 8
+    train = datasets.Dataset.from_dict({"input_ids": input_ids, "labels": input_ids})
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4, logging_steps=1,
+        report_to=[], use_cpu=True, save_strategy="no",
+    )  # fmt: skip
+    return Trainer(model=tiny_llama(vocab_size=len(tokenizer)), args=args, train_dataset=train, processing_class=tokenizer)
+
+
+def test_logs_pass_at_k_m_every_n_steps(tmp_path):
+    trainer = make_trainer(tmp_path)
+    callback = PassAtKMCallback(
+        trainer, PROBLEMS, k=[1, 2], m=[1, "k"], num_samples=2, every_n_steps=1,
+        max_new_tokens=6, stop_sequences=["\n", "\r"], timeout=2.0,
+    )  # fmt: skip
+    trainer.add_callback(callback)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "eval_pass@1^(1)" in entry]
+    assert [entry["step"] for entry in logged] == [1, 2]
+    for entry in logged:
+        assert {key: entry[key] for key in entry if key.startswith("eval_pass@")} == {
+            "eval_pass@1^(1)": 0.5,
+            "eval_pass@2^(1)": 0.5,
+            "eval_pass@2^(2)": 0.5,
+        }
+
+
+def test_invalid_arguments(tmp_path):
+    trainer = make_trainer(tmp_path)
+    with pytest.raises(ValueError, match=r"num_samples=1 is smaller than max\(k\)=5; need n >= k"):
+        PassAtKMCallback(trainer, PROBLEMS, k=[5])
+    with pytest.raises(ValueError, match="every_n_steps=0 is invalid; give a step interval >= 1"):
+        PassAtKMCallback(trainer, PROBLEMS, every_n_steps=0)
