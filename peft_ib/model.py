@@ -151,6 +151,16 @@ class IBLoraModel(LoraModel):
         del self.lora_ib_encoders[adapter_name]
         self._last_ib_terms.pop(adapter_name, None)
 
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        # PEFT only strips an adapter name found just before the parameter's own name (`lora_A.<name>.weight`); the
+        # encoders hold it further up (`lora_ib_encoders.<name>.<block>.mu.weight`). Strip it there too, so that the
+        # checkpoint is name-free and loads under any adapter name (loading maps keys back through this function).
+        marker = f"lora_ib_encoders.{adapter_name}."
+        if marker in key:
+            return key.replace(marker, "lora_ib_encoders.", 1)
+        return super()._remove_adapter_name_from_key(key, adapter_name)
+
     # ---- the IB branch ----------------------------------------------------------------------------------------
 
     @staticmethod
