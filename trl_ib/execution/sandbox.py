@@ -3,8 +3,9 @@
 Model-generated code is hostile input. Every run gets:
 
 * its own session/process group, SIGKILLed as a whole when the run ends (finished or timed out);
-* rlimits set by util-linux `prlimit` right before the command: CPU seconds (ceil(timeout) + 1),
-  address space, file size, open files and, under bubblewrap, processes;
+* the rlimits of `rlimits`: CPU seconds (ceil(timeout) + 1), address space, file size, open files and,
+  under bubblewrap, processes (set by util-linux `prlimit` right before a command; the Python
+  backend's fork server sets them in each forked child);
 * stdout/stderr written to anonymous files (never pipes that could fill memory), read back truncated
   to `Limits.output_bytes` (head and tail kept);
 * a minimal environment (no tokens or credentials from the caller's environment);
@@ -17,7 +18,8 @@ Without bubblewrap the run is isolated by rlimits and the process group only, an
 
 Known limits: as root the kernel does not enforce RLIMIT_NPROC, so a fork bomb is stopped by the
 timeout (the PID namespace dies with its first process) rather than by a process count; disk use
-inside the temp dir is capped per file (RLIMIT_FSIZE), not in total.
+inside the temp dir (for Python samples under bubblewrap, a tmpfs in memory) is capped per file
+(RLIMIT_FSIZE), not in total.
 """
 
 import math
