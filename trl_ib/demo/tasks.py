@@ -1,0 +1,125 @@
+"""A synthetic code-generation task family with executable unit tests, in HumanEval layout.
+
+A problem asks for `f(x)` that applies two integer operations in order, specified in words:
+
+    def f(x):
+        \"\"\"Take an integer x, add 3 to it, then multiply it by 2, and return the result.\"\"\"
+        acc = x + 3        <- canonical_solution (the completion)
+        acc = acc * 2
+        return acc
+
+Operations come from a small grammar (`OPERATIONS`, some with an integer constant). Each canonical solution names
+its variable at random from `VARIABLES`: like the naming choices of real code, this is instance-specific
+information that the tests do not check and the prompt does not determine, so it can only be memorized. The ordered pairs of distinct
+operations are split once per seed: held-out problems use pairs never seen in training, so solving them needs a
+new combination of operations seen in training (each operation is seen in both positions). Training problems
+(D_code), reference problems (fresh training-pair problems, not in D_code) and held-out problems are disjoint.
+
+    from trl_ib.demo.tasks import make_task
+    task = make_task(seed=0)
+    task.train[0]["prompt"], task.train[0]["canonical_solution"], task.train[0]["test"], task.train[0]["entry_point"]
+"""
+
+import itertools
+import random
+from dataclasses import dataclass
+
+# name -> (words, expression, allowed constants or None); "{v}" is the operand, "{c}" the constant
+OPERATIONS = {
+    "add": ("add {c} to it", "{v} + {c}", range(1, 10)),
+    "subtract": ("subtract {c} from it", "{v} - {c}", range(1, 10)),
+    "multiply": ("multiply it by {c}", "{v} * {c}", range(2, 10)),
+    "floordiv": ("divide it by {c}, rounding down", "{v} // {c}", range(2, 10)),
+    "modulo": ("take its remainder modulo {c}", "{v} % {c}", range(2, 10)),
+    "square": ("square it", "{v} * {v}", None),
+    "negate": ("negate it", "-{v}", None),
+    "absolute": ("take its absolute value", "abs({v})", None),
+}
+VARIABLES = ("y", "n", "r", "t", "acc", "out", "val", "res")
+TEST_INPUTS = (-7, -2, 0, 1, 4, 11)
+ENTRY_POINT = "f"
+
+
+@dataclass
+class Task:
+    """Problems as HumanEval dicts (task_id, prompt, canonical_solution, test, entry_point, operations)."""
+
+    train: list[dict]  # D_code
+    reference: list[dict]  # fresh problems of the training pairs, for the Min-K% comparison
+    held_out: list[dict]  # problems of the held-out pairs, for Pass@k^(m)
+    held_out_pairs: list[tuple[str, str]]
+
+
+def make_problem(task_id: str, steps: list[tuple[str, int | None]], variable: str) -> dict:
+    """One HumanEval problem from (operation, constant) steps; the test asserts f on TEST_INPUTS."""
+    words = [OPERATIONS[name][0].format(c=c) for name, c in steps]
+    operands = ["x"] + [variable] * (len(steps) - 1)
+    lines = [f"{variable} = " + OPERATIONS[name][1].format(v=v, c=c) for (name, c), v in zip(steps, operands)]
+    prompt = f'def {ENTRY_POINT}(x):\n    """Take an integer x, {", then ".join(words)}, and return the result."""\n'
+    canonical_solution = "".join(f"    {line}\n" for line in lines) + f"    return {variable}\n"
+    namespace: dict = {}
+    exec(prompt + canonical_solution, namespace)  # our own generated code: the expected outputs
+    asserts = "".join(f"    assert candidate({x}) == {namespace[ENTRY_POINT](x)}\n" for x in TEST_INPUTS)
+    return {
+        "task_id": task_id,
+        "prompt": prompt,
+        "canonical_solution": canonical_solution,
+        "test": f"def check(candidate):\n{asserts}",
+        "entry_point": ENTRY_POINT,
+        "operations": [name for name, _ in steps],
+    }
+
+
+def split_pairs(rng: random.Random, num_held_out: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(training pairs, held-out pairs) of distinct operations; every operation stays in training in both positions."""
+    pairs = list(itertools.permutations(OPERATIONS, 2))
+    if not 1 <= num_held_out <= len(pairs) - 2 * len(OPERATIONS):
+        raise ValueError(f"num_held_out_pairs={num_held_out}: must be in 1 .. {len(pairs) - 2 * len(OPERATIONS)}.")
+    while True:
+        rng.shuffle(pairs)
+        train, held_out = pairs[num_held_out:], pairs[:num_held_out]
+        if {a for a, _ in train} == {b for _, b in train} == set(OPERATIONS):
+            return sorted(train), sorted(held_out)
+
+
+def sample_problems(rng: random.Random, pairs: list[tuple[str, str]], count: int, prefix: str, taken: set) -> list[dict]:
+    """
+    `count` problems over `pairs`, round robin, with random constants and variable names, skipping the prompts in
+    `taken` (updated): two problems never share a prompt.
+    """
+    queues = []
+    for pair in pairs:
+        choices = [[(name, c) for c in OPERATIONS[name][2] or [None]] for name in pair]
+        queues.append(list(itertools.product(*choices)))
+        rng.shuffle(queues[-1])
+    problems = []
+    for steps in itertools.chain.from_iterable(itertools.zip_longest(*queues)):
+        if len(problems) == count:
+            break
+        problem = make_problem(f"{prefix}/{len(problems)}", list(steps), rng.choice(VARIABLES)) if steps else None
+        if problem and problem["prompt"] not in taken:
+            taken.add(problem["prompt"])
+            problems.append(problem)
+    if len(problems) < count:
+        raise ValueError(f"num_{prefix}={count}: the {len(pairs)} pairs have only {len(problems)} problems left.")
+    return problems
+
+
+def make_task(
+    seed: int = 0, num_train: int = 200, num_reference: int = 200, num_held_out: int = 60, num_held_out_pairs: int = 12
+) -> Task:
+    """The task family of `seed`: same seed, same problems. Counts are problems; pairs are ordered operation pairs."""
+    rng = random.Random(seed)
+    train_pairs, held_out_pairs = split_pairs(rng, num_held_out_pairs)
+    taken: set[str] = set()
+    return Task(
+        train=sample_problems(rng, train_pairs, num_train, "train", taken),
+        reference=sample_problems(rng, train_pairs, num_reference, "reference", taken),
+        held_out=sample_problems(rng, held_out_pairs, num_held_out, "held_out", taken),
+        held_out_pairs=held_out_pairs,
+    )
+
+
+def to_prompt_completion(problems: list[dict]) -> list[dict]:
+    """SFT / Min-K% rows: the HumanEval prompt and its canonical solution as the completion."""
+    return [{"prompt": p["prompt"], "completion": p["canonical_solution"]} for p in problems]
