@@ -45,11 +45,13 @@ def export_lora(
         config = PeftConfig.from_pretrained(str(adapter))
         state_dict = load_peft_weights(str(adapter))
     if not isinstance(config, IBLoraConfig):
-        raise ValueError(f"export_lora expects an IB-LoRA adapter (peft_type IBLORA), got peft_type {config.peft_type}.")
+        peft_type = getattr(config.peft_type, "value", config.peft_type)  # "LORA", not "PeftType.LORA"
+        raise ValueError(f"export_lora expects an IB-LoRA adapter (peft_type IBLORA), got peft_type {peft_type}.")
     lora_state = {k: v.contiguous() for k, v in state_dict.items() if ENCODER_KEY not in k}
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
     lora_config = to_lora_config(config)
+    lora_config.inference_mode = True  # as PEFT's save_pretrained writes it, whether exported from a model or a path
     lora_config.save_pretrained(out)
     save_file(lora_state, out / SAFETENSORS_WEIGHTS_NAME, metadata={"format": "pt"})
     _write_card(out, config, source=None if isinstance(adapter, PeftModel) else str(adapter))

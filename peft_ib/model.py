@@ -15,6 +15,7 @@ from operator import attrgetter
 
 import torch
 from peft import LoraModel
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from trl.kernels import ChunkedLogProbFunction
 from trl.trainer.utils import maybe_gather_lm_head_ctx
@@ -88,6 +89,22 @@ def find_decoder_blocks(model: nn.Module, blocks_path: str | None = None) -> tup
 
 def _block_output(output) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _target_log_probs(lm_head, h_ib, targets, softcap, logit_scale) -> torch.Tensor:
+    """(S,) log p(target | h_ib) under the model's output layer, h_ib (S, H); vocabulary-chunked, so no (S, vocab)
+    tensor, except when LoRA targets the output layer itself."""
+    if isinstance(lm_head, BaseTunerLayer) and not lm_head.merged:
+        # `lm_head.weight` is then the frozen base weight alone: run the layer, adapter included as in the model's own
+        # logits, on the S supervised rows.
+        logits = lm_head(h_ib.to(lm_head.weight.dtype)).float() * logit_scale  # (S, vocab)
+        if softcap is not None:
+            logits = softcap * torch.tanh(logits / softcap)
+        return -nn.functional.cross_entropy(logits, targets, reduction="none")
+    with maybe_gather_lm_head_ctx(lm_head.weight, lm_head.bias):
+        return ChunkedLogProbFunction.apply(
+            h_ib, lm_head.weight, lm_head.bias, targets, 1.0, CE_VOCAB_CHUNK, softcap, logit_scale, ()
+        )[0]
 
 
 class IBLoraModel(LoraModel):
@@ -267,11 +284,7 @@ class IBLoraModel(LoraModel):
             h_ib = encoder.decode(z[supervised[kl_mask | supervised]])  # (S, H)
             if norm is not None:
                 h_ib = norm(h_ib.to(lm_head.weight.dtype))
-            with maybe_gather_lm_head_ctx(lm_head.weight, lm_head.bias):
-                log_probs = ChunkedLogProbFunction.apply(
-                    h_ib, lm_head.weight, lm_head.bias, targets, 1.0, CE_VOCAB_CHUNK, softcap, logit_scale, ()
-                )[0]
-            ce_sums.append(-log_probs.sum())
+            ce_sums.append(-_target_log_probs(lm_head, h_ib, targets, softcap, logit_scale).sum())
         return IBTerms(
             layers=[int(i) for i in encoders],
             kl_sum=torch.stack(kl_sums),

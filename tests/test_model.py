@@ -180,6 +180,22 @@ def test_ce_ib_with_final_norm_equals_reference():
     assert not torch.allclose(ib_terms(model_without_norm).ce_sum, terms.ce_sum, rtol=1e-3)
 
 
+def test_lora_on_the_output_layer_is_part_of_the_ib_decoder():
+    """With LoRA on lm_head the model's logits use the adapted head; ce_ib must too, and train its LoRA."""
+    model = ib_model("llama", target_modules=["q_proj", "v_proj", "lm_head"])
+    with torch.no_grad():
+        encoder_of(model).up.weight.mul_(10)
+    b = batch()
+    _, ce_ref = naive_reference(model, b, seed=4, kl_mask="attention")  # calls the (LoRA) lm_head module
+    torch.manual_seed(4)
+    model(**b)
+    torch.testing.assert_close(ib_terms(model).ce_sum, ce_ref.reshape(1), rtol=1e-5, atol=1e-5)
+    ib_loss(model).backward()
+    lm_head = model.get_base_model().lm_head
+    assert lm_head.lora_B["default"].weight.grad.abs().sum() > 0
+    assert lm_head.base_layer.weight.grad is None
+
+
 def official_ib_ft_loss(model, b, layer, alpha, beta, seed):
     """The loss of the official IB-FT code (OPTML-Group/MemorizationBarrier, util/ModelWithIB.py), re-implemented:
     all hidden states requested, h = hidden_states[layer + 1], z sampled over (B, N, D), KL `.mean()` over every
