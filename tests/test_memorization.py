@@ -80,10 +80,8 @@ def test_batching_and_padding_do_not_change_scores(model, tokenizer):
     assert four == pytest.approx(one, abs=1e-5)
 
 
-def test_paper_columns_map_to_prompt_newline_and_response(tokenizer):
-    paper = tokenize_example(tokenizer, {"Instruction": "Write", "Response": " a function"})
-    assert paper == tokenize_example(tokenizer, {"prompt": "Write\n", "completion": " a function"})
-    with pytest.raises(ValueError, match=r"\['text'\].*'prompt' and 'completion'"):
+def test_examples_without_prompt_completion_name_their_keys(tokenizer):
+    with pytest.raises(ValueError, match=r"\['text'\]: need 'prompt' and 'completion'"):
         tokenize_example(tokenizer, {"text": "x"})
 
 

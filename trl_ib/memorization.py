@@ -6,10 +6,10 @@ likely RESPONSE tokens under a model. Lower score = more strongly memorized.
     from trl_ib.memorization import score_min_k, representation_gap
     scores = score_min_k(model, tokenizer, [{"prompt": "Write f.\\n", "completion": "def f(): ..."}], k=0.2)
 
-Examples are dicts with `prompt` / `completion`, or the paper's `Instruction` / `Response`, which map to
-prompt = Instruction + "\\n" and completion = Response (the paper's prompt format). Tokenization is TRL's
-prompt-completion rule: the response tokens are those of tokenizer(prompt + completion) after its common prefix with
-tokenizer(prompt), no EOS appended.
+Examples are dicts with `prompt` / `completion`; on the command line, datasets with the paper's `Instruction` /
+`Response` columns become prompt = Instruction + "\\n", completion = Response, as `ib-ft train` maps them.
+Tokenization is TRL's prompt-completion rule: the response tokens are those of tokenizer(prompt + completion) after
+its common prefix with tokenizer(prompt), no EOS appended.
 
     ib-ft memorization --model_name_or_path base/ --dataset d_code.jsonl --adapter_path ft/ \\
         --reference_dataset fresh.jsonl --drop-top-memorized 0.1 --output_dir memorization/
@@ -34,24 +34,13 @@ from trl.trainer.utils import selective_log_softmax
 
 from peft_ib import IBLoraConfig
 from peft_ib.model import find_decoder_blocks
+from trl_ib.ib_sft_trainer import to_prompt_completion
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-
-
-def to_prompt_completion(example: dict) -> dict[str, str]:
-    """`prompt` / `completion` of an example; the paper's Instruction / Response give Instruction + "\\n" / Response."""
-    if "prompt" in example and "completion" in example:
-        return {"prompt": example["prompt"], "completion": example["completion"]}
-    if "Instruction" in example and "Response" in example:
-        return {"prompt": example["Instruction"] + "\n", "completion": example["Response"]}
-    raise ValueError(
-        f"example columns {sorted(example)}: need 'prompt' and 'completion', "
-        "or the paper's 'Instruction' and 'Response'."
-    )
 
 
 def fraction_count(fraction: float, total: int) -> int:
@@ -76,12 +65,13 @@ def most_memorized_first(scores: Sequence[float]) -> list[int]:
 
 def tokenize_example(tokenizer: PreTrainedTokenizerBase, example: dict) -> dict[str, list[int]]:
     """`input_ids` of prompt + completion and `labels` equal to them on response tokens, -100 on the prompt."""
-    pair = to_prompt_completion(example)
-    prompt_ids = tokenizer(pair["prompt"])["input_ids"]
-    input_ids = tokenizer(pair["prompt"] + pair["completion"])["input_ids"]
+    if "prompt" not in example or "completion" not in example:
+        raise ValueError(f"example keys {sorted(example)}: need 'prompt' and 'completion'.")
+    prompt_ids = tokenizer(example["prompt"])["input_ids"]
+    input_ids = tokenizer(example["prompt"] + example["completion"])["input_ids"]
     prompt_len = common_prefix_length(prompt_ids, input_ids)
     if prompt_len == len(input_ids):
-        raise ValueError(f"example {pair!r} has no response token after tokenization.")
+        raise ValueError(f"example {example!r} has no response token after tokenization.")
     return {"input_ids": input_ids, "labels": [-100] * prompt_len + input_ids[prompt_len:]}
 
 
@@ -245,10 +235,14 @@ def plot_distributions(
     plt.close(fig)
 
 
-def load_examples(path: str, split: str = "train") -> Dataset:
-    """A local .json/.jsonl/.csv/.parquet file, or anything `datasets.load_dataset` takes, as one split."""
+def load_examples(path: str, split: str = "train") -> tuple[Dataset, Dataset]:
+    """
+    (rows as stored, prompt / completion rows) of a local .json/.jsonl/.csv/.parquet file or anything
+    `datasets.load_dataset` takes; the paper's Instruction / Response columns are mapped as `ib-ft train` maps them.
+    """
     builder = FILE_BUILDERS.get(Path(path).suffix)
-    return load_dataset(builder, data_files=path, split=split) if builder else load_dataset(path, split=split)
+    rows = load_dataset(builder, data_files=path, split=split) if builder else load_dataset(path, split=split)
+    return rows, rows if {"prompt", "completion"} <= set(rows.column_names) else to_prompt_completion(rows)
 
 
 @dataclass
@@ -310,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
 
         model = PeftModel.from_pretrained(model, args.adapter_path)
         models = {"base": model.disable_adapter, "adapter": nullcontext}
-    dataset = load_examples(args.dataset, args.dataset_split)
+    rows, dataset = load_examples(args.dataset, args.dataset_split)
     layer = parse_layer(args.ib_layers)
 
     scores, gaps = {}, {}
@@ -322,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     distributions = {f"dataset under {name}": values for name, values in scores.items()}
     if args.reference_dataset:
-        reference = load_examples(args.reference_dataset, args.dataset_split)
+        _, reference = load_examples(args.reference_dataset, args.dataset_split)
         with models["base"]():
             distributions["reference under base"] = score_min_k(model, tokenizer, reference, args.k, args.batch_size)
 
@@ -337,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_distributions(distributions, output_dir / "min_k.png", args.k)
     if args.drop_top_memorized:
-        dataset.select(drop_top_memorized(scores["base"], args.drop_top_memorized)).to_json(output_dir / "kept.jsonl")
+        rows.select(drop_top_memorized(scores["base"], args.drop_top_memorized)).to_json(output_dir / "kept.jsonl")
     print(json.dumps(summary["distributions"] | {"representation_gap": gaps}, indent=2))
     kept = ", kept.jsonl" if args.drop_top_memorized else ""
     print(f"wrote {output_dir}/: scores.jsonl, summary.json, min_k.png{kept}")

@@ -78,7 +78,7 @@ def fine_tune(arm: str, base_dir: Path, tokenizer, train_rows: list[dict], outpu
                                train_dataset=Dataset.from_list(train_rows), processing_class=tokenizer)  # fmt: skip
     trainer.train()
     trainer.save_model(str(output_dir))
-    trainer.create_model_card(dataset_name="ib-ft demo D_code")
+    trainer.create_model_card(model_name=f"ib-ft-demo-{arm}", dataset_name="ib-ft demo D_code")
     return trainer.model.eval()
 
 

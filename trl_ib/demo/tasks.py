@@ -10,10 +10,12 @@ A problem asks for `f(x)` that applies two integer operations in order, specifie
 
 Operations come from a small grammar (`OPERATIONS`, some with an integer constant). Each canonical solution names
 its variable at random from `VARIABLES`: like the naming choices of real code, this is instance-specific
-information that the tests do not check and the prompt does not determine, so it can only be memorized. The ordered pairs of distinct
-operations are split once per seed: held-out problems use pairs never seen in training, so solving them needs a
-new combination of operations seen in training (each operation is seen in both positions). Training problems
-(D_code), reference problems (fresh training-pair problems, not in D_code) and held-out problems are disjoint.
+information that the tests do not check and the prompt does not determine, so it can only be memorized.
+
+The ordered pairs of distinct operations are split once per seed: held-out problems use pairs never seen in
+training, so solving them needs a new combination of operations seen in training (each operation is seen in both
+positions). Training problems (D_code), reference problems (fresh training-pair problems, not in D_code) and
+held-out problems are disjoint.
 
     from trl_ib.demo.tasks import make_task
     task = make_task(seed=0)
@@ -82,7 +84,9 @@ def split_pairs(rng: random.Random, num_held_out: int) -> tuple[list[tuple[str, 
             return sorted(train), sorted(held_out)
 
 
-def sample_problems(rng: random.Random, pairs: list[tuple[str, str]], count: int, prefix: str, taken: set) -> list[dict]:
+def sample_problems(
+    rng: random.Random, pairs: list[tuple[str, str]], count: int, prefix: str, taken: set[str]
+) -> list[dict]:
     """
     `count` problems over `pairs`, round robin, with random constants and variable names, skipping the prompts in
     `taken` (updated): two problems never share a prompt.
