@@ -14,6 +14,15 @@ from safetensors.torch import load_file
 from peft_ib import IBLoraConfig, export_lora
 from tiny_models import batch, tiny_llama
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny matmuls: a second OpenMP thread only adds sync cost, and spins badly when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 # Runs in a fresh interpreter: stock transformers + PEFT only, peft_ib never imported.
 STOCK_PEFT_LOAD = textwrap.dedent(
     """
@@ -89,7 +98,7 @@ def test_exported_adapter_loads_in_stock_peft_without_peft_ib(trained, tmp_path)
     root, model, inputs, logits = trained
     out = export_lora(model, tmp_path / "lora")
     torch.save(inputs, tmp_path / "inputs.pt")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-c", STOCK_PEFT_LOAD, str(root / "base"), str(out), str(tmp_path / "inputs.pt"),
          str(tmp_path / "logits.pt")],

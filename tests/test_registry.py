@@ -6,6 +6,7 @@ import peft
 import peft.mapping
 import peft.peft_model
 import peft.tuners.tuners_utils
+import pytest
 from peft.utils.peft_types import PeftType
 
 import peft_ib
@@ -53,19 +54,13 @@ def test_register_is_idempotent():
     assert after_maps == before_maps
 
 
-def test_public_register_peft_method_still_refuses_us():
-    """Why registry.py patches by hand: the public API refuses a new name and LoRA's shared `lora_` prefix."""
+def test_public_register_peft_method_refuses_a_new_name():
+    """Why registry.py adds the enum member by hand: PEFT's public API only registers existing PeftType members."""
     from peft.utils import register_peft_method
 
-    class Unused(IBLoraConfig):
-        pass
-
-    try:
-        register_peft_method(name="iblora_probe", config_cls=Unused, model_cls=IBLoraModel, prefix="lora_")
-    except (KeyError, ValueError):
-        pass
-    else:  # PEFT opened up: registry.py could switch to the public API
-        raise AssertionError("peft.utils.register_peft_method now accepts a new method; simplify peft_ib/registry.py")
+    with pytest.raises(ValueError, match="Unknown PEFT type IBLORA_PROBE"):
+        register_peft_method(name="iblora_probe", config_cls=IBLoraConfig, model_cls=IBLoraModel, prefix="lora_")
+    assert "IBLORA_PROBE" not in PeftType._member_map_
 
 
 def test_peft_internals_the_registry_relies_on():
