@@ -2,9 +2,9 @@
 
 PEFT 0.21 looks a method up by `PeftType` member in three dicts (config, tuner, key prefix). Its public
 `peft.utils.register_peft_method` fills those dicts but refuses a name that is not already a `PeftType`
-member, and refuses a prefix that another method uses; IB-LoRA must keep LoRA's `lora_` prefix so that every
-LoRA code path (saving, loading, `requires_grad` toggling) treats the IB encoders as adapter weights. So we
-add the member `PeftType.IBLORA` to the enum by hand and fill the three dicts directly.
+member, and the enum is closed. So we add the member `PeftType.IBLORA` to the enum by hand and fill the three
+dicts directly, with LoRA's `lora_` prefix: IB-LoRA keeps LoRA's naming so that every LoRA code path (saving,
+loading, `requires_grad` toggling) treats the IB encoders as adapter weights.
 
 `register()` is idempotent. `tests/test_registry.py` fails loudly if a PEFT upgrade changes any of this.
 """

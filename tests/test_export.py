@@ -14,15 +14,6 @@ from safetensors.torch import load_file
 from peft_ib import IBLoraConfig, export_lora
 from tiny_models import batch, tiny_llama
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny matmuls: a second OpenMP thread only adds sync cost, and spins badly when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # Runs in a fresh interpreter: stock transformers + PEFT only, peft_ib never imported.
 STOCK_PEFT_LOAD = textwrap.dedent(
     """

@@ -30,15 +30,6 @@ NUM_SUPERVISED = 8 + 6 + 4  # positions 3 .. last-1 of each row predict a respon
 NUM_POSITIONS = 3 * 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny matmuls: a second OpenMP thread only adds sync cost, and spins badly when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def ib_model(arch: str, **overrides) -> PeftModel:
     """A tiny IB-LoRA model in training mode, LoRA B non-zero so that LoRA changes the outputs."""
     base = ARCHS[arch]()
