@@ -252,6 +252,7 @@ class IBLoraModel(LoraModel):
     def _unload_and_optionally_merge(self, *args, **kwargs):
         for handle in self._ib_model_hooks:
             handle.remove()
+        self._last_ib_terms.clear()
         return super()._unload_and_optionally_merge(*args, **kwargs)
 
     def _ib_terms(self, config, encoders, captured, attention_mask, labels, shift_labels) -> IBTerms:
