@@ -125,14 +125,14 @@ def score_min_k(
     return scores
 
 
-def resolve_block(model: PreTrainedModel, layer: int | float) -> tuple[int, torch.nn.Module]:
-    """0-based index and module of the decoder block `layer` names, with IBLoraConfig.ib_layers' rule."""
+def resolve_block(model: PreTrainedModel, layer: int | float) -> torch.nn.Module:
+    """The decoder block `layer` names, with IBLoraConfig.ib_layers' rule (a PeftModel: its base model's block)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     _, blocks = find_decoder_blocks(base)
     index = IBLoraConfig(ib_layers=layer).resolve_ib_layers(len(blocks))
     if len(index) != 1:
         raise ValueError(f"layer={layer!r}: the representation gap reads one block; pass an int or a float.")
-    return index[0], blocks[index[0]]
+    return blocks[index[0]]
 
 
 def pooled_hidden_states(
@@ -143,7 +143,7 @@ def pooled_hidden_states(
     batch_size: int = 8,
 ) -> torch.Tensor:
     """(num_examples, hidden) float32 output of block `layer`, mean-pooled over each example's response tokens."""
-    _, block = resolve_block(model, layer)
+    block = resolve_block(model, layer)
     captured = []  # the block's output of the current forward
     hook = block.register_forward_hook(lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
     pooled = []
@@ -227,7 +227,7 @@ def plot_distributions(
     for color, (label, scores) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], distributions.items()):
         ax.hist(scores, bins=edges, density=True, alpha=0.35, color=color, label=f"{label} (n={len(scores)})")
         ax.axvline(summarize(scores)["median"], color=color, linestyle="--")
-    ax.set_xlabel(f"Min-{k:.0%} Prob score (mean NLL of least likely tokens, nats); lower = more memorized")
+    ax.set_xlabel(f"Min-{k:.0%} Prob (nats); lower = more memorized")
     ax.set_ylabel("density")
     ax.legend()
     fig.tight_layout()

@@ -110,7 +110,7 @@ def plot_pass_at_10_m(tables: dict[str, dict[str, float]], path: Path) -> None:
 
 
 def format_table(results: dict[str, dict]) -> str:
-    """The comparison table in Markdown: one row per model."""
+    """The comparison tables in Markdown, one row per model: headline numbers, then Pass@10^(m) for m = 1..10."""
     header = "| model | Pass@1 | Pass@5^(5) | Pass@10^(10) | Min-K% D_code (median) | gap L2 | gap angle (deg) |"
     lines = [header, "|" + "---|" * 7]
     for name, row in results.items():
@@ -120,7 +120,10 @@ def format_table(results: dict[str, dict]) -> str:
             f"| {name} | " + " | ".join(f"{value:.3f}" for value in passes)
             + f" | {row['min_k_d_code']['median']:.3f} | {gap['l2']:.3f} | {gap['angle_degrees']:.1f} |"
         )  # fmt: skip
-    return "\n".join(lines)
+    sweep = ["| model | " + " | ".join(f"m={m}" for m in range(1, 11)) + " |", "|" + "---|" * 11]
+    for name, row in results.items():
+        sweep.append(f"| {name} | " + " | ".join(f"{row['pass'][f'pass@10^({m})']:.3f}" for m in range(1, 11)) + " |")
+    return "\n".join(lines) + "\n\nPass@10^(m) on the held-out problems:\n\n" + "\n".join(sweep)
 
 
 def main(argv: list[str] | None = None) -> None:
