@@ -61,3 +61,14 @@ class IBSFTConfig(SFTConfig):
             raise ValueError(f"ib_target_kl={self.ib_target_kl!r}: must be None (fixed alpha) or a number > 0.")
         if self.ib_kl_controller_rate <= 0:
             raise ValueError(f"ib_kl_controller_rate={self.ib_kl_controller_rate!r}: must be > 0.")
+        # DDP's find_unused_parameters walks the autograd graph back from the model's outputs at the end of the forward.
+        # The IB terms are not among those outputs (the adapter keeps them aside for the trainer), so DDP would mark the
+        # IB encoders unused, then see their gradients arrive in backward and fail ("marked as ready twice"). Every
+        # trainable parameter of an IB-LoRA adapter is used in every training step, so the search is not needed.
+        if self.ddp_find_unused_parameters is None:
+            self.ddp_find_unused_parameters = False
+        elif self.ddp_find_unused_parameters:
+            raise ValueError(
+                "ddp_find_unused_parameters=True: DDP cannot see the IB terms among the model's outputs and would mark "
+                "the IB encoders unused; leave it None or False."
+            )

@@ -10,9 +10,10 @@ Flags are those of trl's ScriptArguments (dataset), ModelConfig (model and LoRA:
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from datasets import load_dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import ModelConfig, ScriptArguments, TrlParser
 
 from peft_ib import IBLoraConfig
@@ -42,8 +43,18 @@ class IBArguments:
     )
     completion_column: str | None = field(default=None, metadata={"help": "Column holding the response."})
 
+    def __post_init__(self):
+        # Validate now, while parsing, so a typo fails in seconds rather than after the data and model have loaded.
+        IBLoraConfig(
+            ib_layers=self.parsed_ib_layers(), ib_dim=self.ib_dim, ib_kl_mask=self.ib_kl_mask,
+            ib_final_norm=self.ib_final_norm, ib_logvar_min=self.ib_logvar_min, ib_logvar_max=self.ib_logvar_max,
+        )
+
     def parsed_ib_layers(self) -> int | float | list[int]:
-        text = self.ib_layers.strip()
+        # A flag is a string; a YAML config gives an int, a float or a list as such.
+        if isinstance(self.ib_layers, (int, float, list)) and not isinstance(self.ib_layers, bool):
+            return self.ib_layers
+        text = str(self.ib_layers).strip()
         try:
             if "," in text:
                 return [int(part) for part in text.split(",")]
@@ -105,7 +116,15 @@ def run(script_args: ScriptArguments, training_args: IBSFTConfig, model_args: Mo
     if model_args.model_name_or_path is None:
         texts = [row["prompt"] + row["completion"] for row in train_dataset]
         tokenizer = builtin.train_tokenizer(texts)
+        set_seed(training_args.seed)  # the same base on every process, and in every run with this seed
         model = builtin.tiny_llama(vocab_size=len(tokenizer))
+        # This base exists nowhere else: save it beside the adapter (recorded as the adapter's base) so the adapter
+        # can be loaded and evaluated later.
+        base_dir = Path(training_args.output_dir) / "base_model"
+        if training_args.process_index == 0:
+            model.save_pretrained(base_dir)
+            tokenizer.save_pretrained(base_dir)
+        model.name_or_path = model.config._name_or_path = str(base_dir)
     else:
         tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
         model = AutoModelForCausalLM.from_pretrained(

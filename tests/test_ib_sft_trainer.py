@@ -1,0 +1,429 @@
+"""IBSFTTrainer / IBSFTConfig on tiny models: the loss it optimizes, its normalization, its schedules, checkpoints."""
+
+import json
+import math
+import statistics
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
+from tiny_models import tiny_llama, train_tokenizer
+from transformers import TrainerCallback
+from trl import SFTConfig
+
+from peft_ib import IBLoraConfig, find_ib_model, ib_terms
+from peft_ib.layer import kl_to_standard_normal
+from trl_ib import IBSFTConfig, IBSFTTrainer, to_prompt_completion
+from trl_ib.ib_sft_trainer import CONTROLLER_FILE
+
+IB_BLOCK = 1  # of the tiny Llama's 4 blocks
+
+BASE_ARGS = dict(
+    report_to="none", use_cpu=True, dataloader_num_workers=0, logging_steps=1, save_strategy="no", seed=0,
+    per_device_train_batch_size=2, max_steps=2, learning_rate=1e-2, lr_scheduler_type="constant", disable_tqdm=True,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return train_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+def code_dataset(n: int) -> Dataset:
+    """Prompt/completion pairs whose completions have 2, 3 or 4 lines: batches of different lengths."""
+    return Dataset.from_dict({
+        "prompt": [f"Write f{i}\n" for i in range(n)],
+        "completion": [f"def f{i}(a, b):\n" + "    a = a + b\n" * (i % 3) + "    return a\n" for i in range(n)],
+    })
+
+
+def ib_config(**overrides) -> IBLoraConfig:
+    return IBLoraConfig(**{"r": 4, "lora_alpha": 8, "target_modules": "all-linear", "ib_layers": IB_BLOCK,
+                           "ib_dim": 8, **overrides})
+
+
+def make_trainer(tmp_path, tokenizer, train_dataset=None, peft_config=None, model=None, trainer_cls=IBSFTTrainer,
+                 eval_dataset=None, callbacks=None, **overrides):
+    args = IBSFTConfig(**{**BASE_ARGS, "output_dir": str(tmp_path), **overrides})
+    return trainer_cls(
+        tiny_llama() if model is None else model,
+        args=args,
+        train_dataset=code_dataset(8) if train_dataset is None else train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=ib_config() if peft_config is None and model is None else peft_config,
+        callbacks=callbacks,
+    )
+
+
+def train_logs(trainer) -> list[dict]:
+    return [log for log in trainer.state.log_history if "loss" in log]
+
+
+def encoders(trainer):
+    return find_ib_model(trainer.model).lora_ib_encoders["default"]
+
+
+def trainable_params(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+class RecordingTrainer(IBSFTTrainer):
+    """Records, for every training micro-batch: its inputs, the RNG state and the parameters before the forward."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.recorded = getattr(self, "recorded", [])
+            self.recorded.append({
+                "inputs": {k: v.clone() for k, v in inputs.items() if torch.is_tensor(v)},
+                "rng": torch.get_rng_state(),
+                "params": trainable_params(model),
+            })
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+class EncoderGrads(TrainerCallback):
+    """Norm of the gradient of every IB encoder parameter, just before each optimizer step."""
+
+    def __init__(self):
+        self.norms: list[dict[str, float]] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.norms.append({
+            name: 0.0 if p.grad is None else p.grad.norm().item()
+            for name, p in find_ib_model(model).lora_ib_encoders.named_parameters()
+        })
+
+
+# ---- the loss ---------------------------------------------------------------------------------------------------
+
+
+def test_logged_total_equals_independent_recomputation(tmp_path, tokenizer):
+    alpha, beta = 0.5, 0.4
+    trainer = make_trainer(tmp_path, tokenizer, trainer_cls=RecordingTrainer, per_device_train_batch_size=3,
+                           max_steps=1, ib_alpha=alpha, ib_beta=beta)
+    trainer.train()
+    (log,) = train_logs(trainer)
+    (record,) = trainer.recorded
+    inputs = record["inputs"]
+    assert len(set(inputs["attention_mask"].sum(1).tolist())) > 1, "the batch should mix lengths (padding)"
+
+    # Recompute from scratch: same parameters, same batch, same RNG state, full logits, the formulas of DESIGN.md.
+    model = trainer.model
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in record["params"]:
+                p.copy_(record["params"][name])
+    captured = {}
+    block = model.base_model.model.model.layers[IB_BLOCK]
+    handle = block.register_forward_hook(lambda m, a, out: captured.setdefault("h", out[0] if isinstance(out, tuple) else out))
+    model.train()
+    torch.set_rng_state(record["rng"])
+    with torch.no_grad():
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits  # (B, N, V)
+        handle.remove()
+        labels = inputs["labels"]
+        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+
+        encoder = encoders(trainer)[str(IB_BLOCK)]
+        h = captured["h"][inputs["attention_mask"].bool()]  # (P, H): every real token, in row-major order
+        mu = encoder.mu(h)
+        logvar = encoder.logvar(h).clamp(-4.0, 4.0)
+        kl = kl_to_standard_normal(mu, logvar).mean()  # over real tokens and latent dims ("attention" mask)
+        # The model draws eps for the P real-token rows first; the forward before it draws nothing (no dropout).
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        next_labels = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
+        rows = next_labels[inputs["attention_mask"].bool()]  # (P,) next-token label of each real token
+        supervised = rows != -100
+        logits_ib = model.get_output_embeddings()(encoder.up(z[supervised]))
+        ce_ib = F.cross_entropy(logits_ib, rows[supervised])
+
+    total = ce + alpha * (kl + beta * ce_ib)
+    assert log["loss"] == pytest.approx(total.item(), abs=1e-5)
+    assert log["ce"] == pytest.approx(ce.item(), abs=1e-5)
+    assert log["ib_kl"] == pytest.approx(kl.item(), abs=1e-6)
+    assert log["ib_ce"] == pytest.approx(ce_ib.item(), abs=1e-5)
+    assert log["ib_alpha"] == alpha
+    assert log["ib_penalty"] == pytest.approx((alpha * (kl + beta * ce_ib)).item(), abs=1e-6)
+    assert alpha * (kl + beta * ce_ib).item() > 1e-3  # the penalty is not negligible next to the tolerance
+
+
+def _one_sgd_step(tmp_path, tokenizer, batch_size, accumulation):
+    # The IB branch samples z = mu + exp(logvar / 2) * eps, and the two runs draw eps in different shapes and order.
+    # With the logvar head set to weight 0, bias -40 (and the clamp opened to -40) the noise is scaled by
+    # exp(-20) = 2e-9, so z = mu to float precision in both runs, while KL and ce_ib still carry their full gradients.
+    trainer = make_trainer(
+        tmp_path / f"b{batch_size}x{accumulation}", tokenizer,
+        peft_config=ib_config(init_lora_weights=False, ib_logvar_min=-40.0),
+        per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation, max_steps=1,
+        optim="sgd", learning_rate=1.0, max_grad_norm=0.0, ib_alpha=0.5, ib_beta=0.5,
+    )
+    with torch.no_grad():
+        for encoder in encoders(trainer).values():
+            encoder.logvar.weight.zero_()
+            encoder.logvar.bias.fill_(-40.0)
+    before = trainable_params(trainer.model)
+    micro_batches = [b for _, b in zip(range(accumulation), trainer.get_train_dataloader())]
+    trainer.train()
+    return before, trainable_params(trainer.model), micro_batches
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, tokenizer):
+    before, big, _ = _one_sgd_step(tmp_path, tokenizer, batch_size=8, accumulation=1)
+    before_ga, accumulated, micro_batches = _one_sgd_step(tmp_path, tokenizer, batch_size=4, accumulation=2)
+    # The two micro-batches differ in supervised tokens and real tokens, so per-micro-batch means would not match.
+    supervised = [int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches]
+    real = [int(b["attention_mask"].sum()) for b in micro_batches]
+    assert supervised[0] != supervised[1] and real[0] != real[1]
+    assert micro_batches[0]["input_ids"].shape[1] != micro_batches[1]["input_ids"].shape[1]
+
+    assert before.keys() == big.keys() == accumulated.keys()
+    assert any("lora_ib_encoders" in name for name in big) and any("lora_A" in name for name in big)
+    for name in before:
+        torch.testing.assert_close(before_ga[name], before[name], rtol=0, atol=0)
+        moved = (big[name] - before[name]).abs().max().item()
+        assert moved > 1e-4, f"{name} barely moved ({moved}); the comparison would be vacuous"
+        torch.testing.assert_close(accumulated[name], big[name], rtol=0, atol=1e-6, msg=name)
+
+
+# ---- alpha: warmup and controller -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("warmup, max_steps", [(4, 6), (0.5, 8)])
+def test_warmup_ramps_alpha(tmp_path, tokenizer, warmup, max_steps):
+    alpha = 0.3
+    trainer = make_trainer(tmp_path, tokenizer, per_device_train_batch_size=1, max_steps=max_steps,
+                           ib_alpha=alpha, ib_warmup_steps=warmup)
+    trainer.train()
+    logs = train_logs(trainer)
+    expected = [alpha * min(step, 4) / 4 for step in range(max_steps)]  # 4 = int(4) = ceil(0.5 * 8)
+    assert [log["ib_alpha"] for log in logs] == pytest.approx(expected, rel=1e-12)
+    assert logs[0]["ib_penalty"] == 0 and logs[0]["loss"] == pytest.approx(logs[0]["ce"], rel=1e-6)
+    assert logs[-1]["ib_penalty"] > 0
+
+
+@pytest.mark.slow
+def test_kl_controller_settles_at_target(tmp_path, tokenizer):
+    target, rate, alpha0, beta0 = 0.004, 0.2, 0.2, 0.5
+    # One fixed batch of 8 (shuffled each step), Adam lr 2e-2: the KL responds to alpha within a few steps. The
+    # loop is underdamped (log alpha integrates the error; Adam's momentum lags), so it is judged on the mean.
+    trainer = make_trainer(tmp_path, tokenizer, per_device_train_batch_size=8, max_steps=60, learning_rate=2e-2,
+                           ib_alpha=alpha0, ib_beta=beta0, ib_target_kl=target, ib_kl_controller_rate=rate)
+    trainer.train()
+    logs = train_logs(trainer)
+    kls = [log["ib_kl"] for log in logs]
+    alphas = [log["ib_alpha"] for log in logs]
+    assert alphas[0] == alpha0 and kls[0] > 1.5 * target  # starts well above the target
+
+    # Every step applies log(alpha) += rate * clip(log(KL / target), -1, 1) to the step's KL: alpha grows while
+    # the KL is above the target and shrinks while it is below, and both happen in this run.
+    for step in range(len(logs) - 1):
+        error = max(-1.0, min(1.0, math.log(kls[step] / target)))
+        assert alphas[step + 1] == pytest.approx(alphas[step] * math.exp(rate * error), rel=1e-9)
+    grew = [a1 > a0 for a0, a1 in zip(alphas, alphas[1:])]
+    above = [kl > target for kl in kls[:-1]]
+    assert grew == above and any(grew) and not all(grew)
+
+    # The ce_ib weight alpha * beta stays fixed: read back from the logged penalty alpha * (KL + beta * ce_ib).
+    for log in logs:
+        ce_weight = (log["ib_penalty"] - log["ib_alpha"] * log["ib_kl"]) / log["ib_ce"]
+        assert ce_weight == pytest.approx(alpha0 * beta0, rel=1e-6)
+    assert trainer._ib_controller.ce_weight == pytest.approx(alpha0 * beta0, rel=1e-12)
+
+    last = kls[-len(kls) // 5:]
+    assert statistics.mean(last) == pytest.approx(target, rel=0.3)
+    assert alphas[-1] > 2 * alpha0  # it got there by moving alpha, not because the KL started near the target
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_resume_from_checkpoint_reproduces_the_run(tmp_path, tokenizer):
+    settings = dict(trainer_cls=RecordingTrainer, train_dataset=code_dataset(12), max_steps=6, save_strategy="steps",
+                    save_steps=3, ib_target_kl=0.004, ib_kl_controller_rate=0.2, ib_warmup_steps=1,
+                    lr_scheduler_type="linear", warmup_steps=2)
+    full = make_trainer(tmp_path / "full", tokenizer, **settings)
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoint-3"
+
+    # The checkpoint holds the adapter with its IB encoders and the controller's state after step 3.
+    saved = load_file(checkpoint / "adapter_model.safetensors")
+    assert any("lora_ib_encoders" in key for key in saved)
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", CONTROLLER_FILE):
+        assert (checkpoint / name).exists(), name
+    controller_state = json.loads((checkpoint / CONTROLLER_FILE).read_text())
+    full_logs = train_logs(full)
+    assert controller_state["alpha"] == full_logs[3]["ib_alpha"] != full_logs[0]["ib_alpha"]
+
+    resumed = make_trainer(tmp_path / "resumed", tokenizer, **settings)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    # log_history restarts from the checkpoint's trainer_state.json (steps 1-3), then the resumed run appends 4-6.
+    assert [log["step"] for log in train_logs(resumed)] == [1, 2, 3, 4, 5, 6]
+    resumed_logs = train_logs(resumed)[3:]
+
+    # The resumed run starts from step 3's weights (LoRA and encoders, fresh ones were initialized)...
+    start = resumed.recorded[0]["params"]
+    for name, value in full.recorded[3]["params"].items():
+        torch.testing.assert_close(start[name], value, rtol=0, atol=0, msg=name)
+    # ...and continues exactly: same batches, noise, learning rates, alphas, losses and final weights.
+    for ours, theirs in zip(resumed_logs, full_logs[3:]):
+        for key in ("loss", "ce", "ib_kl", "ib_ce", "ib_alpha", "learning_rate", "grad_norm"):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-9), (ours["step"], key)
+    assert resumed._ib_controller.state_dict() == pytest.approx(full._ib_controller.state_dict(), rel=1e-9)
+    end, full_end = trainable_params(resumed.model), trainable_params(full.model)
+    for name in full_end:
+        torch.testing.assert_close(end[name], full_end[name], rtol=0, atol=1e-6, msg=name)
+
+
+# ---- what the trainer accepts -----------------------------------------------------------------------------------
+
+
+def test_rejects_models_without_an_ib_adapter(tmp_path, tokenizer):
+    args = IBSFTConfig(**{**BASE_ARGS, "output_dir": str(tmp_path)})
+    data = code_dataset(2)
+    with pytest.raises(ValueError, match=r"peft_config of type LoraConfig.*IBLoraConfig"):
+        IBSFTTrainer(tiny_llama(), args=args, train_dataset=data, processing_class=tokenizer,
+                     peft_config=LoraConfig(r=4, target_modules="all-linear"))
+    with pytest.raises(ValueError, match=r"needs a model with an IB-LoRA adapter, got LlamaForCausalLM.*IBLoraConfig"):
+        IBSFTTrainer(tiny_llama(), args=args, train_dataset=data, processing_class=tokenizer)
+    plain = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules="all-linear"))
+    with pytest.raises(ValueError, match=r"needs a model with an IB-LoRA adapter, got PeftModel"):
+        IBSFTTrainer(plain, args=args, train_dataset=data, processing_class=tokenizer)
+    with pytest.raises(TypeError, match=r"args=IBSFTConfig\(\.\.\.\), got SFTConfig"):
+        IBSFTTrainer(get_peft_model(tiny_llama(), ib_config()), processing_class=tokenizer, train_dataset=data,
+                     args=SFTConfig(**{**BASE_ARGS, "output_dir": str(tmp_path), "bf16": False}))
+
+
+def test_accepts_a_model_already_wrapped_with_ib_lora(tmp_path, tokenizer):
+    model = get_peft_model(tiny_llama(), ib_config(ib_dim=6))
+    grads = EncoderGrads()
+    trainer = make_trainer(tmp_path, tokenizer, model=model, max_steps=1, callbacks=[grads])
+    assert trainer.model is model and encoders(trainer)[str(IB_BLOCK)].mu.out_features == 6
+    trainer.train()
+    assert all(norm > 0 for norm in grads.norms[0].values())
+
+
+@pytest.mark.parametrize("field, value", [
+    ("ib_alpha", -0.1), ("ib_beta", -1.0), ("ib_warmup_steps", -2), ("ib_target_kl", 0.0), ("ib_target_kl", -0.5),
+    ("ib_kl_controller_rate", 0.0),
+])
+def test_config_errors_name_the_field(tmp_path, field, value):
+    with pytest.raises(ValueError, match=rf"^{field}={value!r}: must be"):
+        IBSFTConfig(output_dir=str(tmp_path), report_to="none", **{field: value})
+
+
+def test_controller_needs_a_positive_starting_alpha(tmp_path, tokenizer):
+    with pytest.raises(ValueError, match=r"ib_target_kl needs a starting alpha > 0, got ib_alpha=0.0"):
+        make_trainer(tmp_path, tokenizer, ib_alpha=0.0, ib_target_kl=0.01)
+
+
+# ---- data formats and training options --------------------------------------------------------------------------
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def _messages_dataset(n: int) -> Dataset:
+    rows = code_dataset(n)
+    return Dataset.from_dict({"messages": [
+        [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
+        for row in rows
+    ]})
+
+
+def _instruction_dataset(n: int) -> Dataset:
+    rows = code_dataset(n)
+    return Dataset.from_dict({"Instruction": [r["prompt"].strip() for r in rows],
+                              "Response": [r["completion"] for r in rows]})
+
+
+FORMATS = {
+    "packing": dict(args={"packing": True}),
+    "padding_free": dict(args={"padding_free": True, "max_length": None}),
+    "gradient_checkpointing": dict(args={"gradient_checkpointing": True,
+                                         "gradient_checkpointing_kwargs": {"use_reentrant": False}}),
+    "completion_only": dict(args={"completion_only_loss": True}),
+    "messages": dict(data=_messages_dataset),
+    "instruction_response": dict(data=_instruction_dataset),
+}
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_formats_train_the_encoder(tmp_path, tokenizer, name):
+    spec = FORMATS[name]
+    if name == "messages":
+        tokenizer = train_tokenizer(tmp_path / "chat")
+        tokenizer.chat_template = CHAT_TEMPLATE
+    grads = EncoderGrads()
+    trainer = make_trainer(tmp_path, tokenizer, train_dataset=spec.get("data", code_dataset)(4), callbacks=[grads],
+                           **spec.get("args", {}))
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.train()
+    logs = train_logs(trainer)
+    assert len(logs) == 2 and len(grads.norms) == 2
+    for log in logs:
+        assert math.isfinite(log["ib_kl"]) and log["ib_kl"] > 0 and math.isfinite(log["ib_ce"]) and log["ib_ce"] > 0
+    for norms in grads.norms:
+        assert norms and all(norm > 0 for norm in norms.values()), norms
+
+    if name in ("packing", "padding_free"):  # one flat row, sequences told apart by position_ids
+        assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+        assert (batch["position_ids"] == 0).sum() >= 2
+    if name in ("completion_only", "instruction_response"):  # no loss on the prompt, all of it on the completion
+        row = trainer.train_dataset[0]
+        prompt_ids = tokenizer(row["prompt"])["input_ids"]
+        labels = trainer.data_collator([row])["labels"][0]
+        assert (labels[: len(prompt_ids)] == -100).all()
+        assert tokenizer.decode(labels[len(prompt_ids):]) == row["completion"]
+
+
+def test_instruction_response_columns_map_to_the_papers_format(tmp_path, tokenizer):
+    data = Dataset.from_dict({"Instruction": ["Write add", "Write mul"],
+                              "Response": ["def add(a, b):\n    return a + b\n", "def mul(a, b):\n    return a * b\n"]})
+    mapped = to_prompt_completion(data)
+    assert mapped.column_names == ["prompt", "completion"]
+    assert mapped[0] == {"prompt": "Write add\n", "completion": "def add(a, b):\n    return a + b\n"}
+    with pytest.raises(ValueError, match=r"no column\(s\) \['Answer'\]"):
+        to_prompt_completion(data, "Instruction", "Answer")
+
+    trainer = make_trainer(tmp_path, tokenizer, train_dataset=data, eval_dataset=data)
+    for dataset in (trainer.train_dataset, trainer.eval_dataset):
+        row = dataset[1]
+        assert row["prompt"] == "Write mul\n"
+        assert row["completion"] == "def mul(a, b):\n    return a * b\n" + tokenizer.eos_token
+        labels = trainer.data_collator([row])["labels"][0]
+        num_prompt = len(tokenizer("Write mul\n")["input_ids"])
+        assert (labels[:num_prompt] == -100).all() and (labels[num_prompt:] != -100).all()
+        assert tokenizer.decode(labels[num_prompt:]) == "def mul(a, b):\n    return a * b\n" + tokenizer.eos_token
+
+
+def test_evaluate_logs_the_ib_terms(tmp_path, tokenizer):
+    trainer = make_trainer(tmp_path, tokenizer, eval_dataset=code_dataset(4), per_device_eval_batch_size=4,
+                           ib_alpha=0.5, ib_beta=0.5)
+    metrics = trainer.evaluate()
+    for key in ("eval_ce", "eval_ib_kl", "eval_ib_ce", "eval_ib_alpha", "eval_ib_penalty"):
+        assert math.isfinite(metrics[key]) and metrics[key] > 0, key
+    # One eval batch: eval_loss is its total ce + alpha * (KL + beta * ce_ib).
+    assert metrics["eval_loss"] == pytest.approx(metrics["eval_ce"] + metrics["eval_ib_penalty"], rel=1e-5)
+    assert metrics["eval_ib_penalty"] == pytest.approx(
+        0.5 * (metrics["eval_ib_kl"] + 0.5 * metrics["eval_ib_ce"]), rel=1e-9)
+    # ...and leaves the adapter as it found it: a plain eval forward computes no IB terms.
+    batch = next(iter(trainer.get_eval_dataloader()))
+    trainer.model.eval()
+    with torch.no_grad():
+        trainer.model(**batch)
+    with pytest.raises(RuntimeError, match="No IB terms"):
+        ib_terms(trainer.model)
+
+
+def test_ddp_unused_parameter_search_is_off(tmp_path):
+    # DDP cannot see the IB terms among the model's outputs; its unused-parameter search would break the IB encoders.
+    assert IBSFTConfig(output_dir=str(tmp_path), report_to="none").ddp_find_unused_parameters is False
+    with pytest.raises(ValueError, match=r"^ddp_find_unused_parameters=True: DDP cannot see the IB terms"):
+        IBSFTConfig(output_dir=str(tmp_path), report_to="none", ddp_find_unused_parameters=True)
