@@ -266,7 +266,6 @@ class MemorizationArguments:
     drop_top_memorized: float = field(
         default=0.0,
         metadata={
-            "aliases": ["--drop-top-memorized"],
             "help": "Fraction in [0, 1): write the dataset without this fraction of lowest base-model scores "
             "(the paper's ablation) to <output_dir>/kept.jsonl. 0 writes nothing.",
         },
