@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from trl_ib.demo.pretrain import train_tokenizer
+from trl_ib.builtin import train_tokenizer
 from trl_ib.demo.run import main
 from trl_ib.demo.tasks import OPERATIONS, VARIABLES, make_problem, make_task
 from trl_ib.evaluation import build_programs, score

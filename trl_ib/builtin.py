@@ -18,9 +18,19 @@ def code_dataset() -> Dataset:
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on `texts`, with <pad> (id 0) and <eos> (id 1)."""
+    """
+    A byte-level BPE tokenizer trained on `texts`, with <pad> (id 0) and <eos> (id 1). Digits are single tokens and
+    "\\n" is always a token of its own: a prompt ends in "\\n" and the completion's indentation must not merge with
+    it, or the prompt alone would tokenize differently than in training (and generation from it collapses).
+    """
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split("\n", behavior="isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()

@@ -9,33 +9,10 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from trl import SFTConfig, SFTTrainer
 
-from trl_ib.builtin import SPECIAL_TOKENS, tiny_llama
-
-
-def train_tokenizer(texts: list[str], vocab_size: int = 400) -> PreTrainedTokenizerFast:
-    """
-    `trl_ib.builtin.train_tokenizer` (byte-level BPE, <pad> = 0, <eos> = 1), plus one token per digit (constants are
-    read digit by digit) and "\\n" always a token of its own: a HumanEval prompt ends in "\\n", and the completion's
-    indentation must not merge with it, or the prompt alone tokenizes differently than in training.
-    """
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split("\n", behavior="isolated"),
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>")
+from trl_ib.builtin import tiny_llama, train_tokenizer
 
 
 def pretrain(
@@ -45,7 +22,7 @@ def pretrain(
     Train a tokenizer on `texts`, build a tiny Llama, language-model it on `texts` for `max_steps` steps of 32 texts,
     and save both to `output_dir`. Returns (model, tokenizer).
     """
-    tokenizer = train_tokenizer(texts)
+    tokenizer = train_tokenizer(texts, vocab_size=400)
     torch.manual_seed(seed)
     model = tiny_llama(len(tokenizer))  # 4 blocks of width 64, about 0.2M parameters
     args = SFTConfig(
