@@ -150,6 +150,15 @@ def run(script_args: ScriptArguments, training_args: IBSFTConfig, model_args: Mo
     return trainer
 
 
+# The built-in default trains a randomly initialized tiny model: SFTConfig's defaults (lr 2e-5, made for
+# pre-trained LLMs) would leave it untouched. A YAML file or flags still override these.
+BUILTIN_DEFAULTS = {"learning_rate": 1e-2, "ib_dim": 16, "lora_r": 16, "lora_alpha": 32}
+
+
 def main(argv: list[str] | None = None) -> None:
-    script_args, training_args, model_args, ib_args = make_parser().parse_args_and_config(args=argv)
-    run(script_args, training_args, model_args, ib_args)
+    parsed = make_parser().parse_args_and_config(args=argv)
+    if parsed[2].model_name_or_path is None:
+        parser = make_parser()
+        parser.set_defaults(**BUILTIN_DEFAULTS)
+        parsed = parser.parse_args_and_config(args=argv)
+    run(*parsed)
