@@ -86,9 +86,9 @@ def test_examples_without_prompt_completion_name_their_keys(tokenizer):
 
 
 def test_response_starts_where_prompt_and_full_tokenizations_diverge(tokenizer):
-    # "\n" + "    " merge into one token across the boundary: that token is scored as response, as TRL trains it
-    prompt_ids = tokenizer("def add(a, b):\n")["input_ids"]
-    row = tokenize_example(tokenizer, {"prompt": "def add(a, b):\n", "completion": "    return a * b\n"})
+    # "d" + "d(" merge into one token ("dd") across the boundary: that token is scored as response, as TRL trains it
+    prompt_ids = tokenizer("def ad")["input_ids"]
+    row = tokenize_example(tokenizer, {"prompt": "def ad", "completion": "d(a, b):\n    return a * b\n"})
     num_prompt = row["labels"].count(-100)
     assert num_prompt == len(prompt_ids) - 1
     assert row["input_ids"][:num_prompt] == prompt_ids[:num_prompt]
