@@ -1,0 +1,581 @@
+"""Training cost of IB-FT (issue 7): plain LoRA vs IB-LoRA vs the official code's approach, per optimizer step.
+
+    python benchmarks/bench_train.py            # full run: every config below
+    python benchmarks/bench_train.py --quick    # two small configs
+
+Variants, each in its own subprocess (so that its peak memory is its own), on the same batches in the same order:
+  a  plain LoRA, TRL's SFTTrainer                    (LoraConfig r=32 on every linear layer of the blocks)
+  b  IB-FT, IBSFTTrainer                              (IBLoraConfig: the same LoRA + one IB encoder, D = ib_dim)
+  c  the peer baseline: a re-implementation of the official code's approach (DESIGN.md section 4), `PeerIBModel`
+     below: all hidden states requested, full-vocab IB and task logits over the whole sequence, every row padded to
+     the max length, KL averaged over every position.
+Models are Llama-style, built from a LlamaConfig (random weights, nothing downloaded), fp32. Rows are prompt/completion
+pairs of random token lengths; a and b are collated by TRL's collator (dynamic padding, loss on the completion only).
+Every variant runs the same step: forward + backward (a, b: `trainer.training_step`; c: `PeerIBModel.training_step`),
+`clip_grad_norm_(1.0)`, the optimizer TRL's Trainer builds (AdamW, fused), `zero_grad`. Activation checkpointing is on
+in all three (TRL's default). Step time: median over the steps after warmup. Peak memory: max RSS (CPU,
+`resource.getrusage`) or `torch.cuda.max_memory_allocated` (GPU).
+
+The floor f = FLOPs(b) / FLOPs(a) counts what actually runs (see `step_flops`): IB-FT must at least pay for the
+encoder heads on every KL position, and for up(z), one more lm_head projection and its cross-entropy at every
+supervised position. Targets: (b/a - 1) <= 1.25 (f - 1) + 0.02 for time; b/a <= 1.05 for peak memory at seq 2048.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_train.json"
+LORA_R = 32
+IB_DEPTH = 0.625  # the paper's block 20 of 32
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One model shape and one max length; `rows` per step, `warmup` untimed then `steps` timed steps."""
+
+    name: str
+    hidden: int
+    layers: int
+    intermediate: int
+    heads: int
+    vocab: int
+    seq: int
+    rows: int
+    ib_dim: int = 256
+    warmup: int = 1
+    steps: int = 2
+
+    @property
+    def batch(self) -> int:
+        return self.rows
+
+
+# Small-model proportions (a 100M-class Llama), the paper's D = 256.
+SMALL = dict(hidden=512, layers=8, intermediate=1376, heads=8, ib_dim=256)
+# The scaling table's model: narrow, so that 2 CPU cores get through vocab 128k x seq 2048 in minutes; D = H / 2.
+SCALE = dict(hidden=64, layers=4, intermediate=172, heads=1, ib_dim=32)
+# Shaped like a 7B Llama (H 4096, 32 blocks, I 11008, V 32000, D 256) in the share of lm_head and of the IB branch
+# in a step's FLOPs: many narrow blocks, a small vocab, D = H / 16; its floor f is printed next to the real 7B's.
+SEVEN_B_SHAPED = dict(hidden=256, layers=16, intermediate=688, heads=4, vocab=1000, ib_dim=16)
+SEVEN_B = dict(hidden=4096, layers=32, intermediate=11008, heads=32, vocab=32000, ib_dim=256)
+ROWS = {512: 2, 1024: 1, 2048: 1}  # rows per step: what 2 shared CPU cores get through, not a GPU batch
+
+FULL_CONFIGS = [
+    BenchConfig("small-32k-512", **SMALL, vocab=32000, seq=512, rows=2, steps=3),
+    BenchConfig("7b-shaped-512", **SEVEN_B_SHAPED, seq=512, rows=2, steps=3),
+    *(BenchConfig(f"scale-{v // 1000}k-{s}", **SCALE, vocab=v, seq=s, rows=ROWS[s], steps=3 if v < 100000 else 2)
+      for v in (32000, 128256) for s in (512, 1024, 2048)),
+]
+QUICK_CONFIGS = [
+    BenchConfig("scale-32k-1024", **SCALE, vocab=32000, seq=1024, rows=1),
+    BenchConfig("scale-128k-1024", **SCALE, vocab=128256, seq=1024, rows=1),
+]
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+
+
+def make_rows(config: BenchConfig, num_rows: int, seed: int = 0) -> list[dict]:
+    """Prompt/completion rows: length uniform in [seq/4, seq], prompt 10-50% of it; ids uniform over the vocab."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(num_rows):
+        length = int(torch.randint(config.seq // 4, config.seq + 1, (1,), generator=generator))
+        prompt = max(1, int(length * (0.1 + 0.4 * torch.rand((), generator=generator).item())))
+        ids = torch.randint(2, config.vocab, (length,), generator=generator).tolist()
+        rows.append({"input_ids": ids, "completion_mask": [0] * prompt + [1] * (length - prompt)})
+    return rows
+
+
+def pad_to_max_length(rows: list[dict], max_length: int, pad_id: int = 0) -> dict:
+    """The official code's batches: every row padded to `max_length`; labels -100 on the prompt and the padding."""
+    import torch
+
+    input_ids = torch.full((len(rows), max_length), pad_id)
+    attention_mask = torch.zeros(len(rows), max_length, dtype=torch.long)
+    labels = torch.full((len(rows), max_length), -100)
+    for i, row in enumerate(rows):
+        ids, mask = torch.tensor(row["input_ids"]), torch.tensor(row["completion_mask"])
+        input_ids[i, : len(ids)] = ids
+        attention_mask[i, : len(ids)] = 1
+        labels[i, : len(ids)] = ids.masked_fill(mask == 0, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def batch_counts(batch: dict) -> dict:
+    """Shape and token counts of one collated batch, as `step_flops` reads them."""
+    labels = batch["labels"]
+    rows, seq = labels.shape
+    return {
+        "rows": rows,
+        "seq": seq,
+        "real": int(batch["attention_mask"].sum()),  # non-padding tokens (= KL positions of b, ib_kl_mask="attention")
+        "supervised": int((labels[:, 1:] != -100).sum()),  # positions whose next-token label is kept
+    }
+
+
+# ---- the FLOP floor -----------------------------------------------------------------------------------------------
+
+
+def step_flops(config: BenchConfig, counts: dict, variant: str, checkpointing: bool = True) -> dict:
+    """
+    Matmul FLOPs of one training step, by part, counting what runs (elementwise work is left out):
+    - frozen linear (in x out) over T positions: forward 2 T in out, backward dX only (no dW): 2 T in out, and one
+      more forward inside the blocks when activations are checkpointed;
+    - LoRA (in -> r -> out): forward 2 T r (in + out), backward dX and dW: twice that, plus the recomputation;
+    - attention: QK^T and PV, 4 T N H forward (padded batches carry a mask, so no causal skipping), 2x in backward;
+    - lm_head (frozen, TRL's chunked log-prob): forward 2 P H V, backward recomputes the logits tile and forms dX:
+      4 P H V, over P positions. On devices without Triton (CPUs) TRL's fused head scores every position
+      (`add_fused_lm_head`: `compact = _use_triton(...)`), so P = rows x (seq - 1) there; the IB branch scores only
+      the supervised positions;
+    - IB encoder (b, c): mu and logvar (H -> D each) on every KL position, up (D -> H) at every supervised position
+      (b) or every position (c); trainable: 3x forward.
+    c's task and IB logits are ordinary full (rows, seq, V) products: forward 2 T H V, backward dX 2 T H V, each.
+    """
+    import torch
+
+    h, n_layers, inter, vocab, d, r = config.hidden, config.layers, config.intermediate, config.vocab, config.ib_dim, LORA_R
+    rows, seq = counts["rows"], counts["seq"]
+    positions = rows * seq
+    linears = [(h, h)] * 4 + [(h, inter), (h, inter), (inter, h)]  # q k v o gate up down (no GQA)
+    block_passes = 3 if checkpointing else 2  # forward (+ recompute) + backward dX
+    frozen = sum(2 * i * o for i, o in linears) * positions * block_passes * n_layers
+    lora = sum(2 * r * (i + o) for i, o in linears) * positions * (block_passes + 1) * n_layers
+    attention = 4 * rows * seq * seq * h * (block_passes + 1) * n_layers
+    parts = {"blocks": frozen + lora + attention}
+    has_triton = torch.cuda.is_available()
+    head_positions = counts["supervised"] if has_triton else rows * (seq - 1)
+    if variant == "c":
+        parts["lm_head"] = 2 * (4 * positions * h * vocab)  # task logits + IB logits, full
+        parts["ib_encoder"] = 3 * (2 * positions * h * 2 * d + 2 * positions * d * h)
+    else:
+        parts["lm_head"] = 6 * head_positions * h * vocab
+    if variant == "b":
+        kl_positions, supervised = counts["real"], counts["supervised"]
+        parts["ib_encoder"] = 3 * (2 * kl_positions * h * 2 * d + 2 * supervised * d * h)
+        parts["ib_lm_head"] = 6 * supervised * h * vocab
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+# ---- the peer baseline (c) ----------------------------------------------------------------------------------------
+
+
+def build_peer_model(config: BenchConfig):
+    """The official code's approach, re-implemented: an nn.Module around the LoRA model (see module docstring)."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class PeerIBModel(nn.Module):
+        """LoRA model + a variational adapter on hidden_states[layer], both CEs from full-vocab logits."""
+
+        def __init__(self, lm, layer: int, ib_dim: int, alpha: float = 0.2, beta: float = 0.01):
+            super().__init__()
+            self.lm, self.layer, self.alpha, self.beta = lm, layer, alpha, beta
+            hidden = lm.config.hidden_size
+            self.mu, self.logvar, self.up = nn.Linear(hidden, ib_dim), nn.Linear(hidden, ib_dim), nn.Linear(ib_dim, hidden)
+
+        @staticmethod
+        def shifted_ce(logits, labels, attention_mask):
+            # (B, N, V) -> shifted copy -> rows with a kept label -> mean CE over them
+            shifted = logits[:, :-1, :].contiguous().reshape(-1, logits.size(-1))
+            keep = ((labels[:, 1:] != -100) & attention_mask[:, 1:].bool()).reshape(-1).nonzero(as_tuple=True)[0]
+            return F.cross_entropy(shifted[keep], labels[:, 1:].reshape(-1)[keep])
+
+        def forward(self, input_ids, attention_mask, labels):
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, return_dict=True)
+            h = out.hidden_states[self.layer]  # (B, N, H), padding included
+            mu, logvar = self.mu(h), self.logvar(h).clamp(-4.0, 4.0)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean()  # every position, padding included
+            logits_ib = self.lm.get_output_embeddings()(self.up(z))  # (B, N, V)
+            ce_ib = self.shifted_ce(logits_ib, labels, attention_mask)
+            ce = self.shifted_ce(out.logits, labels, attention_mask)  # (B, N, V) task logits
+            return ce + self.alpha * (kl + self.beta * ce_ib)
+
+        def training_step(self, batch) -> torch.Tensor:
+            self.train()
+            loss = self(**batch)
+            loss.backward()
+            return loss.detach()
+
+    from peft import LoraConfig, get_peft_model
+
+    lm = get_peft_model(build_llama(config), lora_config(LoraConfig))
+    return PeerIBModel(lm, layer=int(IB_DEPTH * config.layers + 0.5), ib_dim=config.ib_dim)
+
+
+# ---- one variant, in its own process ------------------------------------------------------------------------------
+
+
+def build_llama(config: BenchConfig):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=config.vocab, hidden_size=config.hidden, intermediate_size=config.intermediate,
+            num_hidden_layers=config.layers, num_attention_heads=config.heads, num_key_value_heads=config.heads,
+            max_position_embeddings=config.seq, pad_token_id=0, bos_token_id=1, eos_token_id=1,
+            tie_word_embeddings=False,
+        )
+    )
+
+
+def lora_config(cls, **kwargs):
+    """The paper's LoRA (DESIGN.md section 3) on every linear layer of the blocks."""
+    return cls(r=LORA_R, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM", **kwargs)
+
+
+def tokenizer():
+    """A two-token tokenizer: TRL needs a processing class for its pad id; the rows are already token ids."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({"<pad>": 0, "<eos>": 1}, unk_token="<eos>"))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>")
+
+
+def enable_checkpointing(model) -> None:
+    """What `Trainer.train` does with TRL's default `gradient_checkpointing=True` (non-reentrant)."""
+    model.enable_input_require_grads()
+    model.activation_checkpointing_enable()
+
+
+def build_trainer(config: BenchConfig, variant: str, rows: list[dict], output_dir: str):
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    import peft_ib  # noqa: F401  (registers the IB-LoRA type)
+    from trl_ib.ib_sft_config import IBSFTConfig
+    from trl_ib.ib_sft_trainer import IBSFTTrainer
+
+    common = dict(
+        output_dir=output_dir, per_device_train_batch_size=config.batch, max_length=config.seq, learning_rate=1e-4,
+        bf16=False, report_to="none", logging_strategy="no", save_strategy="no", seed=0, gradient_checkpointing=True,
+        completion_only_loss=True, dataloader_num_workers=0,
+    )
+    dataset = Dataset.from_list(rows)
+    if variant == "a":
+        trainer = SFTTrainer(build_llama(config), args=SFTConfig(**common), train_dataset=dataset,
+                             processing_class=tokenizer(), peft_config=lora_config(LoraConfig))
+    else:
+        peft_config = lora_config(peft_ib.IBLoraConfig, ib_layers=IB_DEPTH, ib_dim=config.ib_dim)
+        trainer = IBSFTTrainer(build_llama(config), args=IBSFTConfig(**common), train_dataset=dataset,
+                               processing_class=tokenizer(), peft_config=peft_config)
+    enable_checkpointing(trainer.model)
+    return trainer
+
+
+def peak_memory_bytes(device) -> int:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_worker(config: BenchConfig, variant: str, commands, replies, threads: int) -> dict:
+    """
+    Build one variant, then run one step per "step" read from `commands`, replying with its time, so that the driver
+    interleaves the variants step by step; "finish" ends it. Returns step times, memory and per-batch counts.
+    """
+    import torch
+    from transformers import Trainer
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    num_steps = config.warmup + config.steps
+    rows = make_rows(config, num_steps * config.batch)
+    with tempfile.TemporaryDirectory() as output_dir:
+        if variant == "c":
+            from trl import SFTConfig
+
+            model = build_peer_model(config).to(device)
+            enable_checkpointing(model.lm)
+            batches = [pad_to_max_length(rows[i * config.batch:(i + 1) * config.batch], config.seq)
+                       for i in range(num_steps)]
+            batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+            # The optimizer TRL's Trainer builds for a and b (same class, same kwargs)
+            optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(
+                SFTConfig(output_dir, learning_rate=1e-4, bf16=False))
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = optimizer_cls(params, **optimizer_kwargs)
+
+            def forward_backward(batch):
+                return model.training_step(batch)
+        else:
+            trainer = build_trainer(config, variant, rows, output_dir)
+            model = trainer.model
+            dataset = trainer.train_dataset  # prepared by TRL: labels -100 on the prompt
+            collate = trainer.data_collator  # TRL's: dynamic padding to the longest row of the batch
+            batches = [collate([dataset[j] for j in range(i * config.batch, (i + 1) * config.batch)])
+                       for i in range(num_steps)]
+            trainer.create_optimizer()
+            optimizer = trainer.optimizer
+            params = [p for p in model.parameters() if p.requires_grad]
+
+            def forward_backward(batch):
+                num_items = trainer._get_num_items_in_batch([batch], device)
+                return trainer.training_step(model, batch, num_items)
+
+        counts = [batch_counts(b) for b in batches]
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        memory_before = current_rss_bytes() if device.type == "cpu" else torch.cuda.memory_allocated(device)
+        times = []
+        replies.write("ready\n")
+        replies.flush()
+        for batch in batches:
+            if commands.readline().strip() != "step":
+                raise RuntimeError("expected 'step'")
+            sync()
+            start = time.perf_counter()
+            forward_backward(batch)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sync()
+            times.append(time.perf_counter() - start)
+            replies.write(f"{times[-1]}\n")
+            replies.flush()
+        commands.readline()  # "finish"
+    return {
+        "variant": variant,
+        "step_times_s": times[config.warmup:],
+        "warmup_times_s": times[: config.warmup],
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "memory_before_steps_bytes": memory_before,
+        "trainable_params": sum(p.numel() for p in params),
+        "counts": counts[config.warmup:],
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+
+
+# ---- driver -------------------------------------------------------------------------------------------------------
+
+
+class Worker:
+    """One variant in its own process, driven step by step over a pair of pipes."""
+
+    def __init__(self, config: BenchConfig, variant: str, directory: str, threads: int):
+        self.variant, self.out = variant, Path(directory) / f"{variant}.json"
+        self.log = open(Path(directory) / f"{variant}.log", "w+")
+        cmd_read, cmd_write = os.pipe()
+        reply_read, reply_write = os.pipe()
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", variant, "--config", json.dumps(asdict(config)),
+             "--out", str(self.out), "--fds", f"{cmd_read},{reply_write}", "--threads", str(threads)],
+            pass_fds=(cmd_read, reply_write), stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        os.close(cmd_read)
+        os.close(reply_write)
+        self.commands, self.replies = os.fdopen(cmd_write, "w"), os.fdopen(reply_read)
+
+    def ask(self, command: str) -> str:
+        self.commands.write(command + "\n")
+        self.commands.flush()
+        return self.receive()
+
+    def receive(self) -> str:
+        reply = self.replies.readline()
+        if not reply:
+            self.proc.wait()
+            self.log.seek(0)
+            raise RuntimeError(f"variant {self.variant} failed:\n{self.log.read()[-4000:]}")
+        return reply.strip()
+
+    def finish(self) -> dict:
+        self.commands.write("finish\n")
+        self.commands.close()
+        if self.proc.wait() != 0:
+            self.log.seek(0)
+            raise RuntimeError(f"variant {self.variant} failed:\n{self.log.read()[-4000:]}")
+        return json.loads(self.out.read_text())
+
+
+def run_config(config: BenchConfig, variants: str, started: float, threads: int) -> dict[str, dict]:
+    """All variants of one config, alive at once but stepping one at a time: a b c, then c b a, and so on."""
+    with tempfile.TemporaryDirectory() as directory:
+        workers = {v: Worker(config, v, directory, threads) for v in variants}
+        for worker in workers.values():
+            worker.receive()  # "ready"
+        for step in range(config.warmup + config.steps):
+            order = variants if step % 2 == 0 else variants[::-1]
+            times = {v: float(workers[v].ask("step")) for v in order}
+            print(f"{config.name:<16} step {step}: " + "  ".join(f"{v} {times[v]:6.2f} s" for v in variants)
+                  + f"  [{time.time() - started:4.0f} s]", flush=True)
+        return {v: w.finish() for v, w in workers.items()}
+
+
+def summarize(config: BenchConfig, runs: dict[str, dict]) -> dict:
+    """Median step time, peak memory and FLOPs per variant; ratios to a; the floor f and the targets."""
+    result = {"config": asdict(config), "batch": config.batch, "variants": {}}
+    for variant, run in runs.items():
+        flops = [step_flops(config, c, variant) for c in run["counts"]]
+        result["variants"][variant] = {
+            **{k: run[k] for k in ("step_times_s", "warmup_times_s", "peak_memory_bytes", "memory_before_steps_bytes",
+                                   "trainable_params", "device", "threads")},
+            "median_step_s": statistics.median(run["step_times_s"]),
+            "mean_flops": {k: statistics.mean(f[k] for f in flops) for k in flops[0]},
+            "mean_counts": {k: statistics.mean(c[k] for c in run["counts"]) for k in run["counts"][0]},
+        }
+    v = result["variants"]
+    # Each timed step of b (and c) ran on the same batch as a's, right before or after it: the median of these paired
+    # ratios cancels most of the drift of a shared machine. The ratio of median step times is kept alongside.
+    time_ratio = {k: statistics.median(t / ta for t, ta in zip(v[k]["step_times_s"], v["a"]["step_times_s"]))
+                  for k in v}
+    result["time_ratio_of_medians"] = {k: v[k]["median_step_s"] / v["a"]["median_step_s"] for k in v}
+    memory_ratio = {k: v[k]["peak_memory_bytes"] / v["a"]["peak_memory_bytes"] for k in v}
+    floor = v["b"]["mean_flops"]["total"] / v["a"]["mean_flops"]["total"]
+    result.update(
+        time_ratio=time_ratio,
+        memory_ratio=memory_ratio,
+        floor_f=floor,
+        flops_ratio_c=v["c"]["mean_flops"]["total"] / v["a"]["mean_flops"]["total"] if "c" in v else None,
+        time_target=1 + 1.25 * (floor - 1) + 0.02,
+        time_ok=time_ratio["b"] <= 1 + 1.25 * (floor - 1) + 0.02,
+        memory_ok=memory_ratio["b"] <= 1.05 if config.seq >= 2048 else None,
+    )
+    return result
+
+
+def print_table(results: list[dict], seven_b_floor: float) -> None:
+    header = (f"{'config':<16} {'H':>4} {'L':>3} {'V':>6} {'seq':>5} {'B':>2} | {'a s/step':>8} {'b/a':>5} {'c/a':>5} "
+              f"| {'f':>5} {'target':>6} {'time':>4} | {'a GB':>5} {'b/a':>5} {'c/a':>5} {'mem':>4} | {'fc':>5}")
+    print("\n" + header + "\n" + "-" * len(header))
+    for r in results:
+        c, t, m = r["config"], r["time_ratio"], r["memory_ratio"]
+        mem_ok = "-" if r["memory_ok"] is None else ("ok" if r["memory_ok"] else "MISS")
+        print(
+            f"{c['name']:<16} {c['hidden']:>4} {c['layers']:>3} {c['vocab']:>6} {c['seq']:>5} {r['batch']:>2} | "
+            f"{r['variants']['a']['median_step_s']:>8.2f} {t['b']:>5.3f} {t.get('c', float('nan')):>5.2f} | "
+            f"{r['floor_f']:>5.3f} {r['time_target']:>6.3f} {'ok' if r['time_ok'] else 'MISS':>4} | "
+            f"{r['variants']['a']['peak_memory_bytes'] / 2**30:>5.2f} {m['b']:>5.3f} {m.get('c', float('nan')):>5.2f} "
+            f"{mem_ok:>4} | {r['flops_ratio_c'] or float('nan'):>5.2f}"
+        )
+    print(f"(f of a real 7B Llama at seq 2048, same accounting: {seven_b_floor:.3f}; fc = FLOPs(c) / FLOPs(a))")
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Step time and peak memory of b and c relative to a, per config of the scaling table, with b's floor f."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scale = [r for r in results if r["config"]["name"].startswith("scale-")]
+    if not scale:
+        return
+    labels = [f"V {r['config']['vocab'] // 1000}k\nseq {r['config']['seq']}" for r in scale]
+    x = range(len(scale))
+    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_time.plot(x, [r["time_ratio"]["b"] for r in scale], "o-", label="b IB-FT (IBSFTTrainer)")
+    ax_time.plot(x, [r["time_ratio"].get("c", float("nan")) for r in scale], "s-", label="c official approach")
+    ax_time.plot(x, [r["floor_f"] for r in scale], "k:", label="floor f = FLOPs(b) / FLOPs(a)")
+    ax_time.plot(x, [r["flops_ratio_c"] or float("nan") for r in scale], "r:", label="FLOPs(c) / FLOPs(a)")
+    ax_time.set_title("step time / plain LoRA (a)")
+    ax_mem.plot(x, [r["memory_ratio"]["b"] for r in scale], "o-", label="b")
+    ax_mem.plot(x, [r["memory_ratio"].get("c", float("nan")) for r in scale], "s-", label="c")
+    ax_mem.axhline(1.05, color="k", linestyle=":", label="target b/a <= 1.05")
+    ax_mem.set_title("peak memory / plain LoRA (a)")
+    for ax in (ax_time, ax_mem):
+        ax.set_xticks(list(x), labels, fontsize=8)
+        ax.axhline(1.0, color="grey", linewidth=0.5)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"IB-FT training cost, scaling table (H {scale[0]['config']['hidden']}, "
+                 f"{scale[0]['config']['layers']} blocks; 2-core CPU, shared)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def seven_b_floor() -> float:
+    config = BenchConfig("7b", **SEVEN_B, seq=2048, rows=2)
+    rows = make_rows(config, 8 * config.batch)
+    batches = [pad_to_max_length(rows[i:i + config.batch], max(len(r["input_ids"]) for r in rows[i:i + config.batch]))
+               for i in range(0, len(rows), config.batch)]
+    counts = [batch_counts(b) for b in batches]
+    return statistics.mean(step_flops(config, c, "b")["total"] / step_flops(config, c, "a")["total"] for c in counts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="two configs, fewer steps (< 3 minutes)")
+    parser.add_argument("--only", nargs="*", help="run only the configs with these names")
+    parser.add_argument("--variants", default="abc", help="variants to run (default: abc)")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="intra-op threads per variant (default 1; 0: torch's default). On a shared machine, OpenMP threads that "
+             "wait at barriers for descheduled peers make multi-threaded CPU step times swing up to 10x",
+    )
+    parser.add_argument("--out", default=None, help=f"JSON output (default: {RESULTS}; --quick: not written)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--fds", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        cmd_fd, reply_fd = map(int, args.fds.split(","))
+        with os.fdopen(cmd_fd) as commands, os.fdopen(reply_fd, "w") as replies:
+            result = run_worker(BenchConfig(**json.loads(args.config)), args.worker, commands, replies, args.threads)
+        Path(args.out).write_text(json.dumps(result))
+        return
+
+    configs = QUICK_CONFIGS if args.quick else FULL_CONFIGS
+    if args.only:
+        configs = [c for c in configs if c.name in args.only]
+    results, started = [], time.time()
+    for config in configs:
+        results.append(summarize(config, run_config(config, args.variants, started, args.threads)))
+
+    floor_7b = seven_b_floor()
+    out = args.out or (None if args.quick or args.only else RESULTS)
+    if out:
+        import torch
+
+        payload = {
+            "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                        "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                        "load_average_at_end": os.getloadavg()},
+            "settings": {"lora_r": LORA_R, "ib_depth": IB_DEPTH, "dtype": "float32", "activation_checkpointing": True,
+                         "threads_per_variant": args.threads},
+            "seven_b_floor_f": floor_7b,
+            "wall_s": time.time() - started,
+            "results": results,
+        }
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(payload, indent=1))
+        plot(results, Path(out).with_suffix(".png"))
+    print_table(results, floor_7b)
+
+
+if __name__ == "__main__":
+    main()
