@@ -17,6 +17,8 @@ import torch
 from peft import LoraModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers.utils import is_triton_available
 from trl.kernels import ChunkedLogProbFunction
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
@@ -35,6 +37,9 @@ BLOCK_PATHS = (
 FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm")
 # Vocabulary tile of the chunked cross-entropy of the IB branch (the same width TRL's fused LM head uses).
 CE_VOCAB_CHUNK = 32768
+# Where TRL's kernel has no Triton fold (CPUs): logits per (rows, vocab) tile of the row-chunked cross-entropy.
+CE_TILE_ELEMENTS = 2**25  # 128 MiB in fp32
+_TRITON_AVAILABLE = is_triton_available()
 
 
 @dataclass
@@ -92,19 +97,37 @@ def _block_output(output) -> torch.Tensor:
 
 
 def _target_log_probs(lm_head, h_ib, targets, softcap, logit_scale) -> torch.Tensor:
-    """(S,) log p(target | h_ib) under the model's output layer, h_ib (S, H); vocabulary-chunked, so no (S, vocab)
-    tensor, except when LoRA targets the output layer itself."""
+    """(S,) log p(target | h_ib) under the model's output layer, h_ib (S, H); chunked, so no (S, vocab) tensor,
+    except when LoRA targets the output layer itself."""
     if isinstance(lm_head, BaseTunerLayer) and not lm_head.merged:
         # `lm_head.weight` is then the frozen base weight alone: run the layer, adapter included as in the model's own
         # logits, on the S supervised rows.
-        logits = lm_head(h_ib.to(lm_head.weight.dtype)).float() * logit_scale  # (S, vocab)
-        if softcap is not None:
-            logits = softcap * torch.tanh(logits / softcap)
-        return -nn.functional.cross_entropy(logits, targets, reduction="none")
+        return _tile_log_probs(lm_head, h_ib.to(lm_head.weight.dtype), targets, softcap, logit_scale)
+    if not (_TRITON_AVAILABLE and h_ib.device.type in ("cuda", "xpu")):
+        # TRL's kernel folds its tiles in Triton only on these devices (`trl.kernels.chunked_logprob._use_triton`);
+        # elsewhere its torch fallback costs 1.6-2.6x cross_entropy on the same tile (benchmarks/README_train.md).
+        # Row tiles recomputed in backward keep its memory bound, one (rows, vocab) tile at a time.
+        if not len(targets):
+            return h_ib.sum(-1)  # (0,), still connected to the graph
+        rows = max(1, CE_TILE_ELEMENTS // lm_head.weight.shape[0])
+        h_ib = h_ib.to(lm_head.weight.dtype)
+        return torch.cat([
+            checkpoint(_tile_log_probs, lm_head, h_ib[i:i + rows], targets[i:i + rows], softcap, logit_scale,
+                       use_reentrant=False)
+            for i in range(0, len(targets), rows)
+        ])
     with maybe_gather_lm_head_ctx(lm_head.weight, lm_head.bias):
         return ChunkedLogProbFunction.apply(
             h_ib, lm_head.weight, lm_head.bias, targets, 1.0, CE_VOCAB_CHUNK, softcap, logit_scale, ()
         )[0]
+
+
+def _tile_log_probs(lm_head, h_ib, targets, softcap, logit_scale) -> torch.Tensor:
+    """(rows,) log p(target | h_ib) from the full (rows, vocab) logits of h_ib (rows, H)."""
+    logits = lm_head(h_ib).float() * logit_scale  # (rows, vocab)
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    return -nn.functional.cross_entropy(logits, targets, reduction="none")
 
 
 class IBLoraModel(LoraModel):
