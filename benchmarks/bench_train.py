@@ -1,7 +1,7 @@
 """Training cost of IB-FT (issue 7): plain LoRA vs IB-LoRA vs the official code's approach, per optimizer step.
 
-    python benchmarks/bench_train.py            # full run: every config below
-    python benchmarks/bench_train.py --quick    # two small configs
+    python benchmarks/bench_train.py            # full run: every config below (~12 min on 2 shared CPU cores)
+    python benchmarks/bench_train.py --quick    # two small configs (~3 min)
 
 Variants, each in its own subprocess (so that its peak memory is its own), on the same batches in the same order:
   a  plain LoRA, TRL's SFTTrainer                    (LoraConfig r=32 on every linear layer of the blocks)
@@ -10,10 +10,12 @@ Variants, each in its own subprocess (so that its peak memory is its own), on th
      below: all hidden states requested, full-vocab IB and task logits over the whole sequence, every row padded to
      the max length, KL averaged over every position.
 Models are Llama-style, built from a LlamaConfig (random weights, nothing downloaded), fp32. Rows are prompt/completion
-pairs of random token lengths; a and b are collated by TRL's collator (dynamic padding, loss on the completion only).
+pairs of mixed lengths; a and b are collated by TRL's collator (dynamic padding, loss on the completion only).
 Every variant runs the same step: forward + backward (a, b: `trainer.training_step`; c: `PeerIBModel.training_step`),
 `clip_grad_norm_(1.0)`, the optimizer TRL's Trainer builds (AdamW, fused), `zero_grad`. Activation checkpointing is on
-in all three (TRL's default). Step time: median over the steps after warmup. Peak memory: max RSS (CPU,
+in all three (TRL's default). The three processes live at once but step in turn (a b c, c b a, ...), so a drift in the
+load of a shared machine hits them alike; the time ratio is the median over timed steps of b's (c's) time over a's on
+the same batch. One intra-op thread per process by default (see --threads). Peak memory: max RSS (CPU,
 `resource.getrusage`) or `torch.cuda.max_memory_allocated` (GPU).
 
 The floor f = FLOPs(b) / FLOPs(a) counts what actually runs (see `step_flops`): IB-FT must at least pay for the
@@ -86,14 +88,18 @@ QUICK_CONFIGS = [
 
 
 def make_rows(config: BenchConfig, num_rows: int, seed: int = 0) -> list[dict]:
-    """Prompt/completion rows: length uniform in [seq/4, seq], prompt 10-50% of it; ids uniform over the vocab."""
+    """
+    Prompt/completion rows: lengths spread over [seq/4, seq], prompts over 10-50% of them, by low-discrepancy
+    sequences (golden and plastic ratios), so that every config sees the same relative lengths in the same order;
+    token ids uniform over the vocab.
+    """
     import torch
 
     generator = torch.Generator().manual_seed(seed)
     rows = []
-    for _ in range(num_rows):
-        length = int(torch.randint(config.seq // 4, config.seq + 1, (1,), generator=generator))
-        prompt = max(1, int(length * (0.1 + 0.4 * torch.rand((), generator=generator).item())))
+    for k in range(1, num_rows + 1):
+        length = int(config.seq / 4 + (k * 0.6180339887 % 1) * config.seq * 3 / 4)
+        prompt = max(1, int(length * (0.1 + 0.4 * (k * 0.7548776662 % 1))))
         ids = torch.randint(2, config.vocab, (length,), generator=generator).tolist()
         rows.append({"input_ids": ids, "completion_mask": [0] * prompt + [1] * (length - prompt)})
     return rows
@@ -452,6 +458,9 @@ def summarize(config: BenchConfig, runs: dict[str, dict]) -> dict:
                   for k in v}
     result["time_ratio_of_medians"] = {k: v[k]["median_step_s"] / v["a"]["median_step_s"] for k in v}
     memory_ratio = {k: v[k]["peak_memory_bytes"] / v["a"]["peak_memory_bytes"] for k in v}
+    # What training adds to the process (CPU: peak RSS minus the RSS once model, data and optimizer are built)
+    added = {k: v[k]["peak_memory_bytes"] - v[k]["memory_before_steps_bytes"] for k in v}
+    result["memory_ratio_added_by_training"] = {k: added[k] / added["a"] for k in v}
     floor = v["b"]["mean_flops"]["total"] / v["a"]["mean_flops"]["total"]
     result.update(
         time_ratio=time_ratio,
@@ -470,16 +479,18 @@ def print_table(results: list[dict], seven_b_floor: float) -> None:
               f"| {'f':>5} {'target':>6} {'time':>4} | {'a GB':>5} {'b/a':>5} {'c/a':>5} {'mem':>4} | {'fc':>5}")
     print("\n" + header + "\n" + "-" * len(header))
     for r in results:
-        c, t, m = r["config"], r["time_ratio"], r["memory_ratio"]
+        c, t, m, added = r["config"], r["time_ratio"], r["memory_ratio"], r["memory_ratio_added_by_training"]
         mem_ok = "-" if r["memory_ok"] is None else ("ok" if r["memory_ok"] else "MISS")
         print(
             f"{c['name']:<16} {c['hidden']:>4} {c['layers']:>3} {c['vocab']:>6} {c['seq']:>5} {r['batch']:>2} | "
             f"{r['variants']['a']['median_step_s']:>8.2f} {t['b']:>5.3f} {t.get('c', float('nan')):>5.2f} | "
             f"{r['floor_f']:>5.3f} {r['time_target']:>6.3f} {'ok' if r['time_ok'] else 'MISS':>4} | "
             f"{r['variants']['a']['peak_memory_bytes'] / 2**30:>5.2f} {m['b']:>5.3f} {m.get('c', float('nan')):>5.2f} "
-            f"{mem_ok:>4} | {r['flops_ratio_c'] or float('nan'):>5.2f}"
+            f"{mem_ok:>4} | {added['b']:>5.3f} {added.get('c', float('nan')):>5.2f} | "
+            f"{r['flops_ratio_c'] or float('nan'):>5.2f}"
         )
-    print(f"(f of a real 7B Llama at seq 2048, same accounting: {seven_b_floor:.3f}; fc = FLOPs(c) / FLOPs(a))")
+    print(f"(+b/a, +c/a: peak memory added by training steps, over a's; fc = FLOPs(c) / FLOPs(a); f of a real 7B "
+          f"Llama at seq 2048, same accounting: {seven_b_floor:.3f})")
 
 
 def plot(results: list[dict], path: Path) -> None:
