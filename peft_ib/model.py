@@ -18,8 +18,8 @@ from peft import LoraModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers.utils import is_triton_available
 from trl.kernels import ChunkedLogProbFunction
+from trl.kernels.chunked_logprob import _use_triton  # where TRL's kernel is fast: the one definition of it
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from .config import IBLoraConfig
@@ -39,7 +39,6 @@ FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm")
 CE_VOCAB_CHUNK = 32768
 # Where TRL's kernel has no Triton fold (CPUs): logits per (rows, vocab) tile of the row-chunked cross-entropy.
 CE_TILE_ELEMENTS = 2**25  # 128 MiB in fp32
-_TRITON_AVAILABLE = is_triton_available()
 
 
 @dataclass
@@ -103,9 +102,9 @@ def _target_log_probs(lm_head, h_ib, targets, softcap, logit_scale) -> torch.Ten
         # `lm_head.weight` is then the frozen base weight alone: run the layer, adapter included as in the model's own
         # logits, on the S supervised rows.
         return _tile_log_probs(lm_head, h_ib.to(lm_head.weight.dtype), targets, softcap, logit_scale)
-    if not (_TRITON_AVAILABLE and h_ib.device.type in ("cuda", "xpu")):
-        # TRL's kernel folds its tiles in Triton only on these devices (`trl.kernels.chunked_logprob._use_triton`);
-        # elsewhere its torch fallback costs 1.6-2.6x cross_entropy on the same tile (benchmarks/README_train.md).
+    if not _use_triton(h_ib.device):
+        # TRL's kernel folds its tiles in Triton only on CUDA/XPU with Triton; elsewhere its torch fallback costs
+        # 1.6-2.6x cross_entropy on the same tile (benchmarks/README_train.md).
         # Row tiles recomputed in backward keep its memory bound, one (rows, vocab) tile at a time.
         if not len(targets):
             return h_ib.sum(-1)  # (0,), still connected to the graph
