@@ -8,7 +8,7 @@ and a parent that has torch loaded would slow it down unfairly. Verdicts must be
 
     python benchmarks/bench_exec.py --num_workers 2
 
-Writes benchmarks/results/bench_exec.json; the table printed last is the one in README_exec.md.
+Writes benchmarks/results/bench_exec.json; the table printed last is the one in benchmarks/README.md.
 """
 
 import argparse

@@ -104,7 +104,7 @@ def _target_log_probs(lm_head, h_ib, targets, softcap, logit_scale) -> torch.Ten
         return _tile_log_probs(lm_head, h_ib.to(lm_head.weight.dtype), targets, softcap, logit_scale)
     if not _use_triton(h_ib.device):
         # TRL's kernel folds its tiles in Triton only on CUDA/XPU with Triton; elsewhere its torch fallback costs
-        # 1.6-2.6x cross_entropy on the same tile (benchmarks/README_train.md).
+        # 1.6-2.6x cross_entropy on the same tile (benchmarks/README.md).
         # Row tiles recomputed in backward keep its memory bound, one (rows, vocab) tile at a time.
         if not len(targets):
             return h_ib.sum(-1)  # (0,), still connected to the graph
