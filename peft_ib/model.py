@@ -264,7 +264,7 @@ class IBLoraModel(LoraModel):
         if torch.is_grad_enabled() and not all(h.requires_grad for h in captured.values()):
             raise RuntimeError(
                 "The IB blocks' outputs carry no gradient: reentrant gradient checkpointing runs blocks under "
-                "no_grad. Use gradient_checkpointing_kwargs={'use_reentrant': False}."
+                "no_grad. Use activation_checkpointing_kwargs={'use_reentrant': False}."
             )
         self._last_ib_terms[adapter] = self._ib_terms(
             self.peft_config[adapter], encoders, captured, kwargs.get("attention_mask"), kwargs.get("labels"),
