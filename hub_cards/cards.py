@@ -20,6 +20,8 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from matplotlib.figure import Figure
 
+from trl_ib.pass_at_k_m import plot_against_m
+
 CITATION = """@article{wang2025breaking,
   title={Breaking Memorization Barriers in LLM Code Fine-Tuning via Information Bottleneck for Improved Generalization},
   author={Wang, Changsheng and Chen, Xin and Liu, Sijia and Ding, Ke},
@@ -198,17 +200,10 @@ def _plot_pass_at_k_m(rows: list[tuple[int, int, str, float]], path: Path) -> bo
     by_k: dict[int, list[tuple[int, float]]] = {}
     for k, m, _, value in rows:
         by_k.setdefault(k, []).append((m, value))
-    lines = {k: points for k, points in by_k.items() if len(points) > 1}
-    if not lines:
-        return False
-    figure = Figure(figsize=(4.5, 3.2), layout="constrained")
-    axes = figure.subplots()
-    for k, points in lines.items():
-        axes.plot(*zip(*points), marker="o", label=f"k = {k}")
-    axes.set(xlabel="m (samples of k that must pass)", ylabel="Pass@k^(m)", ylim=(0, 1))
-    axes.legend()
-    figure.savefig(path, format="png", dpi=100)
-    return True
+    lines = {f"k = {k}": points for k, points in by_k.items() if len(points) > 1}
+    if lines:
+        plot_against_m(lines, path)
+    return bool(lines)
 
 
 def _card_data(

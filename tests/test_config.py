@@ -11,7 +11,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 
 from peft_ib import IBLoraConfig, ib_loss, ib_terms
-from tiny_models import batch, tiny_llama
+from tiny_models import ToyBlock, batch, tiny_llama
 
 
 # ---- validation -----------------------------------------------------------------------------------------------
@@ -112,15 +112,6 @@ class ToyConfig(PretrainedConfig):
     def __init__(self, vocab_size=40, hidden_size=16, num_blocks=3, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.hidden_size, self.num_blocks = vocab_size, hidden_size, num_blocks
-
-
-class ToyBlock(nn.Module):
-    def __init__(self, hidden):
-        super().__init__()
-        self.proj = nn.Linear(hidden, hidden)
-
-    def forward(self, h):
-        return h + torch.tanh(self.proj(h))
 
 
 class ToyLM(PreTrainedModel):

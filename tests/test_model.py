@@ -18,7 +18,7 @@ from transformers.modeling_outputs import CausalLMOutput
 
 from peft_ib import IBEncoder, IBLoraConfig, IBLoraModel, ib_loss, ib_terms
 from peft_ib.model import find_decoder_blocks
-from tiny_models import batch, tiny_gpt2, tiny_llama
+from tiny_models import ToyBlock, batch, tiny_gpt2, tiny_llama
 
 ARCHS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
 IB_BLOCK = 2  # ib_layers=0.625 of 4 blocks: 2.5 rounds half up to hidden_states[3], the output of block 2
@@ -520,15 +520,6 @@ def test_gradient_checkpointing_same_loss_and_gradients(arch, use_reentrant):
 
 class ToyConfig(PretrainedConfig):
     model_type = "ib_toy_checkpointed"
-
-
-class ToyBlock(nn.Module):
-    def __init__(self, hidden):
-        super().__init__()
-        self.proj = nn.Linear(hidden, hidden)
-
-    def forward(self, h):
-        return h + torch.tanh(self.proj(h))
 
 
 class ReentrantCheckpointedLM(PreTrainedModel):

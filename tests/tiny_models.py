@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from trl_ib import builtin
@@ -48,3 +49,14 @@ def batch(vocab_size: int = 300, batch_size: int = 3, seq: int = 12, seed: int =
     labels[:, :4] = -100  # prompt
     labels[attention_mask == 0] = -100
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class ToyBlock(nn.Module):
+    """A residual block h + tanh(W h), for hand-built models whose blocks sit where no path search looks."""
+
+    def __init__(self, hidden):
+        super().__init__()
+        self.proj = nn.Linear(hidden, hidden)
+
+    def forward(self, h):
+        return h + torch.tanh(self.proj(h))

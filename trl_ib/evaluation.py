@@ -15,16 +15,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import datasets
-import matplotlib
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from trl import TrlParser
 
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, set_seed  # noqa: E402
-from trl import TrlParser  # noqa: E402
-
-from .execution import BACKENDS, ExecutionResult, Sample, run_samples  # noqa: E402
-from .pass_at_k_m import pass_at_k_m_table, resolve_m  # noqa: E402
+from .execution import BACKENDS, ExecutionResult, Sample, run_samples
+from .pass_at_k_m import pass_at_k_m_table, plot_against_m, resolve_m
 
 
 # language -> default stop sequences; generation stops at (and drops) the first one
@@ -175,17 +170,11 @@ def score(
 
 def plot_pass_at_k_m(num_samples: Sequence[int] | int, num_correct: Sequence[int], k: Sequence[int], path: str) -> None:
     """Save a PNG of Pass@k^(m) against m = 1..k, one line per k."""
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for k_ in k:
-        table = pass_at_k_m_table(num_samples, num_correct, k=[k_], m=range(1, k_ + 1))
-        axes.plot(range(1, k_ + 1), list(table.values()), marker="o", label=f"k = {k_}")
-    axes.set(xlabel="m (samples of k that must pass)", ylabel="Pass@k^(m)", ylim=(-0.02, 1.02))
-    axes.set_title("Pass@k^(m) against m")
-    axes.legend()
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    curves = {
+        f"k = {k_}": list(enumerate(pass_at_k_m_table(num_samples, num_correct, k=[k_], m=range(1, k_ + 1)).values(), 1))
+        for k_ in k
+    }
+    plot_against_m(curves, path, "Pass@k^(m) against m")
 
 
 def load_model(model_name_or_path: str, adapter_path: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -18,7 +18,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 from datasets import Dataset
 from peft import LoraConfig
@@ -29,6 +28,7 @@ from peft_ib import IBLoraConfig
 from trl_ib import IBSFTConfig, IBSFTTrainer
 from trl_ib.evaluation import STOP_SEQUENCES, EvalArguments, build_programs, generate_samples, score
 from trl_ib.memorization import plot_distributions, representation_gap, score_min_k, summarize
+from trl_ib.pass_at_k_m import plot_against_m
 
 from .pretrain import pretrain
 from .tasks import make_task, to_prompt_completion
@@ -95,20 +95,6 @@ def pass_at_k_m(model, tokenizer, problems: list[dict], num_samples: int, seed: 
     return score(programs, [p["test"] for p in problems], [p["entry_point"] for p in problems], K_VALUES, m)
 
 
-def plot_pass_at_10_m(tables: dict[str, dict[str, float]], path: Path) -> None:
-    """Pass@10^(m) against m = 1..10, one line per model."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, table in tables.items():
-        ax.plot(range(1, 11), [table[f"pass@10^({m})"] for m in range(1, 11)], marker="o", label=name)
-    ax.set(xlabel="m (of k = 10 samples that must pass)", ylabel="Pass@10^(m)", ylim=(-0.02, 1.02))
-    ax.set_title("Held-out problems: Pass@10^(m)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def format_table(results: dict[str, dict]) -> str:
     """The comparison tables in Markdown, one row per model: headline numbers, then Pass@10^(m) for m = 1..10."""
     header = "| model | Pass@1 | Pass@5^(5) | Pass@10^(10) | Min-K% D_code (median) | gap L2 | gap angle (deg) |"
@@ -154,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
         {f"D_code, {name}": values for name, values in min_k.items()} | {"reference, base": reference_min_k},
         output_dir / "min_k.png",
     )
-    plot_pass_at_10_m({name: row["pass"] for name, row in results.items()}, output_dir / "pass_at_10_m.png")
+    curves = {name: [(m, row["pass"][f"pass@10^({m})"]) for m in range(1, 11)] for name, row in results.items()}
+    plot_against_m(curves, output_dir / "pass_at_10_m.png", "Held-out problems: Pass@10^(m)")
     summary = {
         "arguments": asdict(args),
         "budget": asdict(budget),
