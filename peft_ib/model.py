@@ -291,6 +291,8 @@ class IBLoraModel(LoraModel):
         else:  # "all", or "attention" on padding-free batches (no padding, every position is a real token)
             kl_mask = torch.ones(batch, seq, dtype=torch.bool, device=h0.device)
         targets = shift_labels[supervised]  # (S,)
+        rows = kl_mask | supervised  # (B, N): the P positions the encoder runs on
+        rows_in_kl, rows_supervised = kl_mask[rows], supervised[rows]  # (P,) each
 
         lm_head = self.model.get_output_embeddings()
         norm = self._final_norm(self.model, config) if config.ib_final_norm else None
@@ -300,11 +302,10 @@ class IBLoraModel(LoraModel):
 
         kl_sums, ce_sums = [], []
         for index, encoder in ((int(i), e) for i, e in encoders.items()):
-            mu, logvar = encoder.encode(captured[index][kl_mask | supervised])  # (P, D)
+            mu, logvar = encoder.encode(captured[index][rows])  # (P, D)
             z = sample_z(mu, logvar)
-            in_kl = kl_mask[kl_mask | supervised]  # which of the P rows count in the KL
-            kl_sums.append(kl_to_standard_normal(mu[in_kl], logvar[in_kl]).sum())
-            h_ib = encoder.decode(z[supervised[kl_mask | supervised]])  # (S, H)
+            kl_sums.append(kl_to_standard_normal(mu[rows_in_kl], logvar[rows_in_kl]).sum())
+            h_ib = encoder.decode(z[rows_supervised])  # (S, H)
             if norm is not None:
                 h_ib = norm(h_ib.to(lm_head.weight.dtype))
             ce_sums.append(-_target_log_probs(lm_head, h_ib, targets, softcap, logit_scale).sum())
