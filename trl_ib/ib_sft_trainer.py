@@ -76,9 +76,8 @@ class IBSFTTrainer(SFTTrainer):
         super().__init__(model, args=args, train_dataset=_map_instruction_columns(train_dataset),
                          eval_dataset=eval_dataset, peft_config=peft_config, **kwargs)
         self._ib_model = find_ib_model(self.model)
-        adapter_config = self._ib_model.peft_config[self._ib_model._active_ib_adapter()]
-        self._ib_alpha = adapter_config.ib_alpha if args.ib_alpha is None else args.ib_alpha
-        self._ib_beta = adapter_config.ib_beta if args.ib_beta is None else args.ib_beta
+        self._ib_alpha = self._ib_config.ib_alpha if args.ib_alpha is None else args.ib_alpha
+        self._ib_beta = self._ib_config.ib_beta if args.ib_beta is None else args.ib_beta
         self._ib_controller = None
         if args.ib_target_kl is not None:
             if self._ib_alpha <= 0:
@@ -88,6 +87,16 @@ class IBSFTTrainer(SFTTrainer):
         self._ib_num_kl_positions = None  # KL positions of the accumulated batch, set with num_items_in_batch
         self._ib_step_kl = torch.zeros(2, dtype=torch.float64)  # (KL sum, weight) over this step's micro-batches
         self.add_callback(_StepEnd(self))
+
+    @property
+    def _ib_config(self) -> IBLoraConfig:
+        """The IBLoraConfig of the adapter being trained."""
+        return self._ib_model.peft_config[self._ib_model._active_ib_adapter()]
+
+    @property
+    def _token_scale(self) -> int:
+        """SFTTrainer multiplies losses normalized over every process's tokens by the process count (DDP averages)."""
+        return self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
 
     # ---- the weights of the penalty -------------------------------------------------------------------------
 
@@ -118,7 +127,7 @@ class IBSFTTrainer(SFTTrainer):
     def _get_num_items_in_batch(self, batch_samples, device):
         """SFTTrainer's count of supervised tokens, plus the count of KL positions over the same batches."""
         num_items = super()._get_num_items_in_batch(batch_samples, device)
-        mask_mode = self._ib_model.peft_config[self._ib_model._active_ib_adapter()].ib_kl_mask
+        mask_mode = self._ib_config.ib_kl_mask
         if num_items is None or mask_mode == "response":
             self._ib_num_kl_positions = num_items
             return num_items
@@ -142,9 +151,8 @@ class IBSFTTrainer(SFTTrainer):
         alpha, beta = self.ib_alpha_beta()
         if num_items_in_batch is not None:
             # Normalized over the accumulated batch (and over processes) like SFTTrainer's CE, which DDP then averages.
-            scale = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
-            kl = terms.kl(self._ib_num_kl_positions) * scale
-            ce_ib = terms.ce_ib(num_items_in_batch) * scale
+            kl = terms.kl(self._ib_num_kl_positions) * self._token_scale
+            ce_ib = terms.ce_ib(num_items_in_batch) * self._token_scale
         else:
             kl, ce_ib = terms.kl(), terms.ce_ib()
         penalty = alpha * (kl.mean() + beta * ce_ib.mean())
@@ -153,9 +161,9 @@ class IBSFTTrainer(SFTTrainer):
         # Metrics: per-micro-batch means, gathered across processes.
         local = torch.stack([terms.kl().mean(), terms.ce_ib().mean()]).detach()
         kl_mean, ce_ib_mean = self.accelerator.gather_for_metrics(local.unsqueeze(0)).mean(0).tolist()
-        if mode == "train":
+        if mode == "train":  # the controller's signal: this process's KL, weighted by its positions, summed at step end
             weight = terms.num_kl_positions.double().cpu()
-            self._ib_step_kl += torch.stack([kl_mean * weight, weight])
+            self._ib_step_kl += torch.stack([local[0].double().cpu() * weight, weight])
         ce_mean = self._micro_batch_ce(ce, inputs, num_items_in_batch)
         for key, value in (("ce", ce_mean), ("ib_kl", kl_mean), ("ib_ce", ce_ib_mean), ("ib_alpha", alpha),
                            ("ib_penalty", alpha * (kl_mean + beta * ce_ib_mean))):
@@ -166,8 +174,7 @@ class IBSFTTrainer(SFTTrainer):
         """Per-token task CE of this micro-batch, undoing SFTTrainer's accumulated-batch normalization; gathered."""
         if num_items_in_batch is not None:
             labels = inputs["shift_labels"] if "shift_labels" in inputs else inputs["labels"][:, 1:]
-            scale = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
-            ce = ce.detach() * num_items_in_batch / (scale * (labels != -100).sum().clamp(min=1))
+            ce = ce.detach() * num_items_in_batch / (self._token_scale * (labels != -100).sum().clamp(min=1))
         return self.accelerator.gather_for_metrics(ce.detach().reshape(1)).mean().item()
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None, **kwargs):
