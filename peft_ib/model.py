@@ -91,7 +91,8 @@ def find_decoder_blocks(model: nn.Module, blocks_path: str | None = None) -> tup
     )
 
 
-def _block_output(output) -> torch.Tensor:
+def block_output(output) -> torch.Tensor:
+    """The hidden state (batch, seq, H) in a decoder block's output, a tensor or a tuple led by it."""
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
@@ -234,7 +235,7 @@ class IBLoraModel(LoraModel):
         def capture(index):
             def save(module, args, output):
                 # Under gradient checkpointing a block can run again in backward; keep the forward's output.
-                captured.setdefault(index, _block_output(output))
+                captured.setdefault(index, block_output(output))
 
             return save
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import datasets
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from trl import TrlParser
 
@@ -177,15 +178,14 @@ def plot_pass_at_k_m(num_samples: Sequence[int] | int, num_correct: Sequence[int
     plot_against_m(curves, path, "Pass@k^(m) against m")
 
 
-def load_model(model_name_or_path: str, adapter_path: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The base model (with `adapter_path` loaded through PEFT) and its tokenizer."""
-    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype="auto")
+def load_model(
+    model_name_or_path: str, adapter_path: str | None = None, dtype: str | torch.dtype = "auto"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The base model (with `adapter_path`, LoRA or IB-LoRA, loaded through PEFT) and its tokenizer."""
+    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
     if adapter_path is not None:
-        try:
-            import peft_ib  # noqa: F401  registers the IB-LoRA adapter type with PEFT
-        except ImportError:
-            pass  # plain PEFT adapters load without it
+        import peft_ib  # noqa: F401  registers the IB-LoRA adapter type with PEFT
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter_path)

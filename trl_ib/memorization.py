@@ -26,14 +26,15 @@ import matplotlib
 import torch
 from datasets import Dataset, load_dataset
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import TrlParser
 from trl.data_utils import common_prefix_length
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from trl.trainer.utils import selective_log_softmax
 
 from peft_ib import IBLoraConfig
-from peft_ib.model import find_decoder_blocks
+from peft_ib.model import block_output, find_decoder_blocks
+from trl_ib.evaluation import load_model
 from trl_ib.ib_sft_trainer import to_prompt_completion
 
 matplotlib.use("Agg")  # files only; never needs a display
@@ -145,7 +146,7 @@ def pooled_hidden_states(
     """(num_examples, hidden) float32 output of block `layer`, mean-pooled over each example's response tokens."""
     block = resolve_block(model, layer)
     captured = []  # the block's output of the current forward
-    hook = block.register_forward_hook(lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
+    hook = block.register_forward_hook(lambda _m, _i, out: captured.append(block_output(out)))
     pooled = []
     try:
         for batch, _ in _forward_batches(model, tokenizer, examples, batch_size, "hidden states"):
@@ -294,15 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     (args,) = TrlParser((MemorizationArguments,)).parse_args_and_config(argv)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=getattr(torch, args.dtype))
+    model, tokenizer = load_model(args.model_name_or_path, args.adapter_path, dtype=getattr(torch, args.dtype))
     model = model.to(args.device)
-    models = {"base": nullcontext}
-    if args.adapter_path:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, args.adapter_path)
-        models = {"base": model.disable_adapter, "adapter": nullcontext}
+    models = {"base": model.disable_adapter, "adapter": nullcontext} if args.adapter_path else {"base": nullcontext}
     rows, dataset = load_examples(args.dataset, args.dataset_split)
     layer = parse_layer(args.ib_layers)
 
