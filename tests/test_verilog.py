@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from trl_ib.execution import Sample, run_samples, sandbox
+from trl_ib.code_eval.execution import Sample, run_samples, sandbox
 
 
 PROBLEMS = [json.loads(line) for line in (Path(__file__).parent / "data/verilog/problems.jsonl").read_text().splitlines()]

@@ -1,7 +1,13 @@
-"""IB-FT for TRL: `IBSFTTrainer` / `IBSFTConfig`, Pass@k^(m) evaluation (`trl_ib.execution`, `trl_ib.evaluation`,
-the `evaluate` metric in `trl_ib.metrics`) and memorization diagnostics (`trl_ib.memorization`).
+"""IB-FT for TRL, in three rooms:
 
-The trainer is imported lazily, so that the sandbox and the metric load without torch and transformers.
+- the trainer: `IBSFTConfig` / `IBSFTTrainer` (`ib_sft_config.py`, `ib_sft_trainer.py`, `kl_controller.py`) and
+  `PassAtKMCallback` (`callbacks.py`);
+- the evaluator, `trl_ib.code_eval`: sandboxed execution, the Pass@k^(m) estimator and the `evaluate` metric;
+  torch-free, and it imports nothing else from `trl_ib`;
+- the tools: the `ib-ft` CLI (`cli.py`, `train.py`, `evaluation.py`), memorization diagnostics
+  (`memorization.py`), the built-in base (`builtin.py`) and the demo (`demo/`).
+
+The trainer is imported lazily, so that `trl_ib.code_eval` loads without torch and transformers.
 """
 
 import importlib

@@ -6,7 +6,8 @@ from accelerate.utils import broadcast_object_list, gather_object
 from transformers import Trainer, TrainerCallback
 from trl.models.utils import unwrap_model_for_generation
 
-from .evaluation import STOP_SEQUENCES, build_programs, generate_samples, score
+from .code_eval import score
+from .evaluation import STOP_SEQUENCES, build_programs, generate_samples
 
 
 class PassAtKMCallback(TrainerCallback):

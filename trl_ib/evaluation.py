@@ -19,8 +19,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from trl import TrlParser
 
-from .execution import BACKENDS, ExecutionResult, Sample, run_samples
-from .pass_at_k_m import pass_at_k_m_table, plot_against_m, resolve_m
+from hub_cards.plots import plot_against_m
+
+from .code_eval import BACKENDS, pass_at_k_m_table, resolve_m, score
 
 
 # language -> default stop sequences; generation stops at (and drops) the first one
@@ -69,16 +70,6 @@ class EvalArguments:
             resolve_m(m, max(self.k))
         if self.stop_sequences is None:
             self.stop_sequences = STOP_SEQUENCES[self.language]
-
-
-@dataclass
-class Scores:
-    """Pass@k^(m) of a set of problems with their per-problem counts and per-sample verdicts."""
-
-    table: dict[str, float]  # {"pass@{k}^({m})": value}
-    num_samples: list[int]  # n per problem
-    num_correct: list[int]  # c per problem
-    results: list[list[ExecutionResult]]  # [problem][sample]
 
 
 def truncate(completion: str, stop_sequences: Sequence[str]) -> str:
@@ -132,41 +123,6 @@ def generate_samples(
 def build_programs(prompts: Sequence[str], completions: Sequence[Sequence[str]], language: str) -> list[list[str]]:
     """programs[problem][sample] = prompt + completion (+ what closes a cut Verilog module)."""
     return [[prompt + completion + PROGRAM_END[language] for completion in group] for prompt, group in zip(prompts, completions)]
-
-
-def score(
-    programs: Sequence[Sequence[str]],
-    tests: Sequence[str],
-    entry_points: Sequence[str | None] | None = None,
-    k: Sequence[int] = (1,),
-    m: Sequence[int | str] = (1,),
-    language: str = "python",
-    timeout: float = 3.0,
-    num_workers: int | None = None,
-    progress: bool = True,
-) -> Scores:
-    """Run every program against its problem's tests in the sandbox and compute Pass@k^(m).
-
-    Args:
-        programs: programs[problem][sample], complete sources (prompt + completion).
-        tests: one test source per problem (see `trl_ib.execution.Sample`).
-        entry_points: one per problem, or None for tests without a `check(entry_point)` call.
-    """
-    entry_points = [None] * len(tests) if entry_points is None else entry_points
-    if not len(programs) == len(tests) == len(entry_points):
-        raise ValueError(
-            f"got {len(programs)} program lists, {len(tests)} tests and {len(entry_points)} entry_points; "
-            "give one of each per problem"
-        )
-    samples = [Sample(program, test, entry) for group, test, entry in zip(programs, tests, entry_points) for program in group]
-    flat = run_samples(samples, language=language, timeout=timeout, num_workers=num_workers, progress=progress)
-    results, start = [], 0
-    for group in programs:
-        results.append(flat[start : start + len(group)])
-        start += len(group)
-    num_samples = [len(group) for group in results]
-    num_correct = [sum(result.passed for result in group) for group in results]
-    return Scores(pass_at_k_m_table(num_samples, num_correct, k, m), num_samples, num_correct, results)
 
 
 def plot_pass_at_k_m(num_samples: Sequence[int] | int, num_correct: Sequence[int], k: Sequence[int], path: str) -> None:

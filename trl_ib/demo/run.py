@@ -26,9 +26,10 @@ from trl import SFTConfig, SFTTrainer, TrlParser
 
 from peft_ib import IBLoraConfig
 from trl_ib import IBSFTConfig, IBSFTTrainer
-from trl_ib.evaluation import STOP_SEQUENCES, EvalArguments, build_programs, generate_samples, score
+from trl_ib.code_eval import score
+from trl_ib.evaluation import STOP_SEQUENCES, EvalArguments, build_programs, generate_samples
 from trl_ib.memorization import plot_distributions, representation_gap, score_min_k, summarize
-from trl_ib.pass_at_k_m import plot_against_m
+from hub_cards.plots import plot_against_m
 
 from .pretrain import pretrain
 from .tasks import make_task, to_prompt_completion

@@ -1,6 +1,6 @@
 """Sandboxed execution of model-generated programs: one backend per language and a parallel runner.
 
-    from trl_ib.execution import Sample, run_samples
+    from trl_ib.code_eval.execution import Sample, run_samples
     results = run_samples([Sample(program, test, entry_point)], language="python", timeout=3.0)
     results[0].passed, results[0].result   # True, "passed"
 

@@ -1,4 +1,4 @@
-"""The unbiased Pass@k^(m) estimator (DESIGN.md section 5), computed exactly.
+"""The unbiased Pass@k^(m) estimator, computed exactly.
 
 Draw k of a problem's n samples without replacement; X of them pass. Pass@k^(m) = P(X >= m), a
 hypergeometric tail:
@@ -11,8 +11,7 @@ rational for any n (C(1000, 500) has 300 digits and is no problem); there is no 
 The metric module, `ib-ft eval` and `PassAtKMCallback` all report numbers from `pass_at_k_m_table`.
 """
 
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from fractions import Fraction
 from math import comb
 
@@ -97,19 +96,3 @@ def pass_at_k_m_table(
                 values = _fractions(num_samples, num_correct, k_, m_)
                 table[f"pass@{k_}^({m_})"] = float(sum(values) / len(values))
     return table
-
-
-def plot_against_m(curves: Mapping[str, Sequence[tuple[int, float]]], path: str | os.PathLike, title: str | None = None) -> None:
-    """Save a PNG of Pass@k^(m) against m: one line per label, each a list of (m, value) points."""
-    from matplotlib.figure import Figure  # not pyplot: safe off the main thread, and no import cost for the estimator
-
-    figure = Figure(figsize=(6, 4), layout="constrained")
-    axes = figure.subplots()
-    for label, points in curves.items():
-        axes.plot(*zip(*points), marker="o", label=label)
-    axes.set(xlabel="m (samples of k that must pass)", ylabel="Pass@k^(m)", ylim=(-0.02, 1.02))
-    if title:
-        axes.set_title(title)
-    axes.legend()
-    axes.grid(alpha=0.3)
-    figure.savefig(path, dpi=120)

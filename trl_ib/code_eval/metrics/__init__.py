@@ -1,7 +1,7 @@
 """`evaluate` metric modules shipped with ib-ft; load one by its folder:
 
     import evaluate
-    from trl_ib.metrics import PASS_AT_K_M
+    from trl_ib.code_eval.metrics import PASS_AT_K_M
     pass_at_k_m = evaluate.load(PASS_AT_K_M)
 """
 

@@ -1,7 +1,7 @@
 """Pass@k^(m): the share of problems where at least m of k sampled programs pass all tests.
 
 An `evaluate` metric module: `evaluate.load("<path to this folder>")`. The execution happens in
-ib-ft's sandbox (`trl_ib.execution`) and the numbers come from `trl_ib.pass_at_k_m`.
+ib-ft's sandbox (`trl_ib.code_eval.execution`) and the numbers come from `trl_ib.code_eval.estimator`.
 """
 
 import os
@@ -9,7 +9,7 @@ import os
 import datasets
 import evaluate
 
-from trl_ib.evaluation import score
+from trl_ib.code_eval.scoring import score
 
 
 _CITATION = """\
@@ -48,7 +48,7 @@ Returns:
     "results": per problem and candidate, {"passed": bool, "result": "passed" | "timed out" | "failed: <reason>"}.
 Examples:
     >>> import os; os.environ["HF_ALLOW_CODE_EVAL"] = "1"
-    >>> pass_at_k_m = evaluate.load("trl_ib/metrics/pass_at_k_m")
+    >>> pass_at_k_m = evaluate.load("trl_ib/code_eval/metrics/pass_at_k_m")
     >>> scores = pass_at_k_m.compute(
     ...     predictions=[["def add(a, b):\\n    return a + b", "def add(a, b):\\n    return a * b"]],
     ...     references=["assert add(2, 3) == 5"],
@@ -62,7 +62,7 @@ Examples:
 
 _WARNING = """
 This metric executes untrusted model-generated code. ib-ft runs every program in a sandbox (bubblewrap
-namespaces without network, a read-only view of the host, rlimits, a timeout; see trl_ib/execution),
+namespaces without network, a read-only view of the host, rlimits, a timeout; see trl_ib/code_eval/execution),
 but no sandbox is perfect, and without bubblewrap only rlimits apply. Once you have read this and
 taken the precautions you need (a container or VM is best), allow execution with:
 

@@ -1,0 +1,1 @@
+"""The Pass@k^(m) `evaluate` metric module; load it with `evaluate.load(trl_ib.code_eval.metrics.PASS_AT_K_M)`."""

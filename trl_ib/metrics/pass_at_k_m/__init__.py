@@ -1,1 +1,0 @@
-"""The Pass@k^(m) `evaluate` metric module; load it with `evaluate.load(trl_ib.metrics.PASS_AT_K_M)`."""
