@@ -7,6 +7,9 @@ from .estimator import pass_at_k_m_table
 from .execution import ExecutionResult, Sample, run_samples
 
 
+NO_CODE = ExecutionResult(passed=False, result="failed: no code in the answer")
+
+
 @dataclass
 class Scores:
     """Pass@k^(m) of a set of problems with their per-problem counts and per-sample verdicts."""
@@ -19,7 +22,7 @@ class Scores:
 
 
 def score(
-    programs: Sequence[Sequence[str]],
+    programs: Sequence[Sequence[str | None]],
     tests: Sequence[str],
     entry_points: Sequence[str | None] | None = None,
     k: Sequence[int] = (1,),
@@ -32,7 +35,8 @@ def score(
     """Run every program against its problem's tests in the sandbox and compute Pass@k^(m).
 
     Args:
-        programs: programs[problem][sample], complete sources (prompt + completion).
+        programs: programs[problem][sample], complete sources (prompt + completion), or None for an answer
+            with no code: verdict "failed: no code in the answer", nothing runs.
         tests: one test source per problem (see `trl_ib.code_eval.execution.Sample`).
         entry_points: one per problem, or None for tests without a `check(entry_point)` call.
     """
@@ -42,12 +46,14 @@ def score(
             f"got {len(programs)} program lists, {len(tests)} tests and {len(entry_points)} entry_points; "
             "give one of each per problem"
         )
-    samples = [Sample(program, test, entry) for group, test, entry in zip(programs, tests, entry_points) for program in group]
-    flat = run_samples(samples, language=language, timeout=timeout, num_workers=num_workers, progress=progress)
-    results, start = [], 0
-    for group in programs:
-        results.append(flat[start : start + len(group)])
-        start += len(group)
+    samples = [
+        Sample(program, test, entry)
+        for group, test, entry in zip(programs, tests, entry_points)
+        for program in group
+        if program is not None
+    ]
+    flat = iter(run_samples(samples, language=language, timeout=timeout, num_workers=num_workers, progress=progress))
+    results = [[NO_CODE if program is None else next(flat) for program in group] for group in programs]
     num_samples = [len(group) for group in results]
     num_correct = [sum(result.passed for result in group) for group in results]
     return Scores(pass_at_k_m_table(num_samples, num_correct, k, m), num_samples, num_correct, results)
