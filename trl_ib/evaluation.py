@@ -21,6 +21,7 @@ from trl import TrlParser
 
 from hub_cards.plots import plot_against_m
 
+from .builtin import resolve_model
 from .code_eval import BACKENDS, pass_at_k_m_table, resolve_m, score
 
 
@@ -138,6 +139,7 @@ def load_model(
     model_name_or_path: str, adapter_path: str | None = None, dtype: str | torch.dtype = "auto"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The base model (with `adapter_path`, LoRA or IB-LoRA, loaded through PEFT) and its tokenizer."""
+    model_name_or_path = resolve_model(model_name_or_path)
     model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
     if adapter_path is not None:

@@ -126,6 +126,7 @@ def run(script_args: ScriptArguments, training_args: IBSFTConfig, model_args: Mo
             tokenizer.save_pretrained(base_dir)
         model.name_or_path = model.config._name_or_path = str(base_dir)
     else:
+        model_args.model_name_or_path = builtin.resolve_model(model_args.model_name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
         model = AutoModelForCausalLM.from_pretrained(
             model_args.model_name_or_path, revision=model_args.model_revision, dtype=model_args.dtype or "auto",
