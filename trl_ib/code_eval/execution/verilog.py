@@ -1,27 +1,56 @@
 """Verilog backend: Icarus Verilog, VerilogEval layout.
 
-A problem's `test` holds the testbench and the reference module; the testbench compares the
-candidate (`TopModule`/`top_module`) with the reference and ends with
-`$display("Mismatches: %1d in %1d samples", ...)`. A sample passes when that line reports zero
-mismatches.
+A problem's `test` holds the testbench and the reference module; the testbench compares the candidate
+(`TopModule`/`top_module`) with the reference and ends with `$display("Mismatches: %1d in %1d samples", ...)`.
+A sample passes when that line reports zero mismatches.
 
-Both steps run in the sandbox: `iverilog -g2012 [-s <entry_point>] -o sim.vvp testbench.sv design.sv`,
-then `vvp -n` on the compiled simulation. To keep a design from printing a fake "Mismatches: 0" line
-(or reading the real one out of the testbench), the testbench's format string is prefixed with a
-random per-run nonce, every source and compiled file is deleted before the simulation starts, and
-the simulation reads the compiled program from its consumed stdin pipe. A design that calls
-`$finish` early never prints the nonce line and fails.
+One sandbox per sample (see `sandbox.py`) runs `_DRIVER` with the interpreter of this process: it writes
+design.sv and testbench.sv into the sandbox's private tmpfs, compiles them together
+(`iverilog -g2012 [-s <entry_point>] -o sim.vvp testbench.sv design.sv`), checks that the design stands alone
+(`iverilog -t null design.sv` elaborates it without the testbench: hierarchical or upward references into
+the testbench such as `tb.good1.out`, `good1.out` or `tb.errors` fail here), deletes both sources, moves the
+compiled program into a traverse-only folder with a random name and execs `vvp -n` on it. The testbench's
+format string is prefixed with a random per-sample nonce, which then exists only in vvp's memory and in that
+unlisted file: the design cannot read sources, the compiled program or its own output (stdout is a
+write-only, append-only host file and there is no /proc), so it can neither learn the nonce nor overwrite
+the report. A sample passes only if the simulation exits with status 0 within the timeout and its stdout
+holds exactly one `<nonce> Mismatches: 0 in N samples` line. A design that calls `$finish` early never
+prints the nonce line and fails.
 """
 
-import os
+import marshal
 import re
 import secrets
-import tempfile
+import sys
 
 from . import sandbox
 
 
 _MISMATCH_FORMAT = '"Mismatches: '
+
+_DRIVER = r"""
+import marshal, os, secrets, subprocess, sys
+design, testbench, top, nonce, iverilog, vvp = marshal.loads(sys.stdin.buffer.read())
+for name, source in (("design.sv", design), ("testbench.sv", testbench)):
+    with open(name, "wb") as file:
+        file.write(source)
+for what, argv in (
+    ("compile error", [iverilog, "-g2012", *top, "-o", "sim.vvp", "testbench.sv", "design.sv"]),
+    ("the design does not stand alone", [iverilog, "-g2012", "-t", "null", "design.sv"]),
+):
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        first_error = (done.stdout.decode("utf-8", "replace").strip().splitlines() or ["(no message)"])[0]
+        os.write(2, f"{nonce} {what}: {first_error}\n".encode() + done.stdout)
+        os._exit(0)
+os.remove("design.sv")
+os.remove("testbench.sv")
+hidden = os.path.join(os.getcwd(), secrets.token_hex(16))
+os.mkdir(hidden, 0o700)
+os.rename("sim.vvp", os.path.join(hidden, "sim.vvp"))
+os.chmod(hidden, 0o100)  # traverse only: the program is reachable by its unknown name alone
+os.execv(vvp, [vvp, "-n", os.path.join(hidden, "sim.vvp")])
+"""
 
 
 def run_sample(program: str, test: str, entry_point: str | None, timeout: float, limits: sandbox.Limits):
@@ -32,48 +61,41 @@ def run_sample(program: str, test: str, entry_point: str | None, timeout: float,
         test: testbench + reference module; must print `"Mismatches: %1d in %1d samples"`.
         entry_point: the testbench's top module (`iverilog -s`), or None to let iverilog pick the roots.
         timeout: wall-clock seconds for compilation and simulation together.
-        limits: rlimits and output truncation.
+        limits: rlimits, tmpfs size and output truncation.
 
     Returns:
-        `sandbox.ExecutionResult`; "failed: compile error: ..." when iverilog rejects the design and
-        "failed: N mismatches in M samples" when the simulation disagrees with the reference.
+        `sandbox.ExecutionResult`; "failed: compile error: ..." when iverilog rejects the design,
+        "failed: the design does not stand alone: ..." when it only elaborates with the testbench around it,
+        and "failed: N mismatches in M samples" when the simulation disagrees with the reference.
     """
-    iverilog, vvp = sandbox.find_tool("iverilog", "iverilog"), sandbox.find_tool("vvp", "iverilog")
+    tools = [sandbox.find_tool("iverilog", "iverilog"), sandbox.find_tool("vvp", "iverilog")]
     if _MISMATCH_FORMAT not in test:
         raise ValueError(
             f"test does not print {_MISMATCH_FORMAT}%1d in %1d samples\"; Verilog tests must be "
             "VerilogEval testbenches that report their mismatch count"
         )
     nonce = secrets.token_hex(16)
-    with tempfile.TemporaryDirectory(prefix="ib-ft-sample-", ignore_cleanup_errors=True) as workdir:
-        for name, source in (("design.sv", program), ("testbench.sv", test.replace(_MISMATCH_FORMAT, f'"{nonce} Mismatches: '))):
-            with open(os.path.join(workdir, name), "w") as file:
-                file.write(source)
-        top = [] if entry_point is None else ["-s", entry_point]
-        argv = [iverilog, "-g2012", *top, "-o", "sim.vvp", "testbench.sv", "design.sv"]
-        compiled = sandbox.run(argv, workdir, timeout, limits)
-        if compiled.timed_out or compiled.returncode != 0:
-            first_error = compiled.stderr.decode("utf-8", "replace").strip().split("\n")[0]
-            result = "timed out" if compiled.timed_out else f"failed: compile error: {first_error}"
-            return sandbox.ExecutionResult(False, result, "", compiled.stderr.decode("utf-8", "replace"), compiled.duration_s)
-        with open(os.path.join(workdir, "sim.vvp"), "rb") as file:
-            simulation = file.read()
-        for name in ("design.sv", "testbench.sv", "sim.vvp"):
-            os.remove(os.path.join(workdir, name))
-        remaining = max(timeout - compiled.duration_s, 0.001)
-        simulated = sandbox.run([vvp, "-n", "/dev/stdin"], workdir, remaining, limits, stdin=simulation)
-    stdout = simulated.stdout.decode("utf-8", "replace")
-    report = re.search(rf"{nonce} Mismatches: (\d+) in (\d+) samples", stdout)
-    if report is None:
-        result = sandbox.describe_exit(simulated, "the simulation")
-    elif report[1] == "0":
+    testbench = test.replace(_MISMATCH_FORMAT, f'"{nonce} Mismatches: ')
+    top = [] if entry_point is None else ["-s", entry_point]
+    # Lone surrogates and other unencodable text become escapes: a verdict, never an exception.
+    sources = [source.encode("utf-8", "backslashreplace") for source in (program, testbench)]
+    request = marshal.dumps((*sources, top, nonce, *tools))
+    process = sandbox.run([sys.executable, "-I", "-S", "-c", _DRIVER], timeout, limits, stdin=request)
+    stdout, stderr = process.stdout.decode("utf-8", "replace"), process.stderr.decode("utf-8", "replace")
+    reports = re.findall(rf"^{nonce} Mismatches: (\d+) in (\d+) samples$", stdout, flags=re.M)
+    if stderr.startswith(f"{nonce} ") and not process.timed_out:
+        first_error, _, stderr = stderr[len(nonce) + 1 :].partition("\n")
+        result = f"failed: {first_error}"
+    elif process.timed_out or process.returncode != 0 or len(reports) != 1:
+        result = sandbox.describe_exit(process, "the simulation")
+    elif reports[0][0] == "0":
         result = "passed"
     else:
-        result = f"failed: {report[1]} mismatches in {report[2]} samples"
+        result = f"failed: {reports[0][0]} mismatches in {reports[0][1]} samples"
     return sandbox.ExecutionResult(
         passed=result == "passed",
         result=result,
         stdout=stdout.replace(f"{nonce} ", ""),
-        stderr=simulated.stderr.decode("utf-8", "replace"),
-        duration_s=compiled.duration_s + simulated.duration_s,
+        stderr=stderr,
+        duration_s=process.duration_s,
     )
