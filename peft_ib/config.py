@@ -7,6 +7,7 @@ from peft import LoraConfig
 from peft.utils.peft_types import PeftType
 
 KL_MASKS = ("attention", "response", "all")
+INPUT_NORMS = ("rms", "none")
 
 
 @dataclass
@@ -58,6 +59,20 @@ class IBLoraConfig(LoraConfig):
             )
         },
     )
+    ib_input_norm: Literal["rms", "none"] = field(
+        default="rms",
+        metadata={
+            "help": (
+                "What the encoder reads at each position. 'rms': h / rms(h), parameter-free (rms(h) = sqrt(mean_i "
+                "h_i^2 + 1e-6)), so the few positions where a pretrained LLM's residual stream is massive (the "
+                "attention sink at position 0: norm 22,391 against a median of 201 at SmolLM2-135M's block 19) "
+                "cannot dominate the KL; a freshly initialized encoder then starts at a KL of ~0.26 nats per position "
+                "and dim whatever the model (1/2 (1/3 + e^(1/6) - 1) in expectation). 'none' (the paper's code): h "
+                "as it is; on SmolLM2-135M the first step's penalty is then ~600x the task loss "
+                "(benchmarks/README.md)."
+            )
+        },
+    )
     ib_blocks_path: Optional[str] = field(
         default=None,
         metadata={
@@ -102,6 +117,10 @@ class IBLoraConfig(LoraConfig):
             )
         if self.ib_kl_mask not in KL_MASKS:
             raise ValueError(f"ib_kl_mask={self.ib_kl_mask!r}: must be one of {', '.join(map(repr, KL_MASKS))}.")
+        if self.ib_input_norm not in INPUT_NORMS:
+            raise ValueError(
+                f"ib_input_norm={self.ib_input_norm!r}: must be one of {', '.join(map(repr, INPUT_NORMS))}."
+            )
         if not isinstance(self.ib_final_norm, bool):
             raise ValueError(f"ib_final_norm={self.ib_final_norm!r}: must be True or False.")
 

@@ -6,21 +6,26 @@ Shapes: h (..., H) -> mu, logvar, z (..., D) -> h_ib (..., H), with H the model'
 import torch
 from torch import nn
 
+RMS_EPS = 1e-6  # of the parameter-free RMS normalization of the encoder's input (ib_input_norm="rms")
+
 
 class IBEncoder(nn.Module):
     """mu / logvar heads on one block's output and the decoder `up` back to the hidden size (DESIGN.md section 2)."""
 
-    def __init__(self, hidden_size: int, ib_dim: int, logvar_min: float, logvar_max: float):
+    def __init__(self, hidden_size: int, ib_dim: int, logvar_min: float, logvar_max: float, input_norm: str):
         super().__init__()
         self.mu = nn.Linear(hidden_size, ib_dim)
         self.logvar = nn.Linear(hidden_size, ib_dim)
         self.up = nn.Linear(ib_dim, hidden_size)
         self.logvar_min = logvar_min
         self.logvar_max = logvar_max
+        self.input_norm = input_norm  # "rms": encode h / rms(h); "none": h itself (IBLoraConfig.ib_input_norm)
 
     def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h (..., H) in any dtype -> mu, logvar (..., D) in the encoder's dtype, logvar clamped."""
         h = h.to(self.mu.weight.dtype)
+        if self.input_norm == "rms":
+            h = nn.functional.rms_norm(h, h.shape[-1:], eps=RMS_EPS)
         return self.mu(h), self.logvar(h).clamp(self.logvar_min, self.logvar_max)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

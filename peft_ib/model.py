@@ -158,7 +158,9 @@ class IBLoraModel(LoraModel):
         encoders = nn.ModuleDict()
         for index in layers:
             ref = next(blocks[index].parameters())
-            encoder = IBEncoder(hidden_size, config.ib_dim, config.ib_logvar_min, config.ib_logvar_max)
+            encoder = IBEncoder(
+                hidden_size, config.ib_dim, config.ib_logvar_min, config.ib_logvar_max, config.ib_input_norm
+            )
             dtype = torch.float32 if autocast_adapter_dtype else ref.dtype
             encoders[str(index)] = encoder.to(device=ref.device, dtype=dtype)
         self.lora_ib_encoders[adapter_name] = encoders

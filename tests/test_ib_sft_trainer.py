@@ -130,6 +130,7 @@ def test_logged_total_equals_independent_recomputation(tmp_path, tokenizer):
 
         encoder = encoders(trainer)[str(IB_BLOCK)]
         h = captured["h"][inputs["attention_mask"].bool()]  # (P, H): every real token, in row-major order
+        h = h / h.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()  # ib_input_norm="rms", the default
         mu = encoder.mu(h)
         logvar = encoder.logvar(h).clamp(-4.0, 4.0)
         kl = kl_to_standard_normal(mu, logvar).mean()  # over real tokens and latent dims ("attention" mask)
@@ -211,7 +212,8 @@ def test_kl_controller_settles_at_target(tmp_path, tokenizer):
     # One fixed batch of 8 (shuffled each step), Adam lr 2e-2: the KL responds to alpha within a few steps. The
     # loop is underdamped (log alpha integrates the error; Adam's momentum lags), so it is judged on the mean.
     trainer = make_trainer(tmp_path, tokenizer, per_device_train_batch_size=8, max_steps=60, learning_rate=2e-2,
-                           ib_alpha=alpha0, ib_beta=beta0, ib_target_kl=target, ib_kl_controller_rate=rate)
+                           peft_config=ib_config(ib_input_norm="none"), ib_alpha=alpha0, ib_beta=beta0,
+                           ib_target_kl=target, ib_kl_controller_rate=rate)
     trainer.train()
     logs = train_logs(trainer)
     kls = [log["ib_kl"] for log in logs]

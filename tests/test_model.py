@@ -113,6 +113,8 @@ def naive_reference(model, b, seed, kl_mask):
     base = model.get_base_model()
     with torch.no_grad():
         hidden = eval_hidden_states(model, b)[IB_BLOCK + 1]  # (B, N, H)
+        if config.ib_input_norm == "rms":
+            hidden = hidden / hidden.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
         supervised = shifted(b["labels"]) != -100
         in_kl = kl_mask_of(kl_mask, b)
         mu = hidden @ encoder.mu.weight.T + encoder.mu.bias  # (B, N, D)
@@ -221,7 +223,7 @@ def official_ib_ft_loss(model, b, layer, alpha, beta, seed):
 
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_paper_settings_equal_the_official_loss(arch):
-    model = ib_model(arch, ib_kl_mask="all", ib_final_norm=False, ib_alpha=0.2, ib_beta=0.01)
+    model = ib_model(arch, ib_kl_mask="all", ib_final_norm=False, ib_input_norm="none", ib_alpha=0.2, ib_beta=0.01)
     b = batch()
     with torch.no_grad():
         reference, kl_ref, ce_ib_ref = official_ib_ft_loss(model, b, IB_BLOCK, 0.2, 0.01, seed=5)

@@ -34,6 +34,10 @@ class IBArguments:
     ib_dim: int = field(default=256, metadata={"help": "Bottleneck dimension D."})
     ib_kl_mask: str = field(default="attention", metadata={"help": "'attention', 'response' or 'all'."})
     ib_final_norm: bool = field(default=False, metadata={"help": "Pass h_ib through the final norm before lm_head."})
+    ib_input_norm: str = field(
+        default=IBLoraConfig.__dataclass_fields__["ib_input_norm"].default,
+        metadata={"help": "'rms': the encoder reads h / rms(h); 'none': h itself (the paper's code)."},
+    )
     ib_logvar_min: float = field(default=-4.0, metadata={"help": "Lower clamp of logvar."})
     ib_logvar_max: float = field(default=4.0, metadata={"help": "Upper clamp of logvar."})
     ib_blocks_path: str | None = field(default=None, metadata={"help": "Dotted path to the decoder block list."})
@@ -48,6 +52,7 @@ class IBArguments:
         IBLoraConfig(
             ib_layers=self.parsed_ib_layers(), ib_dim=self.ib_dim, ib_kl_mask=self.ib_kl_mask,
             ib_final_norm=self.ib_final_norm, ib_logvar_min=self.ib_logvar_min, ib_logvar_max=self.ib_logvar_max,
+            ib_input_norm=self.ib_input_norm,
         )
 
     def parsed_ib_layers(self) -> int | float | list[int]:
@@ -90,6 +95,7 @@ def build_peft_config(model_args: ModelConfig, ib_args: IBArguments, training_ar
         ib_logvar_max=ib_args.ib_logvar_max,
         ib_kl_mask=ib_args.ib_kl_mask,
         ib_final_norm=ib_args.ib_final_norm,
+        ib_input_norm=ib_args.ib_input_norm,
         ib_blocks_path=ib_args.ib_blocks_path,
     )
 
