@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 import peft_ib  # noqa: F401  (registers the IBLORA type with PEFT)
 from peft_ib import find_ib_model
 from trl_ib import cli
-from trl_ib.train import make_parser, run
+from trl_ib.train import load_data, make_parser, run
 
 FAST = ["--report_to", "none", "--logging_steps", "1", "--per_device_train_batch_size", "4", "--ib_dim", "16",
         "--lora_r", "4", "--save_strategy", "no"]
@@ -94,6 +94,28 @@ def test_yaml_ib_layers_keep_their_yaml_type(tmp_path, yaml_value, expected):
     (tmp_path / "run.yaml").write_text(yaml.safe_dump({"ib_layers": yaml_value, "output_dir": str(tmp_path)}))
     *_, ib_args = make_parser().parse_args_and_config(args=["--config", str(tmp_path / "run.yaml")])
     assert ib_args.parsed_ib_layers() == expected
+
+
+def test_data_loading_maps_the_papers_columns(tmp_path):
+    """The paper's Instruction/Response rows become prompt = instruction + "\\n", completion = response; other
+    column names by --prompt_column/--completion_column; prompt/completion rows pass as they are."""
+    rows = [{"Instruction": "Write add", "Response": "def add(a, b):\n    return a + b\n", "Tests": "assert 1"}]
+    (tmp_path / "paper.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    (tmp_path / "plain.jsonl").write_text(json.dumps({"prompt": "Write add\n", "completion": "def add(): ...\n"}) + "\n")
+    expected = {"prompt": "Write add\n", "completion": "def add(a, b):\n    return a + b\n"}
+
+    def load(path, *flags):
+        script_args, *_, ib_args = make_parser().parse_args_and_config(
+            args=["--output_dir", str(tmp_path), "--dataset_name", str(tmp_path / path), *flags])
+        return load_data(script_args, ib_args)
+
+    train_rows, eval_rows = load("paper.jsonl")
+    assert train_rows.to_list() == [expected] and eval_rows is None
+    train_rows, _ = load("paper.jsonl", "--prompt_column", "Tests", "--completion_column", "Response")
+    assert train_rows.to_list() == [{"prompt": "assert 1\n", "completion": expected["completion"]}]
+    assert load("plain.jsonl")[0].to_list() == [{"prompt": "Write add\n", "completion": "def add(): ...\n"}]
+    with pytest.raises(ValueError, match=r"no column\(s\) \['Answer'\]"):
+        load("paper.jsonl", "--prompt_column", "Instruction", "--completion_column", "Answer")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -3,6 +3,7 @@
 import json
 import math
 import statistics
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,8 +12,9 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from tiny_models import tiny_llama, train_tokenizer
-from transformers import TrainerCallback
-from trl import SFTConfig
+from transformers import TrainerCallback, TrainingArguments
+from trl import SFTConfig, SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from peft_ib import IBLoraConfig, find_ib_model, ib_terms
 from peft_ib.layer import kl_to_standard_normal
@@ -111,7 +113,8 @@ def test_logged_total_equals_independent_recomputation(tmp_path, tokenizer):
     inputs = record["inputs"]
     assert len(set(inputs["attention_mask"].sum(1).tolist())) > 1, "the batch should mix lengths (padding)"
 
-    # Recompute from scratch: same parameters, same batch, same RNG state, full logits, the formulas of DESIGN.md.
+    # Recompute from scratch: same parameters, same batch, same RNG state, full logits, the formulas of
+    # docs/METHOD.md ("The objective").
     model = trainer.model
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -295,9 +298,62 @@ def test_rejects_models_without_an_ib_adapter(tmp_path, tokenizer):
     plain = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules="all-linear"))
     with pytest.raises(ValueError, match=r"needs a model with an IB-LoRA adapter, got PeftModel"):
         IBSFTTrainer(plain, args=args, train_dataset=data, processing_class=tokenizer)
-    with pytest.raises(TypeError, match=r"args=IBSFTConfig\(\.\.\.\), got SFTConfig"):
-        IBSFTTrainer(get_peft_model(tiny_llama(), ib_config()), processing_class=tokenizer, train_dataset=data,
-                     args=SFTConfig(**{**BASE_ARGS, "output_dir": str(tmp_path), "bf16": False}))
+
+
+def test_two_name_switch_from_sft_trainer_positional_and_keyword(tmp_path, tokenizer):
+    """
+    The README's promise: an SFTTrainer + LoraConfig call becomes IB-FT by changing two names, in SFTTrainer's
+    positional order too, with the SFTConfig kept. At ib_alpha=0 the IB run takes SFTTrainer's steps exactly.
+    """
+    args = SFTConfig(**{**BASE_ARGS, "output_dir": str(tmp_path), "bf16": False})
+    collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
+    data = code_dataset(8)
+    lora = dict(r=4, lora_alpha=8, target_modules="all-linear")
+
+    def ib_lora():
+        return IBLoraConfig(**lora, ib_layers=IB_BLOCK, ib_dim=8, ib_alpha=0.0)
+
+    trainers = {
+        "SFTTrainer": SFTTrainer(tiny_llama(), args, collator, data, None, tokenizer, peft_config=LoraConfig(**lora)),
+        "positional": IBSFTTrainer(tiny_llama(), args, collator, data, None, tokenizer, peft_config=ib_lora()),
+        "keyword": IBSFTTrainer(model=tiny_llama(), args=args, data_collator=collator, train_dataset=data,
+                                processing_class=tokenizer, peft_config=ib_lora()),
+    }
+    for name in ("positional", "keyword"):
+        trainer = trainers[name]
+        assert trainer.data_collator is collator and trainer.train_dataset.num_rows == 8, name
+        assert isinstance(trainer.args, IBSFTConfig) and trainer.args is not args
+        converted = trainer.args.to_dict()
+        assert {k: v for k, v in converted.items() if k != "ddp_find_unused_parameters" and not k.startswith("ib_")} == {
+            k: v for k, v in args.to_dict().items() if k != "ddp_find_unused_parameters"}
+        assert converted["ddp_find_unused_parameters"] is False  # IBSFTConfig's rule (see the last test)
+        assert all(converted[f] == IBSFTConfig.__dataclass_fields__[f].default for f in converted if f.startswith("ib_"))
+    losses = {}
+    for name, trainer in trainers.items():
+        trainer.train()
+        losses[name] = [log["loss"] for log in train_logs(trainer)]
+    assert len(losses["SFTTrainer"]) == 2
+    assert losses["positional"] == losses["keyword"] == losses["SFTTrainer"]
+
+
+def test_training_arguments_convert_like_sft_trainer_converts_them(tmp_path, tokenizer):
+    plain = TrainingArguments(**{**BASE_ARGS, "output_dir": str(tmp_path)}, gradient_accumulation_steps=3)
+    trainer = IBSFTTrainer(get_peft_model(tiny_llama(), ib_config()), plain, None, code_dataset(2), None, tokenizer)
+    assert isinstance(trainer.args, IBSFTConfig)
+    assert (trainer.args.gradient_accumulation_steps, trainer.args.learning_rate) == (3, BASE_ARGS["learning_rate"])
+    assert trainer.args.completion_only_loss is None and trainer.args.ib_alpha is None  # SFT and IB defaults
+    with pytest.raises(TypeError, match=r"args of type dict: pass an IBSFTConfig, an SFTConfig or a TrainingArguments"):
+        IBSFTTrainer(tiny_llama(), {"output_dir": str(tmp_path)}, None, code_dataset(2), peft_config=ib_config())
+
+
+def test_token_scale_divides_out_tensor_parallel_ranks():
+    # SFTTrainer scales its loss by num_processes // tp_size: tensor-parallel ranks share one batch.
+    def scale(num_processes, tp_size, average=True):
+        trainer = SimpleNamespace(accelerator=SimpleNamespace(num_processes=num_processes), get_tp_size=lambda: tp_size,
+                                  args=SimpleNamespace(average_tokens_across_devices=average))
+        return IBSFTTrainer._token_scale.fget(trainer)
+
+    assert (scale(8, 1), scale(8, 2), scale(8, 8), scale(8, 2, average=False)) == (8, 4, 1, 1)
 
 
 def test_accepts_a_model_already_wrapped_with_ib_lora(tmp_path, tokenizer):
@@ -339,12 +395,6 @@ def _messages_dataset(n: int) -> Dataset:
     ]})
 
 
-def _instruction_dataset(n: int) -> Dataset:
-    rows = code_dataset(n)
-    return Dataset.from_dict({"Instruction": [r["prompt"].strip() for r in rows],
-                              "Response": [r["completion"] for r in rows]})
-
-
 FORMATS = {
     "packing": dict(args={"packing": True}),
     "padding_free": dict(args={"padding_free": True, "max_length": None}),
@@ -352,7 +402,6 @@ FORMATS = {
                                          "gradient_checkpointing_kwargs": {"use_reentrant": False}}),
     "completion_only": dict(args={"completion_only_loss": True}),
     "messages": dict(data=_messages_dataset),
-    "instruction_response": dict(data=_instruction_dataset),
 }
 
 
@@ -377,7 +426,7 @@ def test_formats_train_the_encoder(tmp_path, tokenizer, name):
     if name in ("packing", "padding_free"):  # one flat row, sequences told apart by position_ids
         assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
         assert (batch["position_ids"] == 0).sum() >= 2
-    if name in ("completion_only", "instruction_response"):  # no loss on the prompt, all of it on the completion
+    if name == "completion_only":  # no loss on the prompt, all of it on the completion
         row = trainer.train_dataset[0]
         prompt_ids = tokenizer(row["prompt"])["input_ids"]
         labels = trainer.data_collator([row])["labels"][0]
@@ -394,7 +443,7 @@ def test_instruction_response_columns_map_to_the_papers_format(tmp_path, tokeniz
     with pytest.raises(ValueError, match=r"no column\(s\) \['Answer'\]"):
         to_prompt_completion(data, "Instruction", "Answer")
 
-    trainer = make_trainer(tmp_path, tokenizer, train_dataset=data, eval_dataset=data)
+    trainer = make_trainer(tmp_path, tokenizer, train_dataset=mapped, eval_dataset=mapped)
     for dataset in (trainer.train_dataset, trainer.eval_dataset):
         row = dataset[1]
         assert row["prompt"] == "Write mul\n"

@@ -15,7 +15,7 @@ import importlib
 _LAZY = {
     "IBSFTConfig": "trl_ib.ib_sft_config",
     "IBSFTTrainer": "trl_ib.ib_sft_trainer",
-    "to_prompt_completion": "trl_ib.ib_sft_trainer",
+    "to_prompt_completion": "trl_ib.train",
 }
 __all__ = list(_LAZY)
 

@@ -2,18 +2,23 @@
 
 The IB terms are computed inside the model's forward by the IB-LoRA adapter (see peft_ib.model); this trainer
 weights them (warmup, KL controller), normalizes them over the whole accumulated batch exactly as SFTTrainer
-normalizes its cross-entropy, adds them to SFTTrainer's loss and logs them.
+normalizes its cross-entropy, adds them to SFTTrainer's loss and logs them. The method: docs/METHOD.md.
 """
 
+import inspect
 import json
 import math
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 from peft import PeftModel
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import is_triton_available
 from trl import SFTTrainer
+from trl.kernels import ChunkedLogProbFunction
+from trl.trainer.utils import get_config_model_id, maybe_gather_lm_head_ctx
 
 from peft_ib import IBLoraConfig, find_ib_model, ib_terms
 
@@ -21,25 +26,45 @@ from .ib_sft_config import IBSFTConfig
 from .kl_controller import KLController
 
 CONTROLLER_FILE = "ib_kl_controller.json"
-INSTRUCTION_COLUMNS = ("Instruction", "Response")
+# Vocabulary tile of TRL's chunked log-prob kernel for ce_ib (the width TRL's fused LM head uses).
+CE_VOCAB_CHUNK = 32768
 
 
-def to_prompt_completion(dataset, prompt_column: str = "Instruction", completion_column: str = "Response"):
-    """The paper's format: prompt = instruction + "\\n", completion = response, so the loss is on the response."""
-    missing = [c for c in (prompt_column, completion_column) if c not in dataset.column_names]
-    if missing:
-        raise ValueError(f"Dataset has no column(s) {missing}; its columns are {dataset.column_names}.")
-    return dataset.map(
-        lambda row: {"prompt": row[prompt_column] + "\n", "completion": row[completion_column]},
-        remove_columns=dataset.column_names,
+def as_ib_sft_config(args: TrainingArguments | None, model) -> IBSFTConfig:
+    """
+    SFTTrainer's rule for its `args`, with IBSFTConfig in SFTConfig's place: None gives the defaults with an output
+    directory named after the model; a TrainingArguments or an SFTConfig gives an IBSFTConfig with the same values
+    and the IB fields at their defaults.
+    """
+    if isinstance(args, IBSFTConfig):
+        return args
+    if args is None:
+        name = model if isinstance(model, str) else get_config_model_id(model.config)
+        return IBSFTConfig(f"{name.split('/')[-1]}-IB-SFT")
+    if isinstance(args, TrainingArguments):
+        # Field by field, not by `to_dict`, which masks every `*_token` value (SFTConfig's eos_token, pad_token).
+        return IBSFTConfig(**{f.name: getattr(args, f.name) for f in fields(args) if f.init})
+    raise TypeError(
+        f"IBSFTTrainer got args of type {type(args).__name__}: pass an IBSFTConfig, an SFTConfig or a TrainingArguments."
     )
 
 
-def _map_instruction_columns(dataset):
-    """Datasets with the paper's Instruction/Response columns become prompt/completion datasets."""
-    if dataset is None or not all(c in (dataset.column_names or []) for c in INSTRUCTION_COLUMNS):
-        return dataset
-    return to_prompt_completion(dataset, *INSTRUCTION_COLUMNS)
+def chunked_target_log_probs(lm_head, h_ib: torch.Tensor, targets: torch.Tensor, softcap, logit_scale) -> torch.Tensor:
+    """(S,) log p(target | h_ib) under `lm_head` for h_ib (S, H), by TRL's ChunkedLogProbFunction: no (S, vocab)
+    logits, and the head is gathered under ZeRO-3 as TRL's fused LM head gathers it."""
+    with maybe_gather_lm_head_ctx(lm_head.weight, lm_head.bias):
+        return ChunkedLogProbFunction.apply(
+            h_ib, lm_head.weight, lm_head.bias, targets, 1.0, CE_VOCAB_CHUNK, softcap, logit_scale, ()
+        )[0]
+
+
+def trl_kernel_is_fast(device: torch.device) -> bool:
+    """Where TRL's kernel folds its tiles in Triton (CUDA, XPU); elsewhere its torch fallback costs 1.6-2.6x the
+    row tiles of cross_entropy that peft_ib uses by default (benchmarks/README.md). TRL's own dispatch rule."""
+    return is_triton_available() and device.type in ("cuda", "xpu")
+
+
+SFT_TRAINER_SIGNATURE = inspect.signature(SFTTrainer.__init__)
 
 
 class _StepEnd(TrainerCallback):
@@ -52,8 +77,9 @@ class _StepEnd(TrainerCallback):
 
 class IBSFTTrainer(SFTTrainer):
     """
-    [`~trl.SFTTrainer`] for IB-LoRA adapters. Pass `peft_config=IBLoraConfig(...)` or a model already wrapped with
-    one; every SFTTrainer option keeps working. Logs `ce` (task cross-entropy), `ib_kl`, `ib_ce`, `ib_alpha`,
+    [`~trl.SFTTrainer`] for IB-LoRA adapters: SFTTrainer's arguments, in SFTTrainer's order. Pass
+    `peft_config=IBLoraConfig(...)` or a model already wrapped with one; every SFTTrainer option keeps working. `args`
+    may be an IBSFTConfig, or an SFTConfig / TrainingArguments, converted with the IB fields at their defaults. Logs `ce` (task cross-entropy), `ib_kl`, `ib_ce`, `ib_alpha`,
     `ib_penalty` in train and eval; `loss` is the total. `eval_ce` is the number to compare with a plain SFTTrainer's
     `eval_loss`.
     """
@@ -61,20 +87,14 @@ class IBSFTTrainer(SFTTrainer):
     _tag_names = ["trl", "sft", "ib-lora", "information-bottleneck"]
     _name = "IB-SFT"
 
-    def __init__(self, model, args: IBSFTConfig | None = None, train_dataset=None, eval_dataset=None, peft_config=None,
-                 **kwargs):
-        if args is None:
-            name = model if isinstance(model, str) else model.config._name_or_path
-            args = IBSFTConfig(f"{str(name).split('/')[-1]}-IB-SFT")
-        elif not isinstance(args, IBSFTConfig):
-            raise TypeError(f"IBSFTTrainer needs args=IBSFTConfig(...), got {type(args).__name__}.")
-        _check_has_ib_adapter(model, peft_config)
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {name: _map_instruction_columns(ds) for name, ds in eval_dataset.items()}
-        else:
-            eval_dataset = _map_instruction_columns(eval_dataset)
-        super().__init__(model, args=args, train_dataset=_map_instruction_columns(train_dataset),
-                         eval_dataset=eval_dataset, peft_config=peft_config, **kwargs)
+    def __init__(self, *positional, **keywords):
+        # Bound to SFTTrainer's own signature: a positional call means what it means for SFTTrainer.
+        call = SFT_TRAINER_SIGNATURE.bind(self, *positional, **keywords)
+        call.apply_defaults()
+        model = call.arguments["model"]
+        call.arguments["args"] = args = as_ib_sft_config(call.arguments["args"], model)
+        _check_has_ib_adapter(model, call.arguments["peft_config"])
+        super().__init__(*call.args[1:], **call.kwargs)
         self._ib_model = find_ib_model(self.model)
         self._ib_alpha = self._ib_config.ib_alpha if args.ib_alpha is None else args.ib_alpha
         self._ib_beta = self._ib_config.ib_beta if args.ib_beta is None else args.ib_beta
@@ -87,6 +107,10 @@ class IBSFTTrainer(SFTTrainer):
         self._ib_num_kl_positions = None  # KL positions of the accumulated batch, set with num_items_in_batch
         self._ib_step_kl = torch.zeros(2, dtype=torch.float64)  # (KL sum, weight) over this step's micro-batches
         self.add_callback(_StepEnd(self))
+        if trl_kernel_is_fast(self.accelerator.device):
+            self._ib_model.fused_target_log_probs = chunked_target_log_probs
+
+    __init__.__signature__ = SFT_TRAINER_SIGNATURE
 
     @property
     def _ib_config(self) -> IBLoraConfig:
@@ -95,8 +119,11 @@ class IBSFTTrainer(SFTTrainer):
 
     @property
     def _token_scale(self) -> int:
-        """SFTTrainer multiplies losses normalized over every process's tokens by the process count (DDP averages)."""
-        return self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
+        """
+        SFTTrainer multiplies losses normalized over every process's tokens by the number of distinct batches (DDP
+        averages): the process count over the tensor-parallel size, since tensor-parallel ranks share one batch.
+        """
+        return self.accelerator.num_processes // self.get_tp_size() if self.args.average_tokens_across_devices else 1
 
     # ---- the weights of the penalty -------------------------------------------------------------------------
 
@@ -138,7 +165,8 @@ class IBSFTTrainer(SFTTrainer):
         count = torch.as_tensor(count, device=device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             count = self.accelerator.gather(count).sum()
-        self._ib_num_kl_positions = count
+        # As Trainer divides num_items_in_batch: ranks that share one batch counted its positions once each.
+        self._ib_num_kl_positions = count / (self.get_tp_size() * self.get_cp_size() * self.get_sp_size())
         return num_items
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -1,4 +1,4 @@
-"""The memorization diagnostic of IB-FT (DESIGN.md section 6) and `ib-ft memorization`.
+"""The memorization diagnostic of IB-FT (docs/METHOD.md, "The memorization diagnostic") and `ib-ft memorization`.
 
 Min-K% Prob (Shi et al., 2023) of one example: the mean negative log-likelihood, in nats per token, of the K% least
 likely RESPONSE tokens under a model. Lower score = more strongly memorized.
@@ -22,9 +22,10 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import matplotlib
 import torch
 from datasets import Dataset, load_dataset
+from matplotlib import rcParams
+from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import TrlParser
@@ -35,10 +36,7 @@ from trl.trainer.utils import selective_log_softmax
 from peft_ib import IBLoraConfig
 from peft_ib.model import block_output, find_decoder_blocks
 from trl_ib.evaluation import load_model
-from trl_ib.ib_sft_trainer import to_prompt_completion
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
+from trl_ib.train import to_prompt_completion
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -224,16 +222,15 @@ def plot_distributions(
         raise ValueError("distributions is empty: pass at least one {label: scores}.")
     every = [s for scores in distributions.values() for s in scores]
     edges = torch.linspace(min(every), max(every) + 1e-9, bins + 1).tolist()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for color, (label, scores) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], distributions.items()):
-        ax.hist(scores, bins=edges, density=True, alpha=0.35, color=color, label=f"{label} (n={len(scores)})")
-        ax.axvline(summarize(scores)["median"], color=color, linestyle="--")
-    ax.set_xlabel(f"Min-{k:.0%} Prob (nats); lower = more memorized")
-    ax.set_ylabel("density")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    figure = Figure(figsize=(6, 4), layout="tight")  # object API: no pyplot, no process-wide backend
+    axes = figure.subplots()
+    for color, (label, scores) in zip(rcParams["axes.prop_cycle"].by_key()["color"], distributions.items()):
+        axes.hist(scores, bins=edges, density=True, alpha=0.35, color=color, label=f"{label} (n={len(scores)})")
+        axes.axvline(summarize(scores)["median"], color=color, linestyle="--")
+    axes.set_xlabel(f"Min-{k:.0%} Prob (nats); lower = more memorized")
+    axes.set_ylabel("density")
+    axes.legend()
+    figure.savefig(path, dpi=120)
 
 
 def load_examples(path: str, split: str = "train") -> tuple[Dataset, Dataset]:

@@ -20,7 +20,21 @@ from peft_ib import IBLoraConfig
 
 from . import builtin
 from .ib_sft_config import IBSFTConfig
-from .ib_sft_trainer import IBSFTTrainer, to_prompt_completion
+from .ib_sft_trainer import IBSFTTrainer
+
+# The paper's datasets (OriGen, Evol-CodeAlpaca-V1) as the official code reads them.
+PAPER_COLUMNS = ("Instruction", "Response")
+
+
+def to_prompt_completion(dataset, prompt_column: str = PAPER_COLUMNS[0], completion_column: str = PAPER_COLUMNS[1]):
+    """The paper's format: prompt = instruction + "\\n", completion = response, so the loss is on the response."""
+    missing = [c for c in (prompt_column, completion_column) if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"Dataset has no column(s) {missing}; its columns are {dataset.column_names}.")
+    return dataset.map(
+        lambda row: {"prompt": row[prompt_column] + "\n", "completion": row[completion_column]},
+        remove_columns=dataset.column_names,
+    )
 
 
 @dataclass
@@ -43,7 +57,8 @@ class IBArguments:
     ib_blocks_path: str | None = field(default=None, metadata={"help": "Dotted path to the decoder block list."})
     prompt_column: str | None = field(
         default=None,
-        metadata={"help": "With completion_column: map rows to prompt = row[prompt_column] + '\\n' (paper's format)."},
+        metadata={"help": "With completion_column: map rows to prompt = row[prompt_column] + '\\n' (paper's format). "
+                  "Default: the Instruction/Response columns where a dataset has them."},
     )
     completion_column: str | None = field(default=None, metadata={"help": "Column holding the response."})
 
@@ -101,7 +116,11 @@ def build_peft_config(model_args: ModelConfig, ib_args: IBArguments, training_ar
 
 
 def load_data(script_args: ScriptArguments, ib_args: IBArguments):
-    """(train, eval or None): a Hub dataset, a local .json/.jsonl file, or the built-in code dataset."""
+    """
+    (train, eval or None): a Hub dataset, a local .json/.jsonl file, or the built-in code dataset. Rows become
+    prompt/completion rows by `to_prompt_completion` with --prompt_column/--completion_column, or with the paper's
+    Instruction/Response columns where a dataset has them; other datasets reach IBSFTTrainer as they are.
+    """
     name = script_args.dataset_name
     if name is None:
         return builtin.code_dataset(), None
@@ -113,6 +132,9 @@ def load_data(script_args: ScriptArguments, ib_args: IBArguments):
         if not (ib_args.prompt_column and ib_args.completion_column):
             raise ValueError("prompt_column and completion_column must be given together.")
         dataset = {split: to_prompt_completion(ds, ib_args.prompt_column, ib_args.completion_column)
+                   for split, ds in dataset.items()}
+    else:
+        dataset = {split: to_prompt_completion(ds) if set(PAPER_COLUMNS) <= set(ds.column_names) else ds
                    for split, ds in dataset.items()}
     return dataset[script_args.dataset_train_split], dataset.get(script_args.dataset_test_split)
 
