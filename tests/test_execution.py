@@ -159,11 +159,38 @@ def test_results_stream_back_in_order_and_one_crash_loses_nothing():
     assert [result.verdict for result in results] == ["passed", "failed"] * 4
 
 
-def test_invalid_arguments():
-    with pytest.raises(ValueError, match=r"language='rust' is not supported; choose one of \['python', 'verilog'\]"):
-        run_samples([], language="rust")
-    with pytest.raises(ValueError, match="timeout=0 is invalid"):
-        run_samples([], timeout=0)
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"language": "rust"}, ValueError, "language='rust' is not supported; choose one of ['python', 'verilog']"),
+        ({"timeout": 0}, ValueError, "timeout=0 is invalid; give the wall-clock seconds per sample, a finite number > 0"),
+        ({"timeout": float("nan")}, ValueError, "timeout=nan is invalid; give the wall-clock seconds per sample, a finite number > 0"),
+        ({"timeout": float("inf")}, ValueError, "timeout=inf is invalid; give the wall-clock seconds per sample, a finite number > 0"),
+        ({"timeout": "3"}, ValueError, "timeout='3' is invalid; give the wall-clock seconds per sample, a finite number > 0"),
+        ({"num_workers": 0}, ValueError, "num_workers=0 is invalid; give a whole number >= 1, or None for one per CPU"),
+        ({"num_workers": -1}, ValueError, "num_workers=-1 is invalid; give a whole number >= 1, or None for one per CPU"),
+        ({"samples": [(ADD, ADD_TEST, "add")]}, TypeError,
+         "samples[0]=('def add(a, b):\\n    return a + b\\n', 'def check(candidate):\\n    assert candidate(2, 3) == 5\\n', 'add') "
+         "is invalid; give Sample(program, test, entry_point) objects"),
+    ],
+)  # fmt: skip
+def test_invalid_arguments_are_refused_before_anything_runs(kwargs, error, message):
+    arguments = {"samples": [Sample(ADD, ADD_TEST, "add")], "progress": False, **kwargs}
+    with pytest.raises(error) as raised:
+        run_samples(**arguments)
+    assert str(raised.value) == message
+
+
+def test_invalid_samples_and_limits():
+    with pytest.raises(TypeError, match=r"^Sample.program=None is invalid; give the source as a str$"):
+        Sample(None, ADD_TEST, "add")
+    with pytest.raises(ValueError, match=r"^Sample.entry_point='a b' is invalid; give an identifier \(a str\) or None$"):
+        Sample(ADD, ADD_TEST, "a b")
+    with pytest.raises(ValueError, match=r"^Limits.output_bytes=-1 is invalid; give a whole number >= 1$"):
+        Limits(output_bytes=-1)
+    with pytest.raises(ValueError, match=r"^Limits.memory_bytes=1.5 is invalid; give a whole number >= 1$"):
+        Limits(memory_bytes=1.5)
+    assert Limits(memory_bytes=2**20, processes=4, disk_bytes=2**20).max_memory_bytes == 5 * 2**20
 
 
 def test_without_bubblewrap_warns_once_and_still_runs(monkeypatch):

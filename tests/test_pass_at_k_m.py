@@ -1,6 +1,10 @@
+import os
+import subprocess
+import sys
 from fractions import Fraction
 from itertools import combinations
 from math import comb
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,6 +86,57 @@ def test_invalid_inputs_name_field_value_and_allowed_range(n, c, k, m, message):
     with pytest.raises(ValueError) as error:
         pass_at_k_m([n], [c], k, m)
     assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    ("k", "m", "message"),
+    [
+        ([0], [1], "k=[0] is invalid: 0 is not an integer >= 1"),
+        ([], [1], "k=[] is invalid; give a non-empty list, e.g. k=[1, 10]"),
+        ([1], [], 'm=[] is invalid; give a non-empty list, e.g. m=[1, "k"]'),
+        ([1], [2, 3], "k=[1] and m=[2, 3] give no pair with 1 <= m <= k; Pass@k^(m) needs m <= k"),
+        (1, [1], "k=1 is invalid; give a non-empty list, e.g. k=[1, 10]"),
+        ([2], [1.9], "m=1.9 is invalid; give an integer 1 <= m <= k or the string 'k' (meaning m = k)"),
+        ([2], "12", 'm=\'12\' is invalid; give a non-empty list, e.g. m=[1, "k"]'),
+        ([True], [1], "k=[True] is invalid: True is not an integer >= 1"),
+    ],
+)
+def test_invalid_k_and_m_lists(k, m, message):
+    with pytest.raises(ValueError) as error:
+        pass_at_k_m_table(5, [1], k=k, m=m)
+    assert str(error.value) == message
+
+
+def test_k_above_n_is_refused_before_any_program_runs(monkeypatch):
+    from trl_ib.code_eval import scoring
+
+    monkeypatch.setattr(scoring, "run_samples", lambda *args, **kwargs: pytest.fail("programs ran"))
+    with pytest.raises(ValueError, match=r"^num_samples n=2 is smaller than k=5 \(problem 0\)"):
+        scoring.score([["x = 1", "x = 2"]], ["assert x"], k=[5], m=[1], progress=False)
+
+
+def test_metric_loads_and_computes_without_torch():
+    # Blocks torch (and checks trl/transformers stay out); USE_TORCH=0 is what datasets/evaluate see when torch
+    # is not installed (their find_spec("torch") is None), so the blocker only fires on a real import.
+    script = r"""
+import os, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "trl", "transformers"):
+            raise ImportError(f"{name} is blocked")
+sys.meta_path.insert(0, Block())
+import evaluate
+from trl_ib.code_eval.metrics import PASS_AT_K_M
+scores = evaluate.load(PASS_AT_K_M).compute(
+    predictions=[["def add(a, b):\n    return a + b", "def add(a, b):\n    return a * b"]],
+    references=["assert add(2, 3) == 5"], k=[1, 2], m=[1, "k"],
+)
+print(scores["pass@1^(1)"], scores["pass@2^(1)"], scores["pass@2^(2)"], scores["num_correct"])
+print(sorted(name for name in ("torch", "trl", "transformers") if name in sys.modules))
+"""
+    env = {**os.environ, "HF_ALLOW_CODE_EVAL": "1", "USE_TORCH": "0"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1])
+    assert done.stdout == "0.5 1.0 0.0 [1]\n[]\n", done.stderr
 
 
 def test_invalid_m_string_and_length_mismatch():

@@ -30,10 +30,12 @@ def _fractions(num_samples: int | Sequence[int], num_correct: Sequence[int], k: 
             "give one n per problem or a single int"
         )
     values = []
+    if not _is_int(k) or k < 1:
+        raise ValueError(f"k={k!r} is invalid; k must be an integer >= 1")
+    if not _is_int(m):
+        raise ValueError(f"m={m!r} is invalid; m must be an integer 1 <= m <= k")
     for problem, (n, c) in enumerate(zip(num_samples, num_correct)):
         where = f" (problem {problem})"
-        if k < 1:
-            raise ValueError(f"k={k} is invalid; k must be an integer >= 1")
         if n < k:
             raise ValueError(f"num_samples n={n} is smaller than k={k}{where}; Pass@k^(m) needs n >= k samples")
         if not 1 <= m <= k:
@@ -60,13 +62,25 @@ def pass_at_k_m(num_samples: int | Sequence[int], num_correct: Sequence[int], k:
     return np.array([float(value) for value in _fractions(num_samples, num_correct, k, m)], dtype=np.float64)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def resolve_m(m: int | str, k: int) -> int:
-    """`m` as given by a user: an int, or the string "k" meaning m = k."""
+    """`m` as given by a user: an int, a string of digits, or the string "k" meaning m = k."""
     if m == "k":
         return k
-    if isinstance(m, str) and not m.isdigit():
-        raise ValueError(f"m={m!r} is invalid; give an integer 1 <= m <= k or the string 'k' (meaning m = k)")
-    return int(m)
+    if _is_int(m) or (isinstance(m, str) and m.isdigit()):
+        return int(m)
+    raise ValueError(f"m={m!r} is invalid; give an integer 1 <= m <= k or the string 'k' (meaning m = k)")
+
+
+def _values(name: str, values) -> list:
+    """`values` as a non-empty list; a str or a lone number is refused (it would be read character by character)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)) or len(values) == 0:
+        example = '[1, "k"]' if name == "m" else "[1, 10]"
+        raise ValueError(f"{name}={values!r} is invalid; give a non-empty list, e.g. {name}={example}")
+    return list(values)
 
 
 def pass_at_k_m_table(
@@ -89,10 +103,15 @@ def pass_at_k_m_table(
     """
     if len(num_correct) == 0:
         raise ValueError("num_correct is empty; score at least one problem")
+    k, m = _values("k", k), _values("m", m)
+    for value in k:
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"k={k!r} is invalid: {value!r} is not an integer >= 1")
+    pairs = [(k_, m_) for k_ in k for m_ in sorted({resolve_m(value, k_) for value in m}) if m_ <= k_]
+    if not pairs:
+        raise ValueError(f"k={k!r} and m={m!r} give no pair with 1 <= m <= k; Pass@k^(m) needs m <= k")
     table = {}
-    for k_ in k:
-        for m_ in sorted({resolve_m(value, k_) for value in m}):
-            if m_ <= k_:
-                values = _fractions(num_samples, num_correct, k_, m_)
-                table[f"pass@{k_}^({m_})"] = float(sum(values) / len(values))
+    for k_, m_ in pairs:
+        values = _fractions(num_samples, num_correct, k_, m_)
+        table[f"pass@{k_}^({m_})"] = float(sum(values) / len(values))
     return table

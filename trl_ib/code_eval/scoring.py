@@ -46,6 +46,8 @@ def score(
             f"got {len(programs)} program lists, {len(tests)} tests and {len(entry_points)} entry_points; "
             "give one of each per problem"
         )
+    # Check k and m against every problem's n (k <= n, 1 <= m <= k) before any program runs.
+    pass_at_k_m_table([len(group) for group in programs], [0] * len(programs), k, m)
     samples = [
         Sample(program, test, entry)
         for group, test, entry in zip(programs, tests, entry_points)

@@ -9,6 +9,7 @@ threads that only wait on children: a sample that crashes, hangs or kills its pr
 and never takes a worker or another sample's result down with it.
 """
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -18,10 +19,10 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from . import python, verilog
-from .sandbox import ExecutionResult, Limits, bwrap_available
+from .sandbox import ExecutionResult, Limits, SandboxError, bwrap_available
 
 
-__all__ = ["BACKENDS", "ExecutionResult", "Limits", "Sample", "bwrap_available", "run_samples"]
+__all__ = ["BACKENDS", "ExecutionResult", "Limits", "Sample", "SandboxError", "bwrap_available", "run_samples"]
 
 # language -> a context manager (entered once per `run_samples` call) holding an object with
 # `run_sample(program, test, entry_point, timeout, limits) -> ExecutionResult`, safe to call from threads
@@ -44,6 +45,13 @@ class Sample:
     test: str
     entry_point: str | None = None
 
+    def __post_init__(self):
+        for name in ("program", "test"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"Sample.{name}={getattr(self, name)!r} is invalid; give the source as a str")
+        if self.entry_point is not None and not (isinstance(self.entry_point, str) and self.entry_point.isidentifier()):
+            raise ValueError(f"Sample.entry_point={self.entry_point!r} is invalid; give an identifier (a str) or None")
+
 
 def run_samples(
     samples: Sequence[Sample],
@@ -57,11 +65,22 @@ def run_samples(
 
     Returns:
         One `ExecutionResult` per sample, in the order of `samples`.
+
+    Raises:
+        ValueError, TypeError: a bad argument, before anything runs.
+        SandboxError: the sandbox cannot run programs here (e.g. a fresh Python server does not start).
     """
     if language not in BACKENDS:
         raise ValueError(f"language={language!r} is not supported; choose one of {sorted(BACKENDS)}")
-    if timeout <= 0:
-        raise ValueError(f"timeout={timeout} is invalid; give the wall-clock seconds per sample, > 0")
+    if type(timeout) not in (int, float) or not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout={timeout!r} is invalid; give the wall-clock seconds per sample, a finite number > 0")
+    if num_workers is not None and (type(num_workers) is not int or num_workers < 1):
+        raise ValueError(f"num_workers={num_workers!r} is invalid; give a whole number >= 1, or None for one per CPU")
+    if not isinstance(limits, Limits):
+        raise TypeError(f"limits={limits!r} is invalid; give a trl_ib.code_eval.execution.Limits")
+    for index, sample in enumerate(samples):
+        if not isinstance(sample, Sample):
+            raise TypeError(f"samples[{index}]={sample!r} is invalid; give Sample(program, test, entry_point) objects")
     num_workers = num_workers or len(os.sched_getaffinity(0))
     bwrap_available()  # warn (once) before the progress bar starts
     results: list[ExecutionResult | None] = [None] * len(samples)

