@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.tiny_models import tiny_llama, train_tokenizer
+from tiny_models import tiny_llama, train_tokenizer
 from trl_ib import builtin
 
 TARGET_NAME = "smollm2-135m-instruct-q4_1"

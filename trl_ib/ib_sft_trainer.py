@@ -15,7 +15,7 @@ import torch
 from peft import PeftModel
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
-from transformers.utils import is_triton_available
+from transformers.utils import is_triton_available, logging
 from trl import SFTTrainer
 from trl.kernels import ChunkedLogProbFunction
 from trl.trainer.utils import get_config_model_id, maybe_gather_lm_head_ctx
@@ -26,6 +26,11 @@ from .ib_sft_config import IBSFTConfig
 from .kl_controller import KLController
 
 CONTROLLER_FILE = "ib_kl_controller.json"
+# The first training batch warns when the IB penalty at full alpha exceeds this multiple of the task loss.
+PENALTY_WARNING_RATIO = 10.0
+
+logger = logging.get_logger(__name__)
+
 # Vocabulary tile of TRL's chunked log-prob kernel for ce_ib (the width TRL's fused LM head uses).
 CE_VOCAB_CHUNK = 32768
 
@@ -106,6 +111,7 @@ class IBSFTTrainer(SFTTrainer):
                                                args.ib_kl_controller_rate)
         self._ib_num_kl_positions = None  # KL positions of the accumulated batch, set with num_items_in_batch
         self._ib_step_kl = torch.zeros(2, dtype=torch.float64)  # (KL sum, weight) over this step's micro-batches
+        self._ib_scale_checked = False  # the first training batch compares the penalty with ce (a warning)
         self.add_callback(_StepEnd(self))
         if trl_kernel_is_fast(self.accelerator.device):
             self._ib_model.fused_target_log_probs = chunked_target_log_probs
@@ -196,7 +202,27 @@ class IBSFTTrainer(SFTTrainer):
         for key, value in (("ce", ce_mean), ("ib_kl", kl_mean), ("ib_ce", ce_ib_mean), ("ib_alpha", alpha),
                            ("ib_penalty", alpha * (kl_mean + beta * ce_ib_mean))):
             self._metrics[mode][key].append(value)
+        if mode == "train" and not self._ib_scale_checked:
+            self._ib_scale_checked = True
+            self._warn_if_penalty_swamps_ce(ce_mean, kl_mean, ce_ib_mean)
         return (loss, outputs) if return_outputs else loss
+
+    def _warn_if_penalty_swamps_ce(self, ce: float, kl: float, ce_ib: float) -> None:
+        """A warning when alpha * (KL + beta * ce_ib), at alpha's full value, exceeds PENALTY_WARNING_RATIO x ce."""
+        penalty = self._ib_alpha * (kl + self._ib_beta * ce_ib)
+        if not penalty > PENALTY_WARNING_RATIO * ce:
+            return
+        cause = (
+            "IBLoraConfig(ib_input_norm='none') feeds the encoder the raw hidden state, whose massive activations "
+            "(the attention sink at position 0 of pretrained LLMs) dominate the KL; ib_input_norm='rms' bounds it. "
+            if self._ib_config.ib_input_norm == "none" else ""
+        )
+        logger.warning(
+            f"The IB penalty alpha * (KL + beta * ce_ib) = {penalty:.4g} is {penalty / ce:.0f}x the task loss "
+            f"ce = {ce:.4g} at the first step (ib_kl {kl:.4g} nats per position and dim, ib_ce {ce_ib:.4g}, "
+            f"alpha {self._ib_alpha}, beta {self._ib_beta}): the IB terms will drive training. {cause}To weaken "
+            "them: a smaller ib_alpha, ib_warmup_steps (ramp alpha) or ib_target_kl (hold the KL at a target)."
+        )
 
     def _micro_batch_ce(self, ce: torch.Tensor, inputs: dict, num_items_in_batch) -> float:
         """Per-token task CE of this micro-batch, undoing SFTTrainer's accumulated-batch normalization; gathered."""
