@@ -62,6 +62,9 @@ def test_2_entry_point_named_like_a_builtin_is_tested():
     assert run_one("def max(xs):\n    return 0\n", test, "max").result == "failed: "
     assert run_one("def max(xs):\n    return sorted(xs)[-1]\n", test, "max").result == "passed"
     assert run_one("x = 1\n", test, "max").result == "failed: name 'max' is not defined"
+    # __str__ returning a str subclass whose __radd__ answers "passed"
+    radd = "class S(str):\n    def __radd__(self, other):\n        return 'passed'\nclass E(Exception):\n    def __str__(self):\n        return S('x')\n"
+    assert run_one(radd + "def add(a, b):\n    raise E()\n", ADD_TEST, "add").result == "failed: x"
 
 
 # 3. The verdict channel cannot be redirected, read back or appended to.
@@ -108,6 +111,11 @@ def test_5_design_cannot_read_or_rewrite_its_output():
     assert run_design(rewind).result == "failed: 24 mismatches in 60 samples"
     hidden = '  assign out = a | b;\n  initial $display("%0d %0d", $fopen("sim.vvp", "r"), $fopen("testbench.sv", "r"));\n'
     assert run_design(hidden).stdout.startswith("0 0\n")
+    stdin = (  # the driver's stdin held the testbench: rewind it and read
+        "  assign out = a | b;\n  reg [8*120:1] line; integer r;\n"
+        '  initial begin r = $fseek(32\'h80000000, 0, 0); r = $fgets(line, 32\'h80000000); $display("r=%0d", r); end\n'
+    )
+    assert run_design(stdin).stdout.startswith("r=0\n")
 
 
 # 6. Nothing a sample writes lands on the host: no setuid plant, no unbounded disk.

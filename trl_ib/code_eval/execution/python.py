@@ -107,10 +107,10 @@ def harness(nonce, program, test, entry_point, max_chars):
             tests["check"](namespace[entry_point])
         result = "passed"
     except BaseException as error:
-        try:
-            result = "failed: " + str_(error)
+        try:  # str.__add__ explicitly: a str subclass from __str__ could answer "failed: " + x with "passed"
+            result = str_.__add__("failed: ", str_(error))
         except BaseException:
-            result = "failed: " + type_(error).__name__
+            result = str_.__add__("failed: ", type_(error).__name__)
     try:
         same_channel = (fstat(3).st_dev, fstat(3).st_ino) == (channel.st_dev, channel.st_ino)
     except BaseException:

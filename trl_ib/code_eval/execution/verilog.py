@@ -49,6 +49,7 @@ hidden = os.path.join(os.getcwd(), secrets.token_hex(16))
 os.mkdir(hidden, 0o700)
 os.rename("sim.vvp", os.path.join(hidden, "sim.vvp"))
 os.chmod(hidden, 0o100)  # traverse only: the program is reachable by its unknown name alone
+os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # stdin held this request, testbench and nonce included
 os.execv(vvp, [vvp, "-n", os.path.join(hidden, "sim.vvp")])
 """
 
