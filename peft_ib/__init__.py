@@ -5,11 +5,9 @@
     model = get_peft_model(model, IBLoraConfig(r=32, target_modules="all-linear", ib_layers=0.625))
 """
 
-from .hub import install_card_hook
 from .registry import register
 
-register()
-install_card_hook()
+register()  # as PEFT's own methods register themselves; the card hook waits for an IB-LoRA adapter (see hub.py)
 
 from .config import IBLoraConfig  # noqa: E402
 from .export import export_lora  # noqa: E402

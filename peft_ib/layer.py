@@ -1,6 +1,7 @@
 """The variational IB encoder: q(z | h) = N(mu(h), diag exp(logvar(h))) and the decoder z -> h_ib.
 
 Shapes: h (..., H) -> mu, logvar, z (..., D) -> h_ib (..., H), with H the model's hidden size and D = ib_dim.
+The objective these terms enter, and their units: docs/METHOD.md, "The objective".
 """
 
 import torch
@@ -10,7 +11,7 @@ RMS_EPS = 1e-6  # of the parameter-free RMS normalization of the encoder's input
 
 
 class IBEncoder(nn.Module):
-    """mu / logvar heads on one block's output and the decoder `up` back to the hidden size (DESIGN.md section 2)."""
+    """mu / logvar heads on one block's output and the decoder `up` back to the hidden size."""
 
     def __init__(self, hidden_size: int, ib_dim: int, logvar_min: float, logvar_max: float, input_norm: str):
         super().__init__()

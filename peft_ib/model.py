@@ -18,11 +18,9 @@ from peft import LoraModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from trl.kernels import ChunkedLogProbFunction
-from trl.kernels.chunked_logprob import _use_triton  # where TRL's kernel is fast: the one definition of it
-from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from .config import IBLoraConfig
+from .hub import install_card_hook
 from .layer import IBEncoder, kl_to_standard_normal, sample_z
 
 # Where decoder blocks live in common causal-LM classes, relative to the model passed to get_peft_model.
@@ -35,9 +33,7 @@ BLOCK_PATHS = (
     "transformer.blocks",  # MPT
 )
 FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm")
-# Vocabulary tile of the chunked cross-entropy of the IB branch (the same width TRL's fused LM head uses).
-CE_VOCAB_CHUNK = 32768
-# Where TRL's kernel has no Triton fold (CPUs): logits per (rows, vocab) tile of the row-chunked cross-entropy.
+# Logits per (rows, vocab) tile of the row-chunked cross-entropy of the IB branch.
 CE_TILE_ELEMENTS = 2**25  # 128 MiB in fp32
 
 
@@ -96,30 +92,28 @@ def block_output(output) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
-def _target_log_probs(lm_head, h_ib, targets, softcap, logit_scale) -> torch.Tensor:
-    """(S,) log p(target | h_ib) under the model's output layer, h_ib (S, H); chunked, so no (S, vocab) tensor,
-    except when LoRA targets the output layer itself."""
+def _target_log_probs(lm_head, h_ib, targets, softcap, logit_scale, fused=None) -> torch.Tensor:
+    """
+    (S,) log p(target | h_ib) under the model's output layer, h_ib (S, H); chunked, so no (S, vocab) tensor, except
+    when LoRA targets the output layer itself. `fused(lm_head, h_ib, targets, softcap, logit_scale)`, when given, is
+    a kernel that computes the same without logits tiles in memory (IBSFTTrainer hands in TRL's where it is fast).
+    """
     if isinstance(lm_head, BaseTunerLayer) and not lm_head.merged:
         # `lm_head.weight` is then the frozen base weight alone: run the layer, adapter included as in the model's own
         # logits, on the S supervised rows.
         return _tile_log_probs(lm_head, h_ib.to(lm_head.weight.dtype), targets, softcap, logit_scale)
-    if not _use_triton(h_ib.device):
-        # TRL's kernel folds its tiles in Triton only on CUDA/XPU with Triton; elsewhere its torch fallback costs
-        # 1.6-2.6x cross_entropy on the same tile (benchmarks/README.md).
-        # Row tiles recomputed in backward keep its memory bound, one (rows, vocab) tile at a time.
-        if not len(targets):
-            return h_ib.sum(-1)  # (0,), still connected to the graph
-        rows = max(1, CE_TILE_ELEMENTS // lm_head.weight.shape[0])
-        h_ib = h_ib.to(lm_head.weight.dtype)
-        return torch.cat([
-            checkpoint(_tile_log_probs, lm_head, h_ib[i:i + rows], targets[i:i + rows], softcap, logit_scale,
-                       use_reentrant=False)
-            for i in range(0, len(targets), rows)
-        ])
-    with maybe_gather_lm_head_ctx(lm_head.weight, lm_head.bias):
-        return ChunkedLogProbFunction.apply(
-            h_ib, lm_head.weight, lm_head.bias, targets, 1.0, CE_VOCAB_CHUNK, softcap, logit_scale, ()
-        )[0]
+    if fused is not None:
+        return fused(lm_head, h_ib, targets, softcap, logit_scale)
+    # Row tiles recomputed in backward keep the memory bound, one (rows, vocab) tile at a time.
+    if not len(targets):
+        return h_ib.sum(-1)  # (0,), still connected to the graph
+    rows = max(1, CE_TILE_ELEMENTS // lm_head.weight.shape[0])
+    h_ib = h_ib.to(lm_head.weight.dtype)
+    return torch.cat([
+        checkpoint(_tile_log_probs, lm_head, h_ib[i:i + rows], targets[i:i + rows], softcap, logit_scale,
+                   use_reentrant=False)
+        for i in range(0, len(targets), rows)
+    ])
 
 
 def _tile_log_probs(lm_head, h_ib, targets, softcap, logit_scale) -> torch.Tensor:
@@ -133,27 +127,46 @@ def _tile_log_probs(lm_head, h_ib, targets, softcap, logit_scale) -> torch.Tenso
 class IBLoraModel(LoraModel):
     """LoRA (all of `peft.LoraModel`) plus the IB encoders of IB-FT; see the module docstring for the layout."""
 
-    def inject_adapter(self, model, adapter_name, autocast_adapter_dtype=True, low_cpu_mem_usage=False, state_dict=None):
-        if not hasattr(self, "lora_ib_encoders"):
-            self.lora_ib_encoders = nn.ModuleDict()
-            self._ib_adapters_enabled = True
-            self._last_ib_terms: dict[str, IBTerms] = {}
-            self._ib_capture = None
-            self._ib_in_eval = False
-            # Hooks on the wrapped model's __call__, so the IB branch runs whichever PeftModel class or patched
-            # forward (TRL's fused LM head) drives it; always_call unhooks the blocks even if the forward raises.
-            self._ib_model_hooks = [
-                model.register_forward_pre_hook(self._ib_pre_forward, with_kwargs=True),
-                model.register_forward_hook(self._ib_post_forward, with_kwargs=True, always_call=True),
-            ]
-        super().inject_adapter(model, adapter_name, autocast_adapter_dtype, low_cpu_mem_usage, state_dict)
-        config = self.peft_config[adapter_name]
+    # The encoders live on the tuner, as VeRA's shared matrices do: `inject_adapter_in_model` would lose them.
+    uses_shared_state = True
+
+    def _pre_injection_hook(self, model, config, adapter_name) -> None:
+        """Before the first adapter (BaseTuner.__init__): the state every IB adapter of this tuner shares."""
+        super()._pre_injection_hook(model, config, adapter_name)
+        self.lora_ib_encoders = nn.ModuleDict()
+        self._ib_adapters_enabled = True
+        self._last_ib_terms: dict[str, IBTerms] = {}
+        self._ib_capture = None
+        self._ib_in_eval = False
+        # Optional kernel for log p(target | h_ib) (see `_target_log_probs`); None: row tiles of cross_entropy.
+        self.fused_target_log_probs = None
+
+    def _check_new_adapter_config(self, config) -> None:
+        """Before PEFT changes anything for a new adapter: a config that does not fit the model fails here."""
         if not isinstance(config, IBLoraConfig):
-            raise TypeError(f"IBLoraModel needs an IBLoraConfig, got {type(config).__name__} for {adapter_name!r}.")
+            raise TypeError(f"IBLoraModel needs an IBLoraConfig, got {type(config).__name__}.")
+        super()._check_new_adapter_config(config)
+        _, blocks = find_decoder_blocks(self.model, config.ib_blocks_path)
+        config.resolve_ib_layers(len(blocks))
+        if config.ib_final_norm:
+            self._final_norm(self.model, config)
+
+    def _post_injection_hook(self, model, config, adapter_name) -> None:
+        """After the first adapter is in (BaseTuner.__init__): hook the wrapped model, and PEFT's card (peft_ib.hub)."""
+        super()._post_injection_hook(model, config, adapter_name)
+        # Hooks on the wrapped model's __call__, so the IB branch runs whichever PeftModel class or patched forward
+        # (TRL's fused LM head) drives it; always_call unhooks the blocks even if the forward raises.
+        self._ib_model_hooks = [
+            model.register_forward_pre_hook(self._ib_pre_forward, with_kwargs=True),
+            model.register_forward_hook(self._ib_post_forward, with_kwargs=True, always_call=True),
+        ]
+        install_card_hook()
+
+    def inject_adapter(self, model, adapter_name, autocast_adapter_dtype=True, low_cpu_mem_usage=False, state_dict=None):
+        super().inject_adapter(model, adapter_name, autocast_adapter_dtype, low_cpu_mem_usage, state_dict)
+        config = self.peft_config[adapter_name]  # accepted by _check_new_adapter_config
         _, blocks = find_decoder_blocks(model, config.ib_blocks_path)
         layers = config.resolve_ib_layers(len(blocks))
-        if config.ib_final_norm:
-            self._final_norm(model, config)  # fail now, not at the first training step
         hidden_size = model.get_output_embeddings().weight.shape[1]
         encoders = nn.ModuleDict()
         for index in layers:
@@ -311,7 +324,8 @@ class IBLoraModel(LoraModel):
             h_ib = encoder.decode(z[rows_supervised])  # (S, H)
             if norm is not None:
                 h_ib = norm(h_ib.to(lm_head.weight.dtype))
-            ce_sums.append(-_target_log_probs(lm_head, h_ib, targets, softcap, logit_scale).sum())
+            log_probs = _target_log_probs(lm_head, h_ib, targets, softcap, logit_scale, self.fused_target_log_probs)
+            ce_sums.append(-log_probs.sum())
         return IBTerms(
             layers=[int(i) for i in encoders],
             kl_sum=torch.stack(kl_sums),

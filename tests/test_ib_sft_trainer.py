@@ -12,14 +12,17 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from tiny_models import tiny_llama, train_tokenizer
+from torch import nn
 from transformers import TrainerCallback, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+import peft_ib.model as peft_ib_model
+import trl_ib.ib_sft_trainer as ib_sft_trainer
 from peft_ib import IBLoraConfig, find_ib_model, ib_terms
 from peft_ib.layer import kl_to_standard_normal
 from trl_ib import IBSFTConfig, IBSFTTrainer, to_prompt_completion
-from trl_ib.ib_sft_trainer import CONTROLLER_FILE
+from trl_ib.ib_sft_trainer import CONTROLLER_FILE, chunked_target_log_probs, trl_kernel_is_fast
 
 IB_BLOCK = 1  # of the tiny Llama's 4 blocks
 
@@ -478,3 +481,54 @@ def test_ddp_unused_parameter_search_is_off(tmp_path):
     assert IBSFTConfig(output_dir=str(tmp_path), report_to="none").ddp_find_unused_parameters is False
     with pytest.raises(ValueError, match=r"^ddp_find_unused_parameters=True: DDP cannot see the IB terms"):
         IBSFTConfig(output_dir=str(tmp_path), report_to="none", ddp_find_unused_parameters=True)
+
+
+# ---- ce_ib: peft_ib's row tiles, or TRL's kernel where the trainer hands it in ---------------------------------
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_row_tiles_equal_trl_chunked_kernel(monkeypatch, softcap):
+    """peft_ib computes ce_ib in recomputed row tiles of cross_entropy (several tiles forced here by a small tile);
+    TRL's ChunkedLogProbFunction (its torch fold on a CPU) agrees in value and gradient."""
+    monkeypatch.setattr(peft_ib_model, "CE_TILE_ELEMENTS", 3 * 50)  # 3 rows a tile: 3 tiles for 7 rows
+    torch.manual_seed(0)
+    head = nn.Linear(16, 50, bias=False)
+    h_ib = torch.randn(7, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (7,))
+
+    def log_probs_and_grad(fused):
+        h_ib.grad = None
+        log_probs = peft_ib_model._target_log_probs(head, h_ib, targets, softcap, 1.5, fused)
+        (log_probs * torch.arange(1.0, 8.0)).sum().backward()
+        return log_probs.detach(), h_ib.grad.clone()
+
+    tiles, tiles_grad = log_probs_and_grad(None)
+    kernel, kernel_grad = log_probs_and_grad(chunked_target_log_probs)
+    logits = head(h_ib.detach()) * 1.5
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    naive = -F.cross_entropy(logits, targets, reduction="none")
+    torch.testing.assert_close(tiles, naive, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(kernel, naive, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tiles_grad, kernel_grad, atol=1e-5, rtol=1e-5)
+
+
+def test_trl_kernel_is_handed_in_where_trl_folds_in_triton(tmp_path, tokenizer, monkeypatch):
+    from trl.kernels.chunked_logprob import _use_triton  # TRL's private rule, pinned here, never imported by trl_ib
+
+    for device in ("cpu", "cuda", "xpu", "mps"):
+        assert trl_kernel_is_fast(torch.device(device)) == _use_triton(torch.device(device)), device
+    assert find_ib_model(make_trainer(tmp_path, tokenizer).model).fused_target_log_probs is None  # this CPU
+
+    calls = []
+
+    def recording(*args):
+        calls.append(len(args[2]))
+        return chunked_target_log_probs(*args)
+
+    monkeypatch.setattr(ib_sft_trainer, "trl_kernel_is_fast", lambda device: True)
+    monkeypatch.setattr(ib_sft_trainer, "chunked_target_log_probs", recording)
+    trainer = make_trainer(tmp_path, tokenizer, max_steps=1)
+    assert find_ib_model(trainer.model).fused_target_log_probs is recording
+    trainer.train()
+    assert len(calls) == 1 and calls[0] > 0 and math.isfinite(train_logs(trainer)[0]["ib_ce"])

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
-from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel, get_peft_model
+from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel, get_peft_model, inject_adapter_in_model
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -454,6 +454,52 @@ def test_multiple_adapters(tmp_path):
     assert ib_terms(model).layers == [IB_BLOCK]
 
 
+# ---- PEFT's tuner life cycle: checks before any change ------------------------------------------------------------
+
+
+def snapshot(model: nn.Module) -> list:
+    """What adding an adapter can change: every module's type, hooks, peft_config and parameters (trainability,
+    values)."""
+    return [
+        (name, type(module), len(module._forward_hooks), len(module._forward_pre_hooks), hasattr(module, "peft_config"),
+         [(p_name, p.requires_grad, p.detach().tolist()) for p_name, p in module.named_parameters(recurse=False)])
+        for name, module in model.named_modules()
+    ]
+
+
+@pytest.mark.parametrize("overrides, error", [
+    ({"ib_layers": 4}, r"ib_layers=4: block index 4 is out of range for a model with 4 decoder blocks"),
+    ({"ib_layers": 0.1}, r"ib_layers=0.1 selects hidden_states\[0\]"),
+    ({"ib_blocks_path": "model.norm"}, r"ib_blocks_path='model.norm' does not name an nn.ModuleList"),
+])
+def test_a_config_that_does_not_fit_leaves_the_model_untouched(overrides, error):
+    base = tiny_llama()
+    before = snapshot(base)
+    with pytest.raises(ValueError, match=error):
+        get_peft_model(base, IBLoraConfig(task_type="CAUSAL_LM", **{**LORA, **IB, **overrides}))
+    assert snapshot(base) == before
+
+
+def test_a_second_adapter_that_does_not_fit_changes_nothing():
+    model = ib_model("llama")
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"block index 9 is out of range"):
+        model.add_adapter("second", IBLoraConfig(task_type="CAUSAL_LM", **{**LORA, "ib_layers": 9}))
+    assert snapshot(model) == before
+    assert list(model.peft_config) == ["default"] and list(model.base_model.lora_ib_encoders) == ["default"]
+
+
+def test_only_ib_lora_configs_and_only_through_the_tuner():
+    base = tiny_llama()
+    before = snapshot(base)
+    with pytest.raises(TypeError, match=r"IBLoraModel needs an IBLoraConfig, got LoraConfig"):
+        IBLoraModel(base, LoraConfig(**LORA), "default")
+    assert snapshot(base) == before
+    # The encoders live on the tuner, which `inject_adapter_in_model` would throw away: PEFT refuses, as for VeRA.
+    with pytest.raises(ValueError, match="uses shared state"):
+        inject_adapter_in_model(IBLoraConfig(**LORA, **IB), base)
+
+
 # ---- batch layouts and memory-saving modes -----------------------------------------------------------------------
 
 
@@ -560,33 +606,3 @@ def test_block_run_under_no_grad_is_a_clear_error():
     with pytest.raises(RuntimeError, match=r"carry no gradient.*use_reentrant': False"):
         model(input_ids=input_ids, labels=input_ids)
     assert all(not block._forward_hooks for block in model.base_model.model.blocks)
-
-
-@pytest.mark.parametrize("softcap", [None, 3.0])
-def test_cpu_row_tiles_equal_trl_chunked_kernel(monkeypatch, softcap):
-    """CPUs compute ce_ib in recomputed row tiles of cross_entropy, CUDA with TRL's ChunkedLogProbFunction: the
-    two agree in value and gradient (the kernel is forced here, several tiles are forced by a small tile size)."""
-    import peft_ib.model as model_module
-
-    torch.manual_seed(0)
-    head = nn.Linear(16, 50, bias=False)
-    h_ib = torch.randn(7, 16, requires_grad=True)
-    targets = torch.randint(0, 50, (7,))
-
-    def log_probs_and_grad(use_kernel: bool):
-        monkeypatch.setattr(model_module, "_use_triton", lambda device: use_kernel)
-        monkeypatch.setattr(model_module, "CE_TILE_ELEMENTS", 3 * 50)  # 3 rows a tile: 3 tiles for 7 rows
-        h_ib.grad = None
-        log_probs = model_module._target_log_probs(head, h_ib, targets, softcap, 1.5)
-        (log_probs * torch.arange(1.0, 8.0)).sum().backward()
-        return log_probs.detach(), h_ib.grad.clone()
-
-    tiles, tiles_grad = log_probs_and_grad(False)
-    kernel, kernel_grad = log_probs_and_grad(True)
-    logits = head(h_ib.detach()) * 1.5
-    if softcap is not None:
-        logits = softcap * torch.tanh(logits / softcap)
-    naive = -F.cross_entropy(logits, targets, reduction="none")
-    torch.testing.assert_close(tiles, naive, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(kernel, naive, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(tiles_grad, kernel_grad, atol=1e-5, rtol=1e-5)
