@@ -7,13 +7,16 @@ import torch
 from datasets import Dataset
 from peft import get_peft_model
 from tiny_models import batch, tiny_llama, train_tokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from peft_ib import IBEncoder, IBLoraConfig, ib_terms
 from peft_ib.layer import kl_to_standard_normal
 from peft_ib.model import find_decoder_blocks
 from trl_ib import IBSFTConfig, IBSFTTrainer
+from trl_ib.builtin import code_dataset, resolve_model
 
 IB_BLOCK = 1
+CE_FIRST_BATCH = 1.0186  # ce of SmolLM2-135M-Instruct on the first batch of 4 shipped rows (seed 0), nats per token
 SINK_SCALE = 1000.0  # position 0's hidden state made 1000x larger: SmolLM2-135M's sink is ~110x its median norm
 
 
@@ -114,3 +117,47 @@ def test_trainer_warns_when_the_first_penalty_swamps_ce(tmp_path, tokenizer, cap
 def test_config_rejects_unknown_input_norm():
     with pytest.raises(ValueError, match=r"ib_input_norm='layer': must be one of 'rms', 'none'"):
         IBLoraConfig(ib_input_norm="layer")
+
+
+
+# ---- the real model: SmolLM2-135M-Instruct, whose attention sink is ~110x the median norm at block 18 ---------------
+
+
+def smollm2_train_logs(tmp_path, input_norm: str, max_steps: int) -> list[dict]:
+    """IBSFTTrainer's per-step train logs on the built-in base: the paper's depth 0.625, D 64, batches of 4 rows."""
+    path = resolve_model("smollm2-135m-instruct")
+    peft_config = IBLoraConfig(r=16, lora_alpha=32, target_modules="all-linear", ib_layers=0.625, ib_dim=64,
+                               ib_input_norm=input_norm)
+    args = IBSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=max_steps, logging_steps=1,
+                       per_device_train_batch_size=4, learning_rate=1e-4, save_strategy="no", seed=0,
+                       disable_tqdm=True)
+    trainer = IBSFTTrainer(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), args=args,
+                           train_dataset=code_dataset().select(range(8)),
+                           processing_class=AutoTokenizer.from_pretrained(path), peft_config=peft_config)
+    trainer.train()
+    return [log for log in trainer.state.log_history if "ib_penalty" in log]
+
+
+@pytest.mark.slow
+def test_smollm2_first_steps_with_the_default_norm(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="trl_ib.ib_sft_trainer"):
+        logs = smollm2_train_logs(tmp_path, "rms", max_steps=2)
+    assert not [r for r in caplog.records if r.name == "trl_ib.ib_sft_trainer"]
+    for log in logs:
+        assert log["loss"] == pytest.approx(log["ce"] + log["ib_penalty"], rel=1e-4)
+        assert log["ib_penalty"] == pytest.approx(0.2 * (log["ib_kl"] + 0.01 * log["ib_ce"]), rel=1e-4)
+    first = logs[0]
+    # The base model's own loss on the shipped rows, and the KL of a fresh encoder on h / rms(h): ~0.26 expected.
+    assert first["ce"] == pytest.approx(CE_FIRST_BATCH, rel=1e-3)
+    assert 0.15 < first["ib_kl"] < 0.4
+    assert first["ib_penalty"] < 0.2 * first["ce"]
+
+
+@pytest.mark.slow
+def test_smollm2_without_the_norm_the_sink_swamps_ce_and_the_trainer_says_so(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="trl_ib.ib_sft_trainer"):
+        (first,) = smollm2_train_logs(tmp_path, "none", max_steps=1)
+    assert first["ce"] == pytest.approx(CE_FIRST_BATCH, rel=1e-3)  # the same batch: ce does not see the IB branch
+    assert first["ib_kl"] > 1000 and first["ib_penalty"] > 100 * first["ce"]
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "trl_ib.ib_sft_trainer"]
+    assert "ib_input_norm='none'" in message and "ib_input_norm='rms' bounds it" in message
