@@ -69,11 +69,16 @@ def test_2_entry_point_named_like_a_builtin_is_tested():
 
 # 3. The verdict channel cannot be redirected, read back or appended to.
 def test_3_verdict_channel_cannot_be_forged():
+    # fd 3 becomes a socket whose tiny buffer takes only the start of the harness's long verdict: a grandchild
+    # reads the nonce from it, forges "passed" on the real channel and keeps the harness blocked until the timeout.
     redirect = (
-        "import os\nreal = os.dup(3)\nr, w = os.pipe()\nos.dup2(w, 3)\n"
-        "if os.fork() == 0:\n    nonce = os.read(r, 100).split(b' ')[0]\n    os.write(real, nonce + b' passed')\n    os._exit(0)\n"
+        "import os, socket, time\nreal = os.dup(3)\nmine, theirs = socket.socketpair()\n"
+        "theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)\nos.dup2(theirs.fileno(), 3)\n"
+        "if os.fork() == 0:\n    nonce = b''\n    while len(nonce) < 33:\n        nonce += mine.recv(33 - len(nonce))\n"
+        "    os.write(real, nonce + b'passed')\n    time.sleep(60)\n"
+        "def add(a, b):\n    raise AssertionError('\\u00e9' * 5000)\n"
     )
-    assert run_one(redirect + WRONG_ADD, ADD_TEST, "add").result == "failed: the program exited before reporting a result"
+    assert run_one(redirect, ADD_TEST, "add", timeout=2.0).result == "failed: the program exited before reporting a result"
     reopen = "import os\nos.open('/proc/self/fd/3', os.O_RDONLY)\n"
     assert run_one(reopen).result == "failed: [Errno 2] No such file or directory: '/proc/self/fd/3'"
     append = (
@@ -100,9 +105,15 @@ def test_4_a_design_cannot_bring_its_own_testbench():
 
 # 5. Verilog: the design can neither read its stdout (for the nonce) nor write over the report.
 def test_5_design_cannot_read_or_rewrite_its_output():
-    reopen = '  assign out = a | b;\n  integer fd;\n  final begin fd = $fopen("/proc/self/fd/1", "r+"); $display("fd=%0d", fd); end\n'
-    result = run_design(reopen)
-    assert (result.result, result.stdout.splitlines()[-1]) == ("failed: 24 mismatches in 60 samples", "fd=0")
+    # Reopen stdout through /proc, read the nonce off the report line, write a forged report at offset 0.
+    forge = (
+        "  assign out = a | b;\n  integer fd, r; reg [8*200:1] line; reg [8*32:1] nonce;\n"
+        "  final begin $fflush(32'h80000001); fd = $fopen(\"/proc/self/fd/1\", \"r+\"); $display(\"fd=%0d\", fd);\n"
+        "    r = $fgets(line, fd); r = $fgets(line, fd); r = $sscanf(line, \"%s\", nonce); r = $fseek(fd, 0, 0);\n"
+        '    $fwrite(fd, "%0s Mismatches: 0 in 60 samples\\n", nonce); $fflush(fd); end\n'
+    )
+    result = run_design(forge)
+    assert (result.result, result.stdout.splitlines()[2]) == ("failed: 24 mismatches in 60 samples", "fd=0")
     rewind = (
         "  assign out = a | b;\n  reg [8*80:1] line; integer r;\n"
         "  final begin r = $fseek(32'h80000001, 0, 0); r = $fgets(line, 32'h80000001);\n"

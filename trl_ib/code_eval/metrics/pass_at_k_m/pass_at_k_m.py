@@ -35,8 +35,10 @@ Args:
     references: per problem, its tests. Python: test code run after the candidate; with `entry_points`
         it must define `check(candidate)` (HumanEval layout), without, its top-level asserts are the tests.
         Verilog: a VerilogEval testbench plus reference module printing "Mismatches: N in M samples".
-    k: list of k values (default [1, 10]); every problem needs n >= max(k) candidates.
-    m: list of m values (default [1, "k"]); "k" means m = k. Pairs with m > k are left out.
+    k: list of k values (default [1, 10]); every problem needs n >= max(k) candidates (checked before any
+        program runs).
+    m: list of m values (default [1, "k"]); "k" means m = k. Pairs with m > k are left out; at least one
+        pair must remain.
     entry_points: per problem, the function passed to `check` (Python) or the testbench's top module
         (Verilog), or None.
     language: "python" (default) or "verilog".
@@ -62,8 +64,9 @@ Examples:
 
 _WARNING = """
 This metric executes untrusted model-generated code. ib-ft runs every program in a sandbox (bubblewrap
-namespaces without network, a read-only view of the host, rlimits, a timeout; see trl_ib/code_eval/execution),
-but no sandbox is perfect, and without bubblewrap only rlimits apply. Once you have read this and
+namespaces without network, as an unprivileged user when the host is root, seeing only /usr and the Python
+interpreter, a capped private tmpfs, rlimits, a timeout; trl_ib/code_eval/execution/sandbox.py lists what is and
+is not isolated), but no sandbox is perfect, and without bubblewrap only rlimits apply. Once you have read this and
 taken the precautions you need (a container or VM is best), allow execution with:
 
     export HF_ALLOW_CODE_EVAL=1        # or, in Python: os.environ["HF_ALLOW_CODE_EVAL"] = "1"
