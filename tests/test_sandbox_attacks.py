@@ -228,6 +228,14 @@ def test_10_aggregate_memory_is_bounded():
     assert peak[0] < 5 * 200 * 2**20
 
 
+def test_10_memory_outside_address_space_and_tmpfs_is_refused():
+    assert run_one("import os\nos.memfd_create('blob')\n").result == "failed: [Errno 1] Operation not permitted"
+    for call in ("shmget(0, 2**20, 0o1600)", "msgget(0, 0o1600)", "semget(0, 1, 0o1600)"):
+        program = f"import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nassert (libc.{call}, ctypes.get_errno()) == (-1, 1)\n"
+        assert run_one(program).result == "passed", call
+    assert run_one("open('/dev/shm/blob', 'w')\n").result == "failed: [Errno 30] Read-only file system: '/dev/shm/blob'"
+
+
 # 11. A long non-ASCII (or unencodable) failure message is a verdict, never a crash.
 def test_11_long_and_unencodable_messages():
     results = run_samples([Sample("raise ValueError('é' * 5000)\n", ""), Sample("raise ValueError('\\ud800')\n", "")], progress=False)

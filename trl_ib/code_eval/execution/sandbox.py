@@ -23,19 +23,25 @@ Model-generated code is hostile input. When bubblewrap works here (checked once)
 
 Memory: there is no cgroup here (this machine delegates no cgroup v2 controller), so memory is bounded per
 sandbox by rlimits only: at most `Limits.processes` processes of at most `Limits.memory_bytes` of address space
-each, plus the `Limits.disk_bytes` tmpfs (`Limits.max_memory_bytes` is that sum). Not bounded: SysV IPC and
-memfd memory (pages a sample parks outside its address space); the PID namespace and the timeout end them
-with the sandbox. Time is bounded by the wall-clock timeout and RLIMIT_CPU, not CPU shares.
+each, plus the `Limits.disk_bytes` tmpfs (`Limits.max_memory_bytes` is that sum). A seccomp filter (x86_64 and
+aarch64) refuses the syscalls that would park memory outside both (SysV shared memory, message queues and
+semaphores, memfd_create) and every syscall of another ABI. Not bounded beyond open files x processes: kernel
+memory such as pipe and socket buffers. CPU is bounded by the wall-clock timeout and RLIMIT_CPU, not by shares;
+nothing isolates the sample from the host kernel's attack surface beyond namespaces, dropped capabilities, no
+nested user namespaces and that filter.
 
 Without bubblewrap the run is isolated by rlimits and the process group only, and a one-time `RuntimeWarning`
 says what is not isolated.
 """
 
+import errno
 import math
 import os
+import platform
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import sysconfig
@@ -173,12 +179,39 @@ def _inner_args(disk_bytes: int, view: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
-def sandbox_argv(argv: list[str], disk_bytes: int) -> list[str]:
-    """The command line that runs `argv` in the sandbox (see the module docstring) with a `disk_bytes` tmpfs."""
+# Syscalls that park memory outside every process's address space (so outside RLIMIT_AS) and outside the
+# tmpfs: SysV shared memory, message queues and semaphores, memfd files. (audit arch, syscall numbers)
+_DENIED_SYSCALLS = {
+    "x86_64": (0xC000003E, [29, 68, 64, 319, 447]),  # shmget, msgget, semget, memfd_create, memfd_secret
+    "aarch64": (0xC00000B7, [194, 186, 190, 279, 447]),
+}
+
+
+@cache
+def seccomp_filter() -> bytes | None:
+    """A classic-BPF seccomp program (`bwrap --seccomp`): EPERM for `_DENIED_SYSCALLS` and for every syscall
+    of another ABI (i386, x32: other numbers), everything else allowed; None on other architectures."""
+    if platform.machine() not in _DENIED_SYSCALLS:
+        return None
+    arch, numbers = _DENIED_SYSCALLS[platform.machine()]
+    load, equal, at_least, answer = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    deny = len(numbers) + 5  # index of the last instruction; a jump's offset counts from the next one
+    program = [(load, 0, 0, 4), (equal, 0, deny - 2, arch), (load, 0, 0, 0), (at_least, deny - 4, 0, 0x40000000)]
+    program += [(equal, deny - 5 - index, 0, number) for index, number in enumerate(numbers)]
+    program += [(answer, 0, 0, 0x7FFF0000), (answer, 0, 0, 0x00050000 | errno.EPERM)]  # ALLOW, ERRNO(EPERM)
+    return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+
+
+def sandbox_argv(argv: list[str], disk_bytes: int, seccomp_fd: int | None = None) -> list[str]:
+    """The command line that runs `argv` in the sandbox (see the module docstring) with a `disk_bytes` tmpfs.
+
+    `seccomp_fd`: an fd the command inherits holding `seccomp_filter()` (the inner bubblewrap loads it).
+    """
     bwrap = find_tool("bwrap", "bubblewrap")
     paths, links, hidden = _view()
+    seccomp = [] if seccomp_fd is None else ["--seccomp", str(seccomp_fd)]
     if os.geteuid() != 0:
-        return [bwrap, *_inner_args(disk_bytes, _view_args(paths, links, hidden)), *argv]
+        return [bwrap, *_inner_args(disk_bytes, _view_args(paths, links, hidden)), *seccomp, *argv]
     # Root: the outer bubblewrap (host root, no user namespace) can read the interpreter under /root, say,
     # and lays the view out; the inner one, as nobody, binds the outer's top-level folders.
     tops = sorted({"/" + path.split("/")[1] for path in paths})
@@ -187,7 +220,7 @@ def sandbox_argv(argv: list[str], disk_bytes: int) -> list[str]:
         "--dir", "/tmp", "--dir", WORKSPACE, "--remount-ro", "/", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
         "--", find_tool("setpriv", "util-linux"), f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_GID}", "--clear-groups", "--",
     ]  # fmt: skip
-    return [*outer, bwrap, *_inner_args(disk_bytes, _view_args(tops, links, ())), *argv]
+    return [*outer, bwrap, *_inner_args(disk_bytes, _view_args(tops, links, ())), *seccomp, *argv]
 
 
 @cache
@@ -249,13 +282,23 @@ def spawn(argv: list[str], limits: Limits, **popen_kwargs) -> subprocess.Popen:
     Without bubblewrap the command runs in a fresh host temp dir, deleted by `kill`.
     """
     env = {"PATH": "/usr/bin:/bin", "HOME": WORKSPACE, "TMPDIR": WORKSPACE, "LANG": "C.UTF-8"}
-    workdir = None
+    workdir, seccomp_fd = None, None
     if bwrap_available():
-        argv = sandbox_argv(argv, limits.disk_bytes)
+        if seccomp_filter() is not None:
+            seccomp_fd = os.memfd_create("ib-ft-seccomp")
+            os.write(seccomp_fd, seccomp_filter())
+            os.lseek(seccomp_fd, 0, os.SEEK_SET)
+        argv = sandbox_argv(argv, limits.disk_bytes, seccomp_fd)
     else:
         workdir = tempfile.mkdtemp(prefix="ib-ft-sample-")
         env.update(HOME=workdir, TMPDIR=workdir)
-    process = subprocess.Popen(argv, cwd=workdir or "/", env=env, start_new_session=True, **popen_kwargs)
+    try:
+        process = subprocess.Popen(
+            argv, cwd=workdir or "/", env=env, start_new_session=True, pass_fds=[seccomp_fd] if seccomp_fd else [], **popen_kwargs
+        )
+    finally:
+        if seccomp_fd is not None:
+            os.close(seccomp_fd)
     process.host_workdir = workdir
     return process
 
