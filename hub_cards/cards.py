@@ -34,9 +34,9 @@ LORA_SETTINGS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "u
 # Keys IBSFTTrainer logs, with what they are; the training summary and curves show the ones present.
 TRAINING_METRICS = {
     "loss": "total loss: ce + alpha * (KL + beta * ce_ib)",
-    "ce": "task cross-entropy on response tokens",
-    "ib_kl": "KL(q(z | h) || N(0, I)), per token",
-    "ib_ce": "ce_ib: cross-entropy of the labels predicted from z",
+    "ce": "task cross-entropy on response tokens, nats per token",
+    "ib_kl": "KL(q(z | h) || N(0, I)), nats per position and latent dimension",
+    "ib_ce": "ce_ib: cross-entropy of the labels predicted from z, nats per token",
     "ib_alpha": "alpha, the weight of the IB penalty",
 }
 PASS_AT_K_M_KEY = re.compile(r"pass@(\d+)\^\((\d+)\)")

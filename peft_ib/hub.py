@@ -1,4 +1,6 @@
-"""The one module where peft_ib changes code it does not own: PEFT's model card, for IB-LoRA adapters only.
+"""The one module that wraps methods of a class peft_ib does not own: PEFT's model card, for IB-LoRA adapters only.
+
+(Registering the adapter type, PEFT's own style, is registry.py's job.)
 
 PEFT picks the `PeftModel` class by task type, so an IB-LoRA adapter lives in the class every LoRA adapter lives in,
 and nothing in PEFT lets a tuner write its own card. Two methods of `PeftModel` decide the README:

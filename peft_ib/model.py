@@ -7,6 +7,9 @@ Where things live:
   adapter name, trainable only while their adapter is active. Parameter names contain `lora_`.
 - The block outputs are captured by forward hooks that exist only for the duration of a training forward with
   labels (never `output_hidden_states=True`); eval, `generate` and `disable_adapter()` run the plain LoRA model.
+- ce_ib: in row tiles of cross_entropy, or by the kernel in `fused_target_log_probs` when one is handed in
+  (IBSFTTrainer hands in TRL's where it is fast); this package imports nothing from TRL.
+The method and the units of the IB terms: docs/METHOD.md.
 """
 
 from contextlib import contextmanager
