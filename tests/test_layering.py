@@ -1,4 +1,5 @@
-"""The packages depend one way: peft_ib on peft/transformers/torch only, hub_cards below both, the evaluator alone.
+"""The packages depend one way (peft_ib on peft/transformers/torch only, hub_cards below both, the evaluator alone),
+and importing them has no process-wide side effect that shows in sys.modules (pyplot).
 
 Each import runs in a fresh interpreter, so what it loads is not hidden by what other tests imported already.
 """
@@ -15,12 +16,12 @@ LOAD_METRIC = "import evaluate; from trl_ib.code_eval.metrics import PASS_AT_K_M
 
 
 def loaded_by(statement: str) -> set[str]:
-    """Top-level packages and `trl_ib` modules in sys.modules after running `statement` in a fresh interpreter."""
+    """Every module in sys.modules, and its top-level package, after running `statement` in a fresh interpreter."""
     code = f"import json, sys\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     modules = json.loads(result.stdout.splitlines()[-1])
-    return {name.split(".")[0] for name in modules} | {name for name in modules if name.startswith("trl_ib.")}
+    return set(modules) | {name.split(".")[0] for name in modules}
 
 
 @pytest.mark.parametrize("statement, absent", [
@@ -29,6 +30,8 @@ def loaded_by(statement: str) -> set[str]:
     ("import trl_ib.code_eval", {"torch", "transformers", "trl", "peft_ib", "hub_cards", "trl_ib.evaluation"}),
     # `import evaluate` loads torch itself (its evaluator imports transformers.pipelines); the metric adds none of ours.
     (LOAD_METRIC, {"trl", "peft_ib", "hub_cards", "trl_ib.evaluation", "trl_ib.ib_sft_trainer"}),
+    # Plots are drawn with matplotlib's object API: no pyplot, no process-wide backend switch.
+    ("import hub_cards, trl_ib.memorization, trl_ib.evaluation", {"matplotlib.pyplot"}),
 ])
 def test_imports_point_one_way(statement, absent):
     loaded = loaded_by(statement)
