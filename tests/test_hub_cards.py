@@ -1,4 +1,4 @@
-"""hub_cards: card metadata and body, plots, the trainer card, and the card hook that `import peft_ib` installs."""
+"""hub_cards: card metadata and body, plots, the trainer card, and the card hook that an IB-LoRA adapter installs."""
 
 import pytest
 from huggingface_hub import ModelCard, ModelCardData
@@ -154,8 +154,8 @@ def test_save_pretrained_of_plain_lora_keeps_the_peft_card(tmp_path):
     assert "ib-lora" not in card.data.tags and "- PEFT " in card.text
 
 
-def test_import_installs_the_card_hook_once():
-    hook = PeftModel.create_or_update_model_card
+def test_the_card_hook_is_installed_once(ib_model):
+    hook = PeftModel.create_or_update_model_card  # installed when `ib_model` was built (tests/test_hub.py: when)
     assert hook._ib_card_hook
     install_card_hook()
     assert PeftModel.create_or_update_model_card is hook
