@@ -1,7 +1,7 @@
 """Push and load IB-LoRA adapters through a Hub served over HTTP by tests/hub_server.py.
 
-The first IB-LoRA adapter installs the card hook (peft_ib/hub.py). The huggingface_hub client is not patched: the pushing
-and loading code runs in fresh Python processes whose environment points HF_ENDPOINT at the local server
+The first IB-LoRA adapter installs the card hook (peft_ib/hub.py). The huggingface_hub client is not patched: the
+pushing and loading code runs in fresh Python processes whose environment points HF_ENDPOINT at the local server
 (huggingface_hub reads it at import time), with a temporary HF_HOME cache, a fake token and HF_HUB_DISABLE_XET=1 so
 uploads take the LFS path that the server implements.
 """
