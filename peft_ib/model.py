@@ -165,7 +165,9 @@ class IBLoraModel(LoraModel):
         ]
         install_card_hook()
 
-    def inject_adapter(self, model, adapter_name, autocast_adapter_dtype=True, low_cpu_mem_usage=False, state_dict=None):
+    def inject_adapter(
+        self, model, adapter_name, autocast_adapter_dtype=True, low_cpu_mem_usage=False, state_dict=None
+    ):
         super().inject_adapter(model, adapter_name, autocast_adapter_dtype, low_cpu_mem_usage, state_dict)
         config = self.peft_config[adapter_name]  # accepted by _check_new_adapter_config
         _, blocks = find_decoder_blocks(model, config.ib_blocks_path)

@@ -101,7 +101,8 @@ def test_data_loading_maps_the_papers_columns(tmp_path):
     column names by --prompt_column/--completion_column; prompt/completion rows pass as they are."""
     rows = [{"Instruction": "Write add", "Response": "def add(a, b):\n    return a + b\n", "Tests": "assert 1"}]
     (tmp_path / "paper.jsonl").write_text(json.dumps(rows[0]) + "\n")
-    (tmp_path / "plain.jsonl").write_text(json.dumps({"prompt": "Write add\n", "completion": "def add(): ...\n"}) + "\n")
+    plain = {"prompt": "Write add\n", "completion": "def add(): ...\n"}
+    (tmp_path / "plain.jsonl").write_text(json.dumps(plain) + "\n")
     expected = {"prompt": "Write add\n", "completion": "def add(a, b):\n    return a + b\n"}
 
     def load(path, *flags):
@@ -113,7 +114,7 @@ def test_data_loading_maps_the_papers_columns(tmp_path):
     assert train_rows.to_list() == [expected] and eval_rows is None
     train_rows, _ = load("paper.jsonl", "--prompt_column", "Tests", "--completion_column", "Response")
     assert train_rows.to_list() == [{"prompt": "assert 1\n", "completion": expected["completion"]}]
-    assert load("plain.jsonl")[0].to_list() == [{"prompt": "Write add\n", "completion": "def add(): ...\n"}]
+    assert load("plain.jsonl")[0].to_list() == [plain]
     with pytest.raises(ValueError, match=r"no column\(s\) \['Answer'\]"):
         load("paper.jsonl", "--prompt_column", "Instruction", "--completion_column", "Answer")
 

@@ -50,7 +50,8 @@ def as_ib_sft_config(args: TrainingArguments | None, model) -> IBSFTConfig:
         # Field by field, not by `to_dict`, which masks every `*_token` value (SFTConfig's eos_token, pad_token).
         return IBSFTConfig(**{f.name: getattr(args, f.name) for f in fields(args) if f.init})
     raise TypeError(
-        f"IBSFTTrainer got args of type {type(args).__name__}: pass an IBSFTConfig, an SFTConfig or a TrainingArguments."
+        f"IBSFTTrainer got args of type {type(args).__name__}: pass an IBSFTConfig, an SFTConfig or a "
+        "TrainingArguments."
     )
 
 
@@ -84,9 +85,9 @@ class IBSFTTrainer(SFTTrainer):
     """
     [`~trl.SFTTrainer`] for IB-LoRA adapters: SFTTrainer's arguments, in SFTTrainer's order. Pass
     `peft_config=IBLoraConfig(...)` or a model already wrapped with one; every SFTTrainer option keeps working. `args`
-    may be an IBSFTConfig, or an SFTConfig / TrainingArguments, converted with the IB fields at their defaults. Logs `ce` (task cross-entropy), `ib_kl`, `ib_ce`, `ib_alpha`,
-    `ib_penalty` in train and eval; `loss` is the total. `eval_ce` is the number to compare with a plain SFTTrainer's
-    `eval_loss`.
+    may be an IBSFTConfig, or an SFTConfig / TrainingArguments, converted with the IB fields at their defaults.
+    Logs `ce` (task cross-entropy), `ib_kl`, `ib_ce`, `ib_alpha`, `ib_penalty` in train and eval; `loss` is the total.
+    `eval_ce` is the number to compare with a plain SFTTrainer's `eval_loss`.
     """
 
     _tag_names = ["trl", "sft", "ib-lora", "information-bottleneck"]
