@@ -41,6 +41,7 @@ import platform
 import select
 import shutil
 import signal
+import site
 import struct
 import subprocess
 import sys
@@ -129,7 +130,7 @@ def _python_paths() -> tuple[list[str], list[str]]:
     if sys.prefix != sys.base_prefix:  # a virtual environment: its python link and pyvenv.cfg, not its packages
         paths += [os.path.dirname(os.path.abspath(sys.executable)), os.path.join(sys.prefix, "pyvenv.cfg")]
     scheme = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}
-    hidden = {sysconfig.get_path(name, vars=scheme) for name in ("purelib", "platlib")}
+    hidden = {sysconfig.get_path(name, vars=scheme) for name in ("purelib", "platlib")} | set(site.getsitepackages())
     return paths, sorted(path for path in hidden if os.path.isdir(path))
 
 
@@ -147,9 +148,10 @@ def _view() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[str, ..
         path = os.path.abspath(path)
         if os.path.exists(path):
             paths.append(path)
-    # Drop paths inside another bound path; a path through a symlinked dir (/lib/...) is bound by its real path.
-    paths = sorted({os.path.realpath(path) if os.path.dirname(path) in dict(map(reversed, links)) else path for path in paths})
+    # Bind each path under its real parent (/lib/x is /usr/lib/x), once: not inside another bound path.
+    paths = sorted({os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path)) for path in paths})
     paths = [path for path in paths if not any(path.startswith(other + "/") for other in paths)]
+    hidden = [path for path in hidden if any(path.startswith(other + "/") for other in paths)]
     return tuple(paths), tuple(links), tuple(hidden)
 
 
