@@ -2,15 +2,18 @@
 
     python benchmarks/bench_train.py            # full run: every config below (~12 min on 2 shared CPU cores)
     python benchmarks/bench_train.py --quick    # two small configs (~3 min)
+    python benchmarks/bench_train.py --only smollm2-135m-512 smollm2-135m-2048   # the real model's weights (~10 min)
 
 Variants, each in its own subprocess (so that its peak memory is its own), on the same batches in the same order:
   a  plain LoRA, TRL's SFTTrainer                    (LoraConfig r=32 on every linear layer of the blocks)
   b  IB-FT, IBSFTTrainer                              (IBLoraConfig: the same LoRA + one IB encoder, D = ib_dim)
-  c  the peer baseline: a re-implementation of the official code's approach (DESIGN.md section 4), `PeerIBModel`
-     below: all hidden states requested, full-vocab IB and task logits over the whole sequence, every row padded to
-     the max length, KL averaged over every position.
-Models are Llama-style, built from a LlamaConfig (random weights, nothing downloaded), fp32. Rows are prompt/completion
-pairs of mixed lengths; a and b are collated by TRL's collator (dynamic padding, loss on the completion only).
+  c  the peer baseline: a re-implementation of the official code's approach (docs/METHOD.md, "How this
+     implementation differs from the official code"), `PeerIBModel` below: all hidden states requested, full-vocab IB
+     and task logits over the whole sequence, every row padded to the max length, KL averaged over every position.
+Models are Llama-style, built from a LlamaConfig (random weights, nothing downloaded), fp32; the smollm2-135m configs
+load SmolLM2-135M-Instruct's real weights (the built-in base, `trl_ib.builtin.resolve_model`) instead. Rows are
+prompt/completion pairs of mixed lengths; a and b are collated by TRL's collator (dynamic padding, loss on the
+completion only).
 Every variant runs the same step: forward + backward (a, b: `trainer.training_step`; c: `PeerIBModel.training_step`),
 `clip_grad_norm_(1.0)`, the optimizer TRL's Trainer builds (AdamW, fused), `zero_grad`. Activation checkpointing is on
 in all three (TRL's default). The three processes live at once but step in turn (a b c, c b a, ...), so a drift in the
@@ -33,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_train.json"
@@ -56,6 +59,8 @@ class BenchConfig:
     ib_dim: int = 256
     warmup: int = 1
     steps: int = 2
+    kv_heads: int | None = None  # grouped-query attention: fewer K/V heads than `heads` (None: as many)
+    weights: str | None = None  # a model name or path to load instead of random weights; its shape must match
 
     @property
     def batch(self) -> int:
@@ -70,6 +75,9 @@ SCALE = dict(hidden=64, layers=4, intermediate=172, heads=1, ib_dim=32)
 # in a step's FLOPs: many narrow blocks, a small vocab, D = H / 16; its floor f is printed next to the real 7B's.
 SEVEN_B_SHAPED = dict(hidden=256, layers=16, intermediate=688, heads=4, vocab=1000, ib_dim=16)
 SEVEN_B = dict(hidden=4096, layers=32, intermediate=11008, heads=32, vocab=32000, ib_dim=256)
+# The built-in base with its real weights: 30 blocks, GQA (9 query, 3 K/V heads), tied embeddings; the paper's D.
+SMOLLM2 = dict(hidden=576, layers=30, intermediate=1536, heads=9, kv_heads=3, vocab=49152, ib_dim=256,
+               weights="smollm2-135m-instruct")
 ROWS = {512: 2, 1024: 1, 2048: 1}  # rows per step: what 2 shared CPU cores get through, not a GPU batch
 
 FULL_CONFIGS = [
@@ -77,6 +85,8 @@ FULL_CONFIGS = [
     BenchConfig("7b-shaped-512", **SEVEN_B_SHAPED, seq=512, rows=2, steps=3),
     *(BenchConfig(f"scale-{v // 1000}k-{s}", **SCALE, vocab=v, seq=s, rows=ROWS[s], steps=3 if v < 100000 else 2)
       for v in (32000, 128256) for s in (512, 1024, 2048)),
+    BenchConfig("smollm2-135m-512", **SMOLLM2, seq=512, rows=ROWS[512], steps=3),
+    BenchConfig("smollm2-135m-2048", **SMOLLM2, seq=2048, rows=ROWS[2048], steps=2),
 ]
 QUICK_CONFIGS = [
     BenchConfig("scale-32k-1024", **SCALE, vocab=32000, seq=1024, rows=1),
@@ -155,7 +165,8 @@ def step_flops(config: BenchConfig, counts: dict, variant: str, checkpointing: b
     h, n_layers, inter, vocab, d, r = config.hidden, config.layers, config.intermediate, config.vocab, config.ib_dim, LORA_R
     rows, seq = counts["rows"], counts["seq"]
     positions = rows * seq
-    linears = [(h, h)] * 4 + [(h, inter), (h, inter), (inter, h)]  # q k v o gate up down (no GQA)
+    kv = h * (config.kv_heads or config.heads) // config.heads  # K/V width (GQA: fewer K/V heads)
+    linears = [(h, h), (h, kv), (h, kv), (h, h), (h, inter), (h, inter), (inter, h)]  # q k v o gate up down
     block_passes = 3 if checkpointing else 2  # forward (+ recompute) + backward dX
     frozen = sum(2 * i * o for i, o in linears) * positions * block_passes * n_layers
     lora = sum(2 * r * (i + o) for i, o in linears) * positions * (block_passes + 1) * n_layers
@@ -229,13 +240,25 @@ def build_peer_model(config: BenchConfig):
 
 def build_llama(config: BenchConfig):
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
+    if config.weights:
+        from trl_ib.builtin import resolve_model
+
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(config.weights), dtype=torch.float32)
+        c = model.config
+        shape = (c.hidden_size, c.num_hidden_layers, c.intermediate_size, c.num_attention_heads,
+                 c.num_key_value_heads, c.vocab_size)
+        expected = (config.hidden, config.layers, config.intermediate, config.heads, config.kv_heads, config.vocab)
+        if shape != expected:  # step_flops counts from the config's fields
+            raise ValueError(f"{config.name}: {config.weights} has shape {shape}, the config says {expected}")
+        return model
     return LlamaForCausalLM(
         LlamaConfig(
             vocab_size=config.vocab, hidden_size=config.hidden, intermediate_size=config.intermediate,
-            num_hidden_layers=config.layers, num_attention_heads=config.heads, num_key_value_heads=config.heads,
+            num_hidden_layers=config.layers, num_attention_heads=config.heads,
+            num_key_value_heads=config.kv_heads or config.heads,
             max_position_embeddings=config.seq, pad_token_id=0, bos_token_id=1, eos_token_id=1,
             tie_word_embeddings=False,
         )
@@ -243,7 +266,7 @@ def build_llama(config: BenchConfig):
 
 
 def lora_config(cls, **kwargs):
-    """The paper's LoRA (DESIGN.md section 3) on every linear layer of the blocks."""
+    """The paper's LoRA (docs/METHOD.md, "The settings the paper reports") on every linear layer of the blocks."""
     return cls(r=LORA_R, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM", **kwargs)
 
 

