@@ -250,6 +250,7 @@ def test_12_13_leftovers_do_not_reach_the_next_sample():
         "import os\nos.mkdir('../sample-1')\nopen('../leak', 'w').write('x')\n",
         "import resource, os\nresource.prlimit(os.getppid(), resource.RLIMIT_NOFILE, (4, 4))\n",
         "import os\nos.setpriority(os.PRIO_PROCESS, os.getppid(), 19)\nos.sched_setaffinity(os.getppid(), {0})\n",
+        "import os\nos.sched_setscheduler(os.getppid(), os.SCHED_IDLE, os.sched_param(0))\n",
         "import os\nos.chmod('.', 0o500)\n",
     ]
     sees_nothing = ADD + "import os\nassert os.listdir('..') == ['sample'] and os.environ['HOME'] == os.getcwd()\n"

@@ -11,8 +11,8 @@ bubblewrap), reaps it, reads the channel to its end and returns the reply. The s
 sample cannot ptrace it or read its memory.
 
 Between samples. After replying, the server deletes the sample dir (iteratively, within 1 s) and checks that
-the workspace is empty and that its own rlimits, priority and CPU affinity are as they started (a sample
-shares the server's uid, so it could `prlimit` or renice it). If anything is off it exits, and the next sample
+the workspace is empty and that its own rlimits, priority, scheduling policy and CPU affinity are as they
+started (a sample shares the server's uid, so it could `prlimit`, renice or SCHED_IDLE it). If anything is off it exits, and the next sample
 runs on a fresh server: samples never see each other's files or inherit a crippled server. The host protocol:
 the server acknowledges each request before it forks; a server that dies before that acknowledgement (at any
 point between samples) costs nothing, the sample is sent to a fresh server, and a fresh server that cannot
@@ -167,8 +167,9 @@ def read_channel(sock):
     return b""  # too long, or still open: not a harness's verdict
 
 
-def state():
-    return [resource.getrlimit(limit) for limit in RLIMITS], os.getpriority(os.PRIO_PROCESS, 0), os.sched_getaffinity(0)
+def state():  # what a sample running as the server's uid could change about the server
+    limits = [resource.getrlimit(limit) for limit in RLIMITS]
+    return limits, os.getpriority(os.PRIO_PROCESS, 0), os.sched_getaffinity(0), os.sched_getscheduler(0)
 
 
 def clean_up():
