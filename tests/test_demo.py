@@ -1,10 +1,11 @@
 import json
 
+import numpy as np
 import pytest
 
-from trl_ib.builtin import train_tokenizer
 from trl_ib.demo.run import main
-from trl_ib.demo.tasks import OPERATIONS, VARIABLES, make_problem, make_task
+from trl_ib.demo.study import paired_bootstrap
+from trl_ib.demo.tasks import OPERATIONS, VARIABLES, make_problem, make_task, split_pairs
 from trl_ib.code_eval import score
 from trl_ib.evaluation import build_programs
 
@@ -20,25 +21,36 @@ def test_same_seed_same_problems_other_seed_other_problems(task):
 
 
 def test_split_sizes_and_disjointness(task):
-    assert (len(task.train), len(task.reference), len(task.held_out), len(task.held_out_pairs)) == (200, 200, 60, 12)
-    prompts = [p["prompt"] for p in task.train + task.reference + task.held_out]
+    sizes = [len(task.train), len(task.reference), len(task.validation), len(task.held_out)]
+    assert sizes + [len(task.validation_pairs), len(task.held_out_pairs)] == [200, 200, 40, 60, 8, 12]
+    prompts = [p["prompt"] for p in task.train + task.reference + task.validation + task.held_out]
     assert len(set(prompts)) == len(prompts)
 
 
-def test_held_out_pairs_are_new_combinations_of_seen_operations(task):
+def test_validation_and_held_out_pairs_are_new_combinations_of_seen_operations(task):
     train_pairs = {tuple(p["operations"]) for p in task.train + task.reference}
+    validation_pairs = {tuple(p["operations"]) for p in task.validation}
     held_out_pairs = {tuple(p["operations"]) for p in task.held_out}
-    assert held_out_pairs == set(task.held_out_pairs)
-    assert not train_pairs & held_out_pairs
+    assert (validation_pairs, held_out_pairs) == (set(task.validation_pairs), set(task.held_out_pairs))
+    assert not train_pairs & held_out_pairs and not train_pairs & validation_pairs
+    assert not validation_pairs & held_out_pairs
+    assert len(train_pairs | validation_pairs | held_out_pairs) == len(OPERATIONS) * (len(OPERATIONS) - 1)
     assert {a for a, _ in train_pairs} == {b for _, b in train_pairs} == set(OPERATIONS)
+
+
+def test_split_pairs_rejects_too_many_held_out_pairs():
+    import random
+
+    with pytest.raises(ValueError, match="num_validation_pairs=20, num_held_out_pairs=21"):
+        split_pairs(random.Random(0), 20, 21)
 
 
 def test_problem_layout_and_hand_checked_tests():
     problem = make_problem("demo/0", [("add", 3), ("multiply", 2)], "acc")
     assert problem["prompt"] == (
-        'def f(x):\n    """Take an integer x, add 3 to it, then multiply it by 2, and return the result."""\n'
+        'def f(x):\n    """Take an integer x, add 3 to it, then multiply it by 2, and return the result."""'
     )
-    assert problem["canonical_solution"] == "    acc = x + 3\n    acc = acc * 2\n    return acc\n"
+    assert problem["canonical_solution"] == "\n    acc = x + 3\n    acc = acc * 2\n    return acc\n"
     assert problem["test"] == (
         "def check(candidate):\n    assert candidate(-7) == -8\n    assert candidate(-2) == 2\n"
         "    assert candidate(0) == 6\n    assert candidate(1) == 8\n    assert candidate(4) == 14\n"
@@ -50,35 +62,45 @@ def test_problem_layout_and_hand_checked_tests():
 def test_canonical_solutions_pass_and_wrong_ones_fail_in_the_sandbox(task):
     problems = task.train[:20] + task.held_out[:20]
     prompts = [p["prompt"] for p in problems]
-    wrong = "    return None\n"
+    wrong = "\n    return None\n"
     programs = build_programs(prompts, [[p["canonical_solution"], wrong] for p in problems], "python")
     scores = score(programs, [p["test"] for p in problems], [p["entry_point"] for p in problems], progress=False)
     assert [(right.passed, wrong.passed) for right, wrong in scores.results] == [(True, False)] * len(problems)
 
 
-def test_variable_names_vary_and_completion_tokenizes_after_the_prompt(task):
+def test_variable_names_vary_and_prompts_end_before_the_newline(task):
     assert {p["canonical_solution"].split()[0] for p in task.train} == set(VARIABLES)
-    texts = [p["prompt"] + p["canonical_solution"] for p in task.train]
-    tokenizer = train_tokenizer(texts)
-    prompt_ids = tokenizer(task.held_out[0]["prompt"])["input_ids"]
-    full_ids = tokenizer(task.held_out[0]["prompt"] + task.held_out[0]["canonical_solution"])["input_ids"]
-    assert full_ids[: len(prompt_ids)] == prompt_ids
-    assert tokenizer.tokenize("x = x + 37") == ["x", "Ġ=", "Ġx", "Ġ+", "Ġ", "3", "7"]
+    # a byte-level BPE merges "\n" with the indentation after it: the prompt must not end in it
+    assert all(p["prompt"].endswith('."""') and p["canonical_solution"].startswith("\n    ") for p in task.train)
+
+
+def test_paired_bootstrap_hand_cases():
+    # one seed, two problems: resampled means 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4
+    assert paired_bootstrap(np.array([[0.0, 1.0]])) == (0.5, 0.0, 1.0)
+    mean, low, high = paired_bootstrap(np.array([[0.0, 1.0]]), confidence=0.4, num_resamples=100_000)
+    assert (mean, low, high) == (0.5, 0.5, 0.5)  # the central 40% is all 0.5
+    assert paired_bootstrap(np.full((3, 5), -0.25)) == (-0.25, -0.25, -0.25)
+    # seeds are resampled too: two seeds with constant rows 0 and 1 give means 0, 0.5, 1 as well
+    assert paired_bootstrap(np.array([[0.0, 0.0], [1.0, 1.0]])) == (0.5, 0.0, 1.0)
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        paired_bootstrap(np.zeros(4))
 
 
 @pytest.mark.slow
-def test_quick_demo_end_to_end(tmp_path, capsys):
-    main(["--quick", "--seed", "1", "--output_dir", str(tmp_path)])
+def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IB_FT_CACHE", str(tmp_path / "cache"))
+    main(["--quick", "--seeds", "1", "--output_dir", str(tmp_path / "out")])
     printed = capsys.readouterr().out
     assert "| model | Pass@1 | Pass@5^(5) | Pass@10^(10) |" in printed
-    for row in ("| base |", "| LoRA FT |", "| IB-FT |"):
+    for row in ("| base |", "| LoRA FT, seed 1 |", "| IB-FT, seed 1 |"):
         assert row in printed
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert list(results["models"]) == ["base", "LoRA FT", "IB-FT"]
-    for row in results["models"].values():
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert list(results["seeds"]["1"]) == ["LoRA FT", "IB-FT"]
+    for row in [results["base"], *results["seeds"]["1"].values()]:
         assert set(row["pass"]) == {f"pass@{k}^({m})" for k in (1, 5, 10) for m in range(1, k + 1)}
-        assert len(row["num_correct"]) == 12
-    for path in ("min_k.png", "pass_at_10_m.png", "base/config.json", "lora/adapter_config.json",
-                 "ib-lora/adapter_config.json", "lora/README.md", "ib-lora/README.md"):  # fmt: skip
-        assert (tmp_path / path).stat().st_size > 0
-    assert json.loads((tmp_path / "ib-lora/adapter_config.json").read_text())["peft_type"] == "IBLORA"
+        assert len(row["num_correct"]) == 4
+    out = tmp_path / "out"
+    for path in ("min_k.png", "pass_at_10_m.png", "seed-1/lora/adapter_config.json", "seed-1/ib-lora/README.md",
+                 "seed-1/ib-lora/adapter_config.json", "seed-1/lora/README.md"):  # fmt: skip
+        assert (out / path).stat().st_size > 0
+    assert json.loads((out / "seed-1/ib-lora/adapter_config.json").read_text())["peft_type"] == "IBLORA"

@@ -1,157 +1,231 @@
-"""`ib-ft demo`: the memorization barrier and IB-FT vs LoRA FT, end to end on CPU, nothing downloaded.
+"""`ib-ft demo`: the memorization barrier and IB-FT vs LoRA FT on SmolLM2-135M-Instruct, on CPU, nothing downloaded.
 
-    ib-ft demo                      # about 10 minutes on 2 CPU cores
-    ib-ft demo --quick --seed 1     # a smoke run in about 2 minutes; its numbers mean little
+    ib-ft demo                          # one seed, about 15 minutes on 2 CPU cores (5 of them cached afterwards)
+    ib-ft demo --seeds 0 1 2            # the seed study of RESULTS.md, with paired bootstrap intervals
+    ib-ft demo --split validation       # score the validation problems instead (how the IB settings were chosen)
+    ib-ft demo --quick                  # a plumbing check in about a minute; its numbers mean nothing
 
-1. The synthetic task family of `tasks.py`: D_code (training problems), a fresh reference set and held-out problems
-   whose pairs of operations never occur in D_code.
-2. A tiny Llama pre-trained on D_code for many epochs (`pretrain.py`); the Min-K% diagnostic shows D_code memorized.
-3. LoRA FT (SFTTrainer + LoraConfig) and IB-FT (IBSFTTrainer + IBLoraConfig) on D_code from that base, with
-   identical budgets, hyper-parameters and seeds.
-4. Pass@k^(m) of base, LoRA FT and IB-FT on the held-out problems (sampled, run in the sandbox), Min-K% of D_code
-   before and after, and the representation gap between the most and least memorized 10% of D_code.
-5. Writes to --output_dir: base/, lora/ and ib-lora/ (adapters with model cards), min_k.png, pass_at_10_m.png,
-   results.json, and prints the comparison table.
+Stages (each with a progress bar; wall times in results.json):
+1. The task family of `tasks.py` (seed `task_seed`): D_code, fresh reference problems, validation and held-out
+   problems whose operation pairs never occur in D_code.
+2. Contamination (`contaminate.py`): the base model memorizes D_code by full fine-tuning, cached once per machine.
+   Min-K% of D_code against the fresh reference problems shows the barrier.
+3. LoRA FT (SFTTrainer + LoraConfig) and IB-FT (IBSFTTrainer + IBLoraConfig) on D_code from the contaminated base,
+   identical budgets, hyper-parameters and seeds; adapters saved with model cards.
+4. Pass@k^(m) of base, LoRA FT and IB-FT on the scored problems (sampled, run in the sandbox), Min-K% of D_code and
+   the representation gap between the most and least memorized 10% of D_code.
+5. Writes to --output_dir: seed-S/{lora,ib-lora}/ (adapters with cards), min_k.png, pass_at_10_m.png, results.json,
+   and prints the tables.
 """
 
 import json
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, set_seed
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import SFTConfig, SFTTrainer, TrlParser
 
+from hub_cards.plots import plot_against_m
 from peft_ib import IBLoraConfig
 from trl_ib import IBSFTConfig, IBSFTTrainer
+from trl_ib.builtin import SMOLLM2_NAME
 from trl_ib.code_eval import score
 from trl_ib.evaluation import STOP_SEQUENCES, EvalArguments, build_programs, generate_samples
 from trl_ib.memorization import plot_distributions, representation_gap, score_min_k, summarize
-from hub_cards.plots import plot_against_m
 
-from .pretrain import pretrain
-from .tasks import make_task, to_prompt_completion
-
+from .contaminate import cached_contaminated_base
+from .study import format_rows, format_study, format_sweep
+from .tasks import Task, make_task, to_prompt_completion
 
 @dataclass(frozen=True)
 class Budget:
-    """Problem counts, pre-training steps and sampling of one demo size."""
+    """Problem counts, epochs and sampling of one demo size."""
 
     num_train: int
     num_reference: int
+    num_validation: int
     num_held_out: int
-    pretrain_steps: int
-    num_samples: int = 10  # per held-out problem; Pass@k^(m) needs n >= k = 10
+    contamination_epochs: float
+    fine_tune_epochs: float
+    max_new_tokens: int  # canonical solutions are 15-25 tokens; EOS or a stop sequence usually ends them first
+    num_samples: int = 10  # per scored problem; Pass@k^(m) needs n >= k = 10
 
 
-BUDGETS = {"default": Budget(200, 200, 60, 600), "quick": Budget(48, 48, 12, 150)}
-# Identical for both arms; the paper's recipe (3 epochs, cosine, warmup 0.1, all linear layers, dropout 0.05),
-# with the learning rate and rank of a 0.2M-parameter model instead of a 7B one.
+BUDGETS = {"default": Budget(200, 200, 40, 60, 3, 2, 48), "quick": Budget(16, 16, 4, 4, 1, 3, 24)}
+# Identical for both arms: the paper's recipe (cosine, warmup 0.1, all linear layers, dropout 0.05), rank 16.
 FT_ARGS = dict(
-    num_train_epochs=3, per_device_train_batch_size=16, learning_rate=1e-3, lr_scheduler_type="cosine",
-    warmup_steps=0.1, save_strategy="no", report_to="none", bf16=False, use_cpu=not torch.cuda.is_available(),
+    per_device_train_batch_size=16, learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=0.1,
+    save_strategy="no", report_to="none", bf16=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
 )  # fmt: skip
 LORA_ARGS = dict(r=16, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
-IB_ARGS = dict(ib_dim=16)  # ib_layers (62.5% depth), ib_alpha, ib_beta: IBLoraConfig's defaults, the paper's values
 K_VALUES = (1, 5, 10)
-MAX_NEW_TOKENS = 64  # canonical solutions are about 25 tokens
 GAP_FRACTION = 0.1
+SPLITS = ("held_out", "validation")
 
 
 @dataclass
 class DemoArguments:
-    output_dir: str = field(default="ib-ft-demo", metadata={"help": "Folder for the models, plots and results."})
-    seed: int = field(default=0, metadata={"help": "Seed of the task family, pre-training, fine-tuning, sampling."})
-    quick: bool = field(default=False, metadata={"help": "A smaller run (about 2 minutes) to check the pipeline."})
+    output_dir: str = field(default="ib-ft-demo", metadata={"help": "Folder for the adapters, plots and results."})
+    seeds: list[int] = field(
+        default_factory=lambda: [0],
+        metadata={"help": "Seeds of fine-tuning and sampling; several make the seed study with bootstrap intervals."},
+    )
+    task_seed: int = field(default=0, metadata={"help": "Seed of the task family (and so of the contaminated base)."})
+    split: str = field(
+        default="held_out",
+        metadata={"help": "Problems scored: the held-out ones, or the validation ones used to choose the IB settings.",
+                  "choices": SPLITS},
+    )  # fmt: skip
+    model: str = field(
+        default=SMOLLM2_NAME, metadata={"help": "Base model: a built-in name, a Hub id or a folder."}
+    )
+    ib_alpha: float = field(default=IBLoraConfig.ib_alpha, metadata={"help": "IBLoraConfig.ib_alpha of the IB-FT arm."})
+    ib_beta: float = field(default=IBLoraConfig.ib_beta, metadata={"help": "IBLoraConfig.ib_beta of the IB-FT arm."})
+    ib_layers: float = field(default=0.625, metadata={"help": "IBLoraConfig.ib_layers (relative depth) of IB-FT."})
+    ib_dim: int = field(default=64, metadata={"help": "IBLoraConfig.ib_dim of the IB-FT arm."})
+    ib_input_norm: str = field(default="rms", metadata={"help": "IBLoraConfig.ib_input_norm of the IB-FT arm."})
+    quick: bool = field(default=False, metadata={"help": "A plumbing check (about a minute); numbers mean nothing."})
+
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise ValueError(f"split={self.split!r}: must be one of {', '.join(SPLITS)}.")
+        if not self.seeds:
+            raise ValueError("seeds=[]: give at least one seed.")
+
+    def ib_options(self) -> dict:
+        """The IBLoraConfig fields of the IB-FT arm."""
+        return {name: getattr(self, name) for name in ("ib_alpha", "ib_beta", "ib_layers", "ib_dim", "ib_input_norm")}
 
 
-def fine_tune(arm: str, base_dir: Path, tokenizer, train_rows: list[dict], output_dir: Path, seed: int):
-    """Fine-tune the saved base on `train_rows` as `arm` ("lora" or "ib-lora"); save adapter + card; the PeftModel."""
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    common = dict(output_dir=str(output_dir), seed=seed, logging_steps=1, **FT_ARGS)
+@contextmanager
+def stage(seconds: dict[str, float], name: str):
+    """Adds the wall seconds of the `with` body to seconds[name]."""
+    start = time.perf_counter()
+    yield
+    seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - start, 1)
+
+
+def fine_tune(arm: str, base_dir: Path, tokenizer, rows: list[dict], output_dir: Path, seed: int, epochs: float,
+              ib_options: dict | None = None):  # fmt: skip
+    """
+    Fine-tune the base in `base_dir` on `rows` as `arm` ("lora", or "ib-lora" with the IBLoraConfig fields
+    `ib_options`); save adapter + card. Returns the PeftModel in eval mode and the first logged step (losses).
+    """
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    common = dict(output_dir=str(output_dir), seed=seed, logging_steps=1, num_train_epochs=epochs, **FT_ARGS)
+    data = Dataset.from_list(rows)
     if arm == "lora":
-        trainer = SFTTrainer(model, args=SFTConfig(**common), peft_config=LoraConfig(**LORA_ARGS),
-                             train_dataset=Dataset.from_list(train_rows), processing_class=tokenizer)  # fmt: skip
+        trainer = SFTTrainer(model, args=SFTConfig(**common), peft_config=LoraConfig(**LORA_ARGS), train_dataset=data,
+                             processing_class=tokenizer)  # fmt: skip
     else:
-        trainer = IBSFTTrainer(model, args=IBSFTConfig(**common), peft_config=IBLoraConfig(**LORA_ARGS, **IB_ARGS),
-                               train_dataset=Dataset.from_list(train_rows), processing_class=tokenizer)  # fmt: skip
+        trainer = IBSFTTrainer(model, args=IBSFTConfig(**common), peft_config=IBLoraConfig(**LORA_ARGS, **ib_options),
+                               train_dataset=data,
+                               processing_class=tokenizer)  # fmt: skip
     trainer.train()
     trainer.save_model(str(output_dir))
     trainer.create_model_card(model_name=f"ib-ft-demo-{arm}", dataset_name="ib-ft demo D_code")
-    return trainer.model.eval()
+    first_step = next((log for log in trainer.state.log_history if "loss" in log), {})
+    return trainer.model.eval(), first_step
 
 
-def pass_at_k_m(model, tokenizer, problems: list[dict], num_samples: int, seed: int):
-    """Sample `num_samples` completions per problem (the evaluator's temperature / top_p), run them: `Scores`."""
+def sample_and_score(model, tokenizer, problems: list[dict], budget: Budget, seed: int, desc: str):
+    """`budget.num_samples` sampled completions per problem (the evaluator's temperature / top_p), run: `Scores`."""
     set_seed(seed)
     prompts = [p["prompt"] for p in problems]
-    completions = generate_samples(
-        model, tokenizer, prompts, num_samples, EvalArguments.temperature, EvalArguments.top_p, MAX_NEW_TOKENS,
-        STOP_SEQUENCES["python"], batch_size=num_samples * 8,
-    )  # fmt: skip
+    chunk = 8  # problems per generate call: 80 sequences
+    completions = []
+    for start in tqdm(range(0, len(prompts), chunk), desc=desc, unit="chunk"):
+        completions += generate_samples(
+            model, tokenizer, prompts[start : start + chunk], budget.num_samples, EvalArguments.temperature,
+            EvalArguments.top_p, budget.max_new_tokens, STOP_SEQUENCES["python"], batch_size=chunk * budget.num_samples,
+        )  # fmt: skip
     programs = build_programs(prompts, completions, "python")
     m = range(1, max(K_VALUES) + 1)
     return score(programs, [p["test"] for p in problems], [p["entry_point"] for p in problems], K_VALUES, m)
 
 
-def format_table(results: dict[str, dict]) -> str:
-    """The comparison tables in Markdown, one row per model: headline numbers, then Pass@10^(m) for m = 1..10."""
-    header = "| model | Pass@1 | Pass@5^(5) | Pass@10^(10) | Min-K% D_code (median) | gap L2 | gap angle (deg) |"
-    lines = [header, "|" + "---|" * 7]
-    for name, row in results.items():
-        passes = [row["pass"][key] for key in ("pass@1^(1)", "pass@5^(5)", "pass@10^(10)")]
-        gap = row["representation_gap"]
-        lines.append(
-            f"| {name} | " + " | ".join(f"{value:.3f}" for value in passes)
-            + f" | {row['min_k_d_code']['median']:.3f} | {gap['l2']:.3f} | {gap['angle_degrees']:.1f} |"
-        )  # fmt: skip
-    sweep = ["| model | " + " | ".join(f"m={m}" for m in range(1, 11)) + " |", "|" + "---|" * 11]
-    for name, row in results.items():
-        sweep.append(f"| {name} | " + " | ".join(f"{row['pass'][f'pass@10^({m})']:.3f}" for m in range(1, 11)) + " |")
-    return "\n".join(lines) + "\n\nPass@10^(m) on the held-out problems:\n\n" + "\n".join(sweep)
+def evaluate(name, model, tokenizer, problems, d_code, min_k, base_min_k, budget, seed) -> dict:
+    """
+    Pass@k^(m) on `problems`, the summary of `min_k` (the model's Min-K% of `d_code`) and the representation gap
+    between the groups of `d_code` the base's scores `base_min_k` pick.
+    """
+    scores = sample_and_score(model, tokenizer, problems, budget, seed, f"sampling {name}")
+    return {
+        "pass": scores.table,
+        "num_correct": scores.num_correct,
+        "min_k_d_code": summarize(min_k),
+        "representation_gap": representation_gap(model, tokenizer, d_code, base_min_k, GAP_FRACTION),
+    }
+
+
+def contaminated_task(model: str, task_seed: int, budget: Budget) -> tuple[Task, Path]:
+    """The task family of `task_seed` at `budget`'s size and the folder of `model` contaminated with its D_code."""
+    task = make_task(task_seed, budget.num_train, budget.num_reference, budget.num_validation, budget.num_held_out)
+    texts = [p["prompt"] + p["canonical_solution"] for p in task.train]
+    return task, cached_contaminated_base(model, texts, budget.contamination_epochs)
 
 
 def main(argv: list[str] | None = None) -> None:
     (args,) = TrlParser((DemoArguments,)).parse_args_and_config(argv)
+    torch.set_num_threads(min(torch.get_num_threads(), 2) if not torch.cuda.is_available() else torch.get_num_threads())
     budget = BUDGETS["quick" if args.quick else "default"]
     output_dir = Path(args.output_dir)
-    task = make_task(args.seed, budget.num_train, budget.num_reference, budget.num_held_out)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    with stage(seconds, "contamination (cached)"):
+        task, base_dir = contaminated_task(args.model, args.task_seed, budget)
     d_code, reference = to_prompt_completion(task.train), to_prompt_completion(task.reference)
+    problems = task.held_out if args.split == "held_out" else task.validation
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    with stage(seconds, "Min-K% of the base"):
+        min_k = {"D_code, base": score_min_k(base, tokenizer, d_code), "reference, base": score_min_k(base, tokenizer, reference)}
+    base_min_k = min_k["D_code, base"]
+    with stage(seconds, "scoring the base"):
+        base_row = evaluate("base", base, tokenizer, problems, d_code, base_min_k, base_min_k, budget, args.seeds[0])
 
-    base, tokenizer = pretrain([r["prompt"] + r["completion"] for r in d_code], output_dir / "base",
-                               budget.pretrain_steps, seed=args.seed)  # fmt: skip
-    models = {"base": base}
-    for name, arm in (("LoRA FT", "lora"), ("IB-FT", "ib-lora")):
-        models[name] = fine_tune(arm, output_dir / "base", tokenizer, d_code, output_dir / arm, args.seed)
+    seeds, first_steps = {}, {}
+    for seed in args.seeds:
+        seeds[seed] = {}
+        for name, arm in (("LoRA FT", "lora"), ("IB-FT", "ib-lora")):
+            with stage(seconds, f"fine-tuning {name}"):
+                model, first_steps[f"{name}, seed {seed}"] = fine_tune(
+                    arm, base_dir, tokenizer, d_code, output_dir / f"seed-{seed}" / arm, seed, budget.fine_tune_epochs,
+                    args.ib_options(),
+                )  # fmt: skip
+            with stage(seconds, f"scoring {name}"):
+                min_k[f"D_code, {name}, seed {seed}"] = score_min_k(model, tokenizer, d_code)
+                seeds[seed][name] = evaluate(name, model, tokenizer, problems, d_code,
+                                             min_k[f"D_code, {name}, seed {seed}"], base_min_k, budget, seed)  # fmt: skip
 
-    min_k = {name: score_min_k(model, tokenizer, d_code) for name, model in models.items()}
-    reference_min_k = score_min_k(base, tokenizer, reference)
-    results = {}
-    for name, model in models.items():
-        scores = pass_at_k_m(model, tokenizer, task.held_out, budget.num_samples, args.seed)
-        results[name] = {
-            "pass": scores.table,
-            "num_correct": scores.num_correct,
-            "min_k_d_code": summarize(min_k[name]),
-            "representation_gap": representation_gap(model, tokenizer, d_code, min_k["base"], GAP_FRACTION),
-        }
-    plot_distributions(
-        {f"D_code, {name}": values for name, values in min_k.items()} | {"reference, base": reference_min_k},
-        output_dir / "min_k.png",
-    )
-    curves = {name: [(m, row["pass"][f"pass@10^({m})"]) for m in range(1, 11)] for name, row in results.items()}
-    plot_against_m(curves, output_dir / "pass_at_10_m.png", "Held-out problems: Pass@10^(m)")
+    plot_distributions({label: values for label, values in min_k.items() if "seed" not in label or
+                        label.endswith(f"seed {args.seeds[0]}")}, output_dir / "min_k.png")  # fmt: skip
+    last = {"base": base_row} | {f"{arm}, seed {args.seeds[0]}": seeds[args.seeds[0]][arm] for arm in seeds[args.seeds[0]]}
+    curves = {name: [(m, row["pass"][f"pass@10^({m})"]) for m in range(1, 11)] for name, row in last.items()}
+    plot_against_m(curves, output_dir / "pass_at_10_m.png", f"{args.split} problems: Pass@10^(m)")
     summary = {
         "arguments": asdict(args),
         "budget": asdict(budget),
-        "held_out_pairs": task.held_out_pairs,
-        "min_k_reference_base": summarize(reference_min_k),
-        "models": results,
+        "scored_pairs": task.held_out_pairs if args.split == "held_out" else task.validation_pairs,
+        "min_k_reference_base": summarize(min_k["reference, base"]),
+        "first_logged_step": first_steps,
+        "base": base_row,
+        "seeds": {str(seed): rows for seed, rows in seeds.items()},
+        "stage_seconds": seconds,
     }
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\nMin-K% (k = 20%) median, base model: D_code {results['base']['min_k_d_code']['median']:.3f}, "
-          f"fresh reference {summary['min_k_reference_base']['median']:.3f} (lower = more memorized)\n")  # fmt: skip
-    print(format_table(results))
-    print(f"\nwrote {output_dir}/: base/, lora/, ib-lora/, min_k.png, pass_at_10_m.png, results.json")
+    print(f"\nMin-K% (k = 20%) median under the contaminated base: D_code {base_row['min_k_d_code']['median']:.3f}, "
+          f"fresh reference {summary['min_k_reference_base']['median']:.3f} nats (lower = more memorized)\n")  # fmt: skip
+    print(f"{args.split} problems ({len(problems)}), {budget.num_samples} samples each:\n")
+    if len(args.seeds) > 1:
+        print(format_study(base_row, seeds, budget.num_samples))
+    else:
+        print(format_rows(last) + "\n\nPass@10^(m):\n\n" + format_sweep(last))
+    print("\nwall seconds per stage: " + ", ".join(f"{name} {value:.0f}" for name, value in seconds.items()))
+    print(f"wrote {output_dir}/: seed-*/lora, seed-*/ib-lora, min_k.png, pass_at_10_m.png, results.json")

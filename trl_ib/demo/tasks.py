@@ -4,18 +4,23 @@ A problem asks for `f(x)` that applies two integer operations in order, specifie
 
     def f(x):
         \"\"\"Take an integer x, add 3 to it, then multiply it by 2, and return the result.\"\"\"
-        acc = x + 3        <- canonical_solution (the completion)
+        acc = x + 3        <- canonical_solution (the completion), from the newline after the docstring on
         acc = acc * 2
         return acc
+
+The prompt ends at the docstring's closing quotes, not at the newline after them: byte-level BPE tokenizers (the
+real model's included) merge a newline with the indentation that follows, so a prompt ending in "\\n" would
+tokenize differently alone than in front of its solution.
 
 Operations come from a small grammar (`OPERATIONS`, some with an integer constant). Each canonical solution names
 its variable at random from `VARIABLES`: like the naming choices of real code, this is instance-specific
 information that the tests do not check and the prompt does not determine, so it can only be memorized.
 
-The ordered pairs of distinct operations are split once per seed: held-out problems use pairs never seen in
-training, so solving them needs a new combination of operations seen in training (each operation is seen in both
-positions). Training problems (D_code), reference problems (fresh training-pair problems, not in D_code) and
-held-out problems are disjoint.
+The ordered pairs of distinct operations are split once per seed into training, validation and held-out pairs:
+validation and held-out problems use pairs never seen in training, so solving them needs a new combination of
+operations seen in training (each operation is seen in both positions). Validation pairs choose hyper-parameters;
+held-out pairs, disjoint from them, measure the result. Training problems (D_code), reference problems (fresh
+training-pair problems, not in D_code), validation and held-out problems are disjoint.
 
     from trl_ib.demo.tasks import make_task
     task = make_task(seed=0)
@@ -48,7 +53,9 @@ class Task:
 
     train: list[dict]  # D_code
     reference: list[dict]  # fresh problems of the training pairs, for the Min-K% comparison
+    validation: list[dict]  # problems of the validation pairs, for choosing hyper-parameters
     held_out: list[dict]  # problems of the held-out pairs, for Pass@k^(m)
+    validation_pairs: list[tuple[str, str]]
     held_out_pairs: list[tuple[str, str]]
 
 
@@ -57,8 +64,8 @@ def make_problem(task_id: str, steps: list[tuple[str, int | None]], variable: st
     words = [OPERATIONS[name][0].format(c=c) for name, c in steps]
     operands = ["x"] + [variable] * (len(steps) - 1)
     lines = [f"{variable} = " + OPERATIONS[name][1].format(v=v, c=c) for (name, c), v in zip(steps, operands)]
-    prompt = f'def {ENTRY_POINT}(x):\n    """Take an integer x, {", then ".join(words)}, and return the result."""\n'
-    canonical_solution = "".join(f"    {line}\n" for line in lines) + f"    return {variable}\n"
+    prompt = f'def {ENTRY_POINT}(x):\n    """Take an integer x, {", then ".join(words)}, and return the result."""'
+    canonical_solution = "".join(f"\n    {line}" for line in lines) + f"\n    return {variable}\n"
     namespace: dict = {}
     exec(prompt + canonical_solution, namespace)  # our own generated code: the expected outputs
     asserts = "".join(f"    assert candidate({x}) == {namespace[ENTRY_POINT](x)}\n" for x in TEST_INPUTS)
@@ -72,16 +79,26 @@ def make_problem(task_id: str, steps: list[tuple[str, int | None]], variable: st
     }
 
 
-def split_pairs(rng: random.Random, num_held_out: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(training pairs, held-out pairs) of distinct operations; every operation stays in training in both positions."""
+def split_pairs(
+    rng: random.Random, num_validation: int, num_held_out: int
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
+    """
+    (training, validation, held-out) pairs of distinct operations, disjoint; every operation stays in training in
+    both positions.
+    """
     pairs = list(itertools.permutations(OPERATIONS, 2))
-    if not 1 <= num_held_out <= len(pairs) - 2 * len(OPERATIONS):
-        raise ValueError(f"num_held_out_pairs={num_held_out}: must be in 1 .. {len(pairs) - 2 * len(OPERATIONS)}.")
+    most = len(pairs) - 2 * len(OPERATIONS)
+    if num_validation < 1 or num_held_out < 1 or num_validation + num_held_out > most:
+        raise ValueError(
+            f"num_validation_pairs={num_validation}, num_held_out_pairs={num_held_out}: each must be >= 1 and "
+            f"their sum <= {most}."
+        )
     while True:
         rng.shuffle(pairs)
-        train, held_out = pairs[num_held_out:], pairs[:num_held_out]
+        held_out, validation = pairs[:num_held_out], pairs[num_held_out : num_held_out + num_validation]
+        train = pairs[num_held_out + num_validation :]
         if {a for a, _ in train} == {b for _, b in train} == set(OPERATIONS):
-            return sorted(train), sorted(held_out)
+            return sorted(train), sorted(validation), sorted(held_out)
 
 
 def sample_problems(
@@ -110,16 +127,24 @@ def sample_problems(
 
 
 def make_task(
-    seed: int = 0, num_train: int = 200, num_reference: int = 200, num_held_out: int = 60, num_held_out_pairs: int = 12
+    seed: int = 0,
+    num_train: int = 200,
+    num_reference: int = 200,
+    num_validation: int = 40,
+    num_held_out: int = 60,
+    num_validation_pairs: int = 8,
+    num_held_out_pairs: int = 12,
 ) -> Task:
     """The task family of `seed`: same seed, same problems. Counts are problems; pairs are ordered operation pairs."""
     rng = random.Random(seed)
-    train_pairs, held_out_pairs = split_pairs(rng, num_held_out_pairs)
+    train_pairs, validation_pairs, held_out_pairs = split_pairs(rng, num_validation_pairs, num_held_out_pairs)
     taken: set[str] = set()
     return Task(
         train=sample_problems(rng, train_pairs, num_train, "train", taken),
         reference=sample_problems(rng, train_pairs, num_reference, "reference", taken),
+        validation=sample_problems(rng, validation_pairs, num_validation, "validation", taken),
         held_out=sample_problems(rng, held_out_pairs, num_held_out, "held_out", taken),
+        validation_pairs=validation_pairs,
         held_out_pairs=held_out_pairs,
     )
 

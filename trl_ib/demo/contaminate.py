@@ -1,0 +1,60 @@
+"""The demo's contaminated base: the real model after it has memorized D_code, as pre-training did in the paper.
+
+Contamination is plain language modeling of every token (EOS appended) of prompt + canonical solution of every
+D_code problem, full fine-tuning for a few epochs. The result depends only on the base model, the task and this
+recipe, not on the demo's seed, so it is trained once per machine and cached on disk (`cached_contaminated_base`): about 5 minutes on 2 CPU
+cores the first time.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import SFTConfig, SFTTrainer
+
+from trl_ib.builtin import cache_dir, resolve_model
+
+# Full fine-tuning; the learning rate and epochs make D_code's random variable names memorized (Min-K% of D_code
+# far below that of fresh problems) without changing the recipe between runs.
+CONTAMINATION_ARGS = dict(
+    num_train_epochs=3, per_device_train_batch_size=16, learning_rate=2e-4, lr_scheduler_type="cosine",
+    warmup_steps=0.1, weight_decay=0.0,
+)  # fmt: skip
+
+
+def contaminate(model_name: str, texts: list[str], output_dir: str | Path, epochs: float, seed: int = 0) -> None:
+    """Full fine-tuning of `model_name` as a language model on `texts` for `epochs`; model + tokenizer to `output_dir`."""
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(model_name), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model_name))
+    args = SFTConfig(
+        output_dir=str(output_dir), seed=seed, logging_steps=5, save_strategy="no", report_to="none", bf16=False,
+        use_cpu=not torch.cuda.is_available(), disable_tqdm=False, **(CONTAMINATION_ARGS | {"num_train_epochs": epochs}),
+    )  # fmt: skip
+    trainer = SFTTrainer(model, args=args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tokenizer)
+    trainer.train()
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+
+
+def cached_contaminated_base(model_name: str, texts: list[str], epochs: float) -> Path:
+    """
+    The folder (under `trl_ib.builtin.cache_dir()` / "demo") of `model_name` contaminated with `texts` for `epochs`: trained on first use, read from the cache
+    afterwards. The key hashes the base, the texts and the recipe; a run trains into a private folder and renames it
+    into place, so concurrent first uses never leave a half-written model.
+    """
+    recipe = json.dumps([model_name, texts, epochs, CONTAMINATION_ARGS], sort_keys=True)
+    target = cache_dir() / "demo" / f"contaminated-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}"
+    if (target / "config.json").exists():
+        return target
+    scratch = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    contaminate(model_name, texts, scratch, epochs)
+    try:
+        scratch.rename(target)
+    except OSError:  # another process finished first: keep its copy
+        shutil.rmtree(scratch)
+    return target
