@@ -1,12 +1,17 @@
 """`ib-ft eval`: sample n completions per problem, run them in the sandbox, report Pass@k^(m).
 
+    ib-ft eval --model_name_or_path smollm2-135m-instruct --dataset HumanEval.jsonl.gz --num_samples 10 --k 1 10
     ib-ft eval --model_name_or_path Qwen/Qwen2.5-Coder-0.5B --adapter_path out/ib-lora \\
-        --dataset HumanEval.jsonl.gz --num_samples 10 --k 1 5 10 --m 1 k --output_dir eval_results
+        --dataset HumanEval.jsonl.gz --prompt_mode completion --k 1 5 10 --m 1 k --output_dir eval_results
+    ib-ft eval --model_name_or_path M --dataset VerilogEval/dataset_spec-to-rtl --language verilog
     ib-ft eval --config eval.yaml --temperature 0.2        # YAML config, command line overrides
 
-Writes to `output_dir`: samples.jsonl (one row per sample with its verdict), results.json (the table,
-per-problem pass counts and the arguments) and pass_at_k_m.png (Pass@k^(m) against m for each k).
-The pieces (`generate_samples`, `score`, `plot_pass_at_k_m`) are reused by `PassAtKMCallback`.
+Prompt modes (completion, chat, auto) are described in `trl_ib.prompting`. Problem sets: a HumanEval-style
+.json/.jsonl(.gz) file or `datasets` dataset (columns renamed with --prompt_column etc.), or a VerilogEval
+directory (`trl_ib.code_eval.problem_sets`). Writes to `output_dir`: samples.jsonl (one row per sample with its
+answer, program and verdict), results.json (the table, per-problem pass counts and the arguments) and
+pass_at_k_m.png (Pass@k^(m) against m for each k). The pieces (`generate_samples`, `build_programs`, `score`)
+are reused by `PassAtKMCallback` and the demo.
 """
 
 import json
@@ -23,30 +28,50 @@ from hub_cards.plots import plot_against_m
 
 from .builtin import resolve_model
 from .code_eval import BACKENDS, pass_at_k_m_table, resolve_m, score
+from .code_eval.problem_sets import is_verilog_eval_dir, load_verilog_eval
+from .generation import generate_samples
+from .prompting import PROMPT_MODES, STOP_SEQUENCES, PromptFormat, resolve_prompt_mode
 
-
-# language -> default stop sequences; generation stops at (and drops) the first one
-STOP_SEQUENCES = {
-    "python": ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"],
-    "verilog": ["endmodule"],
-}
-# language -> text that closes a program after its completion was cut at a stop sequence
-PROGRAM_END = {"python": "", "verilog": "endmodule\n"}
+__all__ = ["EvalArguments", "STOP_SEQUENCES", "build_programs", "generate_samples", "load_model", "load_problems", "main"]
 
 
 @dataclass
 class EvalArguments:
-    model_name_or_path: str = field(metadata={"help": "Base model: a Hub id or a local directory."})
+    model_name_or_path: str = field(
+        metadata={"help": "Base model: a Hub id, a local directory or a built-in name (smollm2-135m-instruct)."}
+    )
     dataset: str = field(
         metadata={
-            "help": "Problems with columns prompt, test, entry_point: a .json/.jsonl(.gz) file (HumanEval's "
-            "HumanEval.jsonl.gz works as is) or a dataset name or directory for `datasets.load_dataset`."
+            "help": "Problems: a .json/.jsonl(.gz) file with columns prompt, test, entry_point (HumanEval's "
+            "HumanEval.jsonl.gz works as is), a dataset name or directory for `datasets.load_dataset`, or a "
+            "VerilogEval directory of ProbNNN_<name>_prompt.txt / _test.sv / _ref.sv files."
         }
     )
     adapter_path: str | None = field(default=None, metadata={"help": "PEFT adapter to load on the base model."})
     dataset_split: str = field(default="test", metadata={"help": "Split, for datasets loaded by name."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt."})
+    test_column: str = field(default="test", metadata={"help": "Column holding the test source."})
+    entry_point_column: str = field(
+        default="entry_point", metadata={"help": "Column holding the entry point (the function `check` gets)."}
+    )
     num_problems: int | None = field(default=None, metadata={"help": "Evaluate only the first N problems."})
     language: str = field(default="python", metadata={"help": "Execution backend.", "choices": sorted(BACKENDS)})
+    prompt_mode: str = field(
+        default="auto",
+        metadata={
+            "help": "completion: the model continues the prompt; chat: the prompt goes through the tokenizer's chat "
+            "template and the code is extracted from the answer; auto: chat when the tokenizer has a chat template "
+            "and the model name contains instruct, chat or -it, else completion.",
+            "choices": list(PROMPT_MODES),
+        },
+    )
+    instruction_prefix: str | None = field(
+        default=None, metadata={"help": "Chat mode: text before the problem in the user turn; default per language."}
+    )
+    response_prefix: str | None = field(
+        default=None,
+        metadata={"help": "Chat mode: text that starts the answer, before the code block it opens; default per language."},
+    )
     num_samples: int = field(default=10, metadata={"help": "n, samples drawn per problem; needs n >= max(k)."})
     k: list[int] = field(default_factory=lambda: [1, 5, 10], metadata={"help": "The k values of Pass@k^(m)."})
     m: list[str] = field(
@@ -56,7 +81,8 @@ class EvalArguments:
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling probability mass."})
     max_new_tokens: int = field(default=512, metadata={"help": "Longest completion, in tokens."})
     stop_sequences: list[str] | None = field(
-        default=None, metadata={"help": "Completions end before the first of these; default: per language."}
+        default=None,
+        metadata={"help": "Completions end before the first of these; default: per language and prompt mode."},
     )
     batch_size: int = field(default=16, metadata={"help": "Sequences generated per forward pass."})
     timeout: float = field(default=3.0, metadata={"help": "Wall-clock seconds each sample may run."})
@@ -69,61 +95,24 @@ class EvalArguments:
             raise ValueError(f"num_samples={self.num_samples} is smaller than max(k)={max(self.k)}; need n >= k")
         for m in self.m:
             resolve_m(m, max(self.k))
-        if self.stop_sequences is None:
-            self.stop_sequences = STOP_SEQUENCES[self.language]
+        if self.prompt_mode not in PROMPT_MODES:
+            raise ValueError(f"prompt_mode={self.prompt_mode!r} is not supported; choose one of {list(PROMPT_MODES)}")
 
 
-def truncate(completion: str, stop_sequences: Sequence[str]) -> str:
-    """`completion` up to (not including) the earliest stop sequence."""
-    cuts = [index for index in (completion.find(stop) for stop in stop_sequences) if index != -1]
-    return completion[: min(cuts)] if cuts else completion
-
-
-def generate_samples(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+def build_programs(
     prompts: Sequence[str],
-    num_samples: int,
-    temperature: float = 0.8,
-    top_p: float = 0.95,
-    max_new_tokens: int = 512,
-    stop_sequences: Sequence[str] = (),
-    batch_size: int = 16,
-) -> list[list[str]]:
-    """Sample `num_samples` completions per prompt, cut at the first stop sequence.
-
-    Returns:
-        completions[problem][sample], shape (len(prompts), num_samples).
-    """
-    requests = [prompt for prompt in prompts for _ in range(num_samples)]
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
-    tokenizer.padding_side = "left"  # new tokens must follow every prompt directly
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    was_training = model.training
-    model.eval()
-    completions = []
-    try:
-        for start in range(0, len(requests), batch_size):
-            inputs = tokenizer(requests[start : start + batch_size], return_tensors="pt", padding=True).to(model.device)
-            output = model.generate(
-                **inputs,
-                **sampling,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=pad_token_id,
-                stop_strings=list(stop_sequences) or None,
-                tokenizer=tokenizer,
-            )
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]  # (batch, <= max_new_tokens)
-            for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
-                completions.append(truncate(text, stop_sequences))
-    finally:
-        model.train(was_training)
-    return [completions[i : i + num_samples] for i in range(0, len(completions), num_samples)]
-
-
-def build_programs(prompts: Sequence[str], completions: Sequence[Sequence[str]], language: str) -> list[list[str]]:
-    """programs[problem][sample] = prompt + completion (+ what closes a cut Verilog module)."""
-    return [[prompt + completion + PROGRAM_END[language] for completion in group] for prompt, group in zip(prompts, completions)]
+    completions: Sequence[Sequence[str]],
+    prompt_format: PromptFormat | str = "python",
+    entry_points: Sequence[str | None] | None = None,
+) -> list[list[str | None]]:
+    """programs[problem][sample]: what `prompt_format` builds from each prompt and completion (a language name
+    means completion mode in that language); None for a completion with no code."""
+    prompt_format = PromptFormat(language=prompt_format) if isinstance(prompt_format, str) else prompt_format
+    entry_points = [None] * len(prompts) if entry_points is None else entry_points
+    return [
+        [prompt_format.program(prompt, completion, entry_point) for completion in group]
+        for prompt, group, entry_point in zip(prompts, completions, entry_points)
+    ]
 
 
 def plot_pass_at_k_m(num_samples: Sequence[int] | int, num_correct: Sequence[int], k: Sequence[int], path: str) -> None:
@@ -150,43 +139,69 @@ def load_model(
     return model, tokenizer
 
 
-def load_problems(dataset: str, split: str = "test", num_problems: int | None = None) -> datasets.Dataset:
-    if dataset.endswith((".json", ".jsonl", ".json.gz", ".jsonl.gz")):
-        problems = datasets.load_dataset("json", data_files=dataset, split="train")
+def load_problems(
+    dataset: str,
+    split: str = "test",
+    num_problems: int | None = None,
+    columns: dict[str, str] | None = None,
+) -> list[dict]:
+    """The first `num_problems` problems of `dataset` as dicts with keys task_id, prompt, test, entry_point.
+
+    Args:
+        dataset: a .json/.jsonl(.gz) file, a VerilogEval directory, or a name or directory for `datasets.load_dataset`.
+        columns: {"prompt": column, "test": column, "entry_point": column} where the dataset names them otherwise.
+    """
+    if is_verilog_eval_dir(dataset):
+        problems = load_verilog_eval(dataset)
     else:
-        problems = datasets.load_dataset(dataset, split=split)
-    missing = {"prompt", "test", "entry_point"} - set(problems.column_names)
-    if missing:
-        raise ValueError(f"dataset {dataset!r} lacks columns {sorted(missing)}; it needs prompt, test and entry_point")
-    return problems.select(range(min(num_problems, len(problems)))) if num_problems else problems
+        if dataset.endswith((".json", ".jsonl", ".json.gz", ".jsonl.gz")):
+            rows = datasets.load_dataset("json", data_files=dataset, split="train")
+        else:
+            rows = datasets.load_dataset(dataset, split=split)
+        columns = {"prompt": "prompt", "test": "test", "entry_point": "entry_point", **(columns or {})}
+        missing = sorted(column for column in columns.values() if column not in rows.column_names)
+        if missing:
+            raise ValueError(
+                f"dataset {dataset!r} lacks columns {missing}; it has {rows.column_names}. Name the prompt, test and "
+                "entry point columns with --prompt_column, --test_column and --entry_point_column"
+            )
+        problems = [
+            {"task_id": row.get("task_id", index), **{key: row[column] for key, column in columns.items()}}
+            for index, row in enumerate(rows)
+        ]
+    return problems[:num_problems] if num_problems else problems
 
 
 def main(argv: list[str]) -> None:
     (args,) = TrlParser(EvalArguments).parse_args_and_config(argv)
     set_seed(args.seed)
-    problems = load_problems(args.dataset, args.dataset_split, args.num_problems).to_list()
-    prompts = [problem["prompt"] for problem in problems]
+    columns = {"prompt": args.prompt_column, "test": args.test_column, "entry_point": args.entry_point_column}
+    problems = load_problems(args.dataset, args.dataset_split, args.num_problems, columns)
+    prompts, entry_points = [problem["prompt"] for problem in problems], [problem["entry_point"] for problem in problems]
     model, tokenizer = load_model(args.model_name_or_path, args.adapter_path)
+    prompt_mode = resolve_prompt_mode(args.prompt_mode, tokenizer, args.model_name_or_path)
+    prompt_format = PromptFormat(prompt_mode, args.language, args.instruction_prefix, args.response_prefix)
+    stop_sequences = prompt_format.stop_sequences if args.stop_sequences is None else args.stop_sequences
+    print(f"prompt mode: {prompt_mode}; {len(problems)} problems x {args.num_samples} samples")
     completions = generate_samples(
-        model, tokenizer, prompts, args.num_samples, args.temperature, args.top_p,
-        args.max_new_tokens, args.stop_sequences, args.batch_size,
+        model, tokenizer, prompts, args.num_samples, args.temperature, args.top_p, args.max_new_tokens,
+        stop_sequences, args.batch_size, prompt_format, progress=True,
     )  # fmt: skip
-    programs = build_programs(prompts, completions, args.language)
-    tests, entry_points = [problem["test"] for problem in problems], [problem["entry_point"] for problem in problems]
-    scores = score(
-        programs, tests, entry_points, args.k, args.m, args.language, args.timeout, args.num_workers
-    )
+    programs = build_programs(prompts, completions, prompt_format, entry_points)
+    tests = [problem["test"] for problem in problems]
+    scores = score(programs, tests, entry_points, args.k, args.m, args.language, args.timeout, args.num_workers)
 
     os.makedirs(args.output_dir, exist_ok=True)
-    task_ids = [problem.get("task_id", index) for index, problem in enumerate(problems)]
+    task_ids = [problem["task_id"] for problem in problems]
     with open(os.path.join(args.output_dir, "samples.jsonl"), "w") as file:
-        for task_id, group, results in zip(task_ids, completions, scores.results):
-            for index, (completion, result) in enumerate(zip(group, results)):
-                row = {"task_id": task_id, "sample": index, "completion": completion, "passed": result.passed, "result": result.result}
-                file.write(json.dumps(row) + "\n")
+        for task_id, answers, group, results in zip(task_ids, completions, programs, scores.results):
+            for index, (completion, program, result) in enumerate(zip(answers, group, results)):
+                row = {"task_id": task_id, "sample": index, "completion": completion, "program": program}
+                file.write(json.dumps({**row, "passed": result.passed, "result": result.result}) + "\n")
     with open(os.path.join(args.output_dir, "results.json"), "w") as file:
         summary = {"pass_at_k_m": scores.table, "num_samples": scores.num_samples, "num_correct": scores.num_correct}
-        json.dump({**summary, "task_ids": task_ids, "args": asdict(args)}, file, indent=2)
+        resolved = {"prompt_mode": prompt_mode, "stop_sequences": stop_sequences}
+        json.dump({**summary, "task_ids": task_ids, "args": {**asdict(args), **resolved}}, file, indent=2)
     plot_pass_at_k_m(scores.num_samples, scores.num_correct, args.k, os.path.join(args.output_dir, "pass_at_k_m.png"))
     width = max(map(len, scores.table))
     print("\n".join(f"{name:<{width}}  {value:.4f}" for name, value in scores.table.items()))

@@ -1,0 +1,105 @@
+"""Prompt modes: what a code model is shown for a problem, and the program built from what it answers.
+
+completion  the problem's prompt as is (a signature and docstring, a module header); the model continues it,
+            generation stops at a language's stop sequences and the program is prompt + completion.
+chat        EvalPlus's recipe for instruct models: the user turn is an instruction prefix and the prompt in a code
+            block, passed through `tokenizer.apply_chat_template(..., add_generation_prompt=True)`; the assistant
+            turn is started with a response prefix that opens a code block, generation stops at the closing fence,
+            and the program is the code of the answer, sanitized (`trl_ib.code_eval.extraction`).
+auto        chat when the tokenizer has a chat template and the model's name or path says it is tuned for chat
+            (it contains "instruct", "chat" or "-it", any case), completion otherwise. Base models often ship a
+            chat template too, so the template alone does not decide.
+
+The same `PromptFormat` serves `ib-ft eval`, `PassAtKMCallback` and the demo.
+"""
+
+import re
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from .code_eval.extraction import FENCE, code_in_answer, python_program, verilog_program
+
+PROMPT_MODES = ("auto", "completion", "chat")
+# language -> completion-mode stop sequences; generation stops at (and drops) the first one
+STOP_SEQUENCES = {
+    "python": ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"],
+    "verilog": ["endmodule"],
+}
+# language -> chat-mode stop sequences: the fence closing the block the response prefix opened
+CHAT_STOP_SEQUENCES = {"python": [FENCE], "verilog": [FENCE, "endmodule"]}
+INSTRUCTION_PREFIX = {
+    "python": "Please provide a self-contained Python script that solves the following problem in a markdown code block:",
+    "verilog": "Please provide the complete Verilog module TopModule that solves the following problem in a markdown "
+    "code block:",
+}
+RESPONSE_PREFIX = {
+    "python": "Below is a Python script with a self-contained function that solves the problem and passes "
+    "corresponding tests:",
+    "verilog": "Below is the Verilog module TopModule that solves the problem:",
+}
+_CHAT_MODEL_NAME = re.compile(r"instruct|chat|-it\b", re.IGNORECASE)
+
+
+def resolve_prompt_mode(prompt_mode: str, tokenizer: PreTrainedTokenizerBase, model_name_or_path: str) -> str:
+    """"completion" or "chat" for `prompt_mode` ("auto" decided by the rule in this module's docstring)."""
+    if prompt_mode not in PROMPT_MODES:
+        raise ValueError(f"prompt_mode={prompt_mode!r} is not supported; choose one of {list(PROMPT_MODES)}")
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+    if prompt_mode == "chat" and not has_template:
+        raise ValueError(
+            f"prompt_mode='chat' needs a tokenizer with a chat template, and the tokenizer of {model_name_or_path!r} "
+            "has none; use --prompt_mode completion (or auto)"
+        )
+    if prompt_mode == "auto":
+        return "chat" if has_template and _CHAT_MODEL_NAME.search(str(model_name_or_path)) else "completion"
+    return prompt_mode
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a problem's prompt is shown to the model and how a program is built from the model's answer.
+
+    Args:
+        mode: "completion" or "chat" ("auto" is resolved first, by `resolve_prompt_mode`).
+        language: "python" or "verilog".
+        instruction_prefix, response_prefix: chat mode only; None takes the language's default
+            (`INSTRUCTION_PREFIX`, `RESPONSE_PREFIX`).
+    """
+
+    mode: str = "completion"
+    language: str = "python"
+    instruction_prefix: str | None = None
+    response_prefix: str | None = None
+
+    def __post_init__(self):
+        if self.mode not in ("completion", "chat"):
+            raise ValueError(f"mode={self.mode!r} is invalid; choose 'completion' or 'chat' (resolve 'auto' first)")
+        if self.language not in STOP_SEQUENCES:
+            raise ValueError(f"language={self.language!r} is not supported; choose one of {sorted(STOP_SEQUENCES)}")
+
+    @property
+    def stop_sequences(self) -> list[str]:
+        """The default stop sequences of this mode and language."""
+        return list((CHAT_STOP_SEQUENCES if self.mode == "chat" else STOP_SEQUENCES)[self.language])
+
+    def render(self, prompt: str, tokenizer: PreTrainedTokenizerBase) -> str:
+        """The text the model continues: `prompt` itself, or the chat turns ending inside an open code block."""
+        if self.mode == "completion":
+            return prompt
+        instruction = INSTRUCTION_PREFIX[self.language] if self.instruction_prefix is None else self.instruction_prefix
+        response = RESPONSE_PREFIX[self.language] if self.response_prefix is None else self.response_prefix
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError("prompt mode 'chat' needs a tokenizer with a chat template; this tokenizer has none")
+        user = f"{instruction}\n{FENCE}\n{prompt.strip()}\n{FENCE}\n"
+        turns = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+        return f"{turns}{response}\n{FENCE}{self.language}\n"
+
+    def program(self, prompt: str, answer: str, entry_point: str | None = None) -> str | None:
+        """The program to test for `answer` (generated after `render(prompt)`, cut at the stop sequences);
+        None when the answer has no code."""
+        if self.language == "verilog":
+            return verilog_program(prompt + answer if self.mode == "completion" else code_in_answer(answer))
+        if self.mode == "completion":
+            return prompt + answer if answer.strip() else None
+        return python_program(prompt, answer, entry_point)
