@@ -72,28 +72,32 @@ exec(compile("def f(x):\n    return [i for i in range(x)]\nassert f(2) == [0, 1]
 OWN_PID_NAMESPACE, MAX_VERDICT_BYTES = sys.argv[1] == "1", int(sys.argv[2])
 WORKSPACE = os.getcwd()
 SAMPLE_DIR = os.path.join(WORKSPACE, "sample")
+os.environ["HOME"] = os.environ["TMPDIR"] = SAMPLE_DIR  # what samples inherit (the folder exists while one runs)
 RLIMITS = [getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")]
 
 
-def harness(nonce, program, test, entry_point, max_chars):
-    import builtins
-    exec_, compile_, str_, type_, dict_ = exec, compile, str, type, dict
+# The builtins the tests see, taken before any sample ran. Made here once (a copy per child would cost ~50 page
+# faults); each child takes it out of this module's globals before the candidate runs.
+CLEAN_BUILTINS = dict(__builtins__.__dict__)
+
+
+class CappedWriter:
+    def __init__(self, fd, max_chars):
+        self.fd, self.left, self.write_fd = fd, max_chars, os.write
+    def write(self, text):
+        if self.left > 0:
+            self.write_fd(self.fd, str(text)[: self.left].encode("utf-8", "backslashreplace"))
+        self.left -= len(text)
+        return len(text)
+    def flush(self):
+        pass
+
+
+def harness(nonce, program, test, entry_point, max_chars, clean_builtins):
+    exec_, compile_, str_, type_ = exec, compile, str, type
     pid, getpid, write, fstat, exit_ = os.getpid(), os.getpid, os.write, os.fstat, os._exit
     channel = fstat(3)
-    clean_builtins = dict_(builtins.__dict__)
-
-    class CappedWriter:
-        def __init__(self, fd):
-            self.fd, self.left = fd, max_chars
-        def write(self, text):
-            if self.left > 0:
-                write(self.fd, str_(text)[: self.left].encode("utf-8", "backslashreplace"))
-            self.left -= len(text)
-            return len(text)
-        def flush(self):
-            pass
-
-    sys.stdout, sys.stderr = CappedWriter(1), CappedWriter(2)
+    sys.stdout, sys.stderr = CappedWriter(1, max_chars), CappedWriter(2, max_chars)
     namespace = {}
     try:
         exec_(compile_(program, "<string>", "exec"), namespace)
@@ -124,7 +128,6 @@ def child(stdout, stderr, channel, rlimits, request):
     try:
         os.setsid()
         os.chdir(SAMPLE_DIR)
-        os.environ["HOME"] = os.environ["TMPDIR"] = SAMPLE_DIR
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         os.dup2(stdout, 1)
         os.dup2(stderr, 2)
@@ -132,7 +135,7 @@ def child(stdout, stderr, channel, rlimits, request):
         os.closerange(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         for name, value in rlimits.items():
             resource.setrlimit(getattr(resource, "RLIMIT_" + name.upper()), (value, value))
-        harness(*request)
+        harness(*request, globals().pop("CLEAN_BUILTINS"))
     finally:
         os._exit(1)
 
