@@ -1,6 +1,6 @@
 import datasets
 import pytest
-from tiny_models import tiny_llama, train_tokenizer
+from tiny_models import CHAT_TEMPLATE, tiny_llama, train_tokenizer
 from transformers import Trainer, TrainingArguments
 
 from trl_ib.callbacks import PassAtKMCallback
@@ -43,8 +43,24 @@ def test_logs_pass_at_k_m_every_n_steps(tmp_path):
         }
 
 
+def test_chat_mode_answers_without_code_fail_and_training_goes_on(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.processing_class.chat_template = CHAT_TEMPLATE
+    # stop at once: every answer is empty, so every sample is "failed: no code in the answer"
+    callback = PassAtKMCallback(
+        trainer, PROBLEMS, k=[1], num_samples=1, every_n_steps=2, prompt_mode="chat", max_new_tokens=2,
+        stop_sequences=[chr(c) for c in range(32, 127)] + ["\n"], timeout=2.0,
+    )  # fmt: skip
+    assert callback.prompt_format.mode == "chat"
+    trainer.add_callback(callback)
+    trainer.train()
+    assert [entry["eval_pass@1^(1)"] for entry in trainer.state.log_history if "eval_pass@1^(1)" in entry] == [0.0]
+
+
 def test_invalid_arguments(tmp_path):
     trainer = make_trainer(tmp_path)
+    with pytest.raises(ValueError, match="prompt_mode='chat' needs a tokenizer with a chat template"):
+        PassAtKMCallback(trainer, PROBLEMS, prompt_mode="chat")
     with pytest.raises(ValueError, match=r"num_samples=1 is smaller than max\(k\)=5; need n >= k"):
         PassAtKMCallback(trainer, PROBLEMS, k=[5])
     with pytest.raises(ValueError, match="every_n_steps=0 is invalid; give a step interval >= 1"):

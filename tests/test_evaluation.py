@@ -2,10 +2,11 @@ import json
 
 import evaluate
 import pytest
-from tiny_models import tiny_llama, train_tokenizer
+from test_problem_sets import write_verilog_eval
+from tiny_models import CHAT_TEMPLATE, tiny_llama, train_tokenizer
 
 from trl_ib.code_eval import score
-from trl_ib.evaluation import EvalArguments, generate_samples, main, plot_pass_at_k_m, truncate
+from trl_ib.evaluation import EvalArguments, load_problems, main, plot_pass_at_k_m
 from trl_ib.code_eval.metrics import PASS_AT_K_M
 
 
@@ -38,10 +39,9 @@ def test_score_counts_verdicts_and_computes_the_table():
         score(programs, ["assert True"], ["f"])
 
 
-def test_truncate_and_arguments():
-    assert truncate("    return 1\ndef g():\n#", ["\ndef ", "\n#"]) == "    return 1"
-    assert truncate("    return 1", ["\ndef "]) == "    return 1"
-    assert EvalArguments("model", "data.jsonl", language="verilog").stop_sequences == ["endmodule"]
+def test_arguments():
+    with pytest.raises(ValueError, match=r"prompt_mode='instruct' is not supported; choose one of \['auto', "):
+        EvalArguments("model", "data.jsonl", prompt_mode="instruct")
     with pytest.raises(ValueError, match=r"num_samples=5 is smaller than max\(k\)=10; need n >= k"):
         EvalArguments("model", "data.jsonl", num_samples=5)
     with pytest.raises(ValueError, match="m='all' is invalid"):
@@ -52,18 +52,6 @@ def test_plot_writes_a_png(tmp_path):
     path = tmp_path / "plot.png"
     plot_pass_at_k_m(10, [0, 5, 10], [1, 5, 10], str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_generate_samples_shape_and_stops(model_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
-    model.train()
-    prompts = [problem["prompt"] for problem in PROBLEMS]
-    completions = generate_samples(model, tokenizer, prompts, 3, max_new_tokens=12, stop_sequences=NEWLINES, batch_size=4)
-    assert [len(group) for group in completions] == [3, 3]
-    assert all("\n" not in c and "\r" not in c for group in completions for c in group)
-    assert model.training  # restored after generating
 
 
 @pytest.mark.slow
@@ -85,6 +73,43 @@ def test_ib_ft_eval_end_to_end(model_dir, tmp_path):
         ("never/0", 0, "failed: "), ("never/0", 1, "failed: "), ("never/0", 2, "failed: "),
     ]  # fmt: skip
     assert (output / "pass_at_k_m.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_load_problems_with_column_mapping(tmp_path):
+    dataset = tmp_path / "renamed.jsonl"
+    rows = [{"question": p["prompt"], "tests": p["test"], "function": p["entry_point"]} for p in PROBLEMS]
+    dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    columns = {"prompt": "question", "test": "tests", "entry_point": "function"}
+    assert load_problems(str(dataset), columns=columns, num_problems=1) == [
+        {"task_id": 0, "prompt": PROBLEMS[0]["prompt"], "test": PROBLEMS[0]["test"], "entry_point": "f"}
+    ]
+    with pytest.raises(ValueError, match=r"lacks columns \['entry_point', 'prompt', 'test'\]; it has \['question', "
+                                         "'tests', 'function'\]. Name the prompt, test and entry point columns with "
+                                         "--prompt_column"):  # fmt: skip
+        load_problems(str(dataset))
+
+
+@pytest.mark.slow
+def test_ib_ft_eval_verilog_eval_directory_in_chat_mode(model_dir, tmp_path):
+    """A random model's answers hold no module: every sample gets the no-code verdict, and the run completes."""
+    chat_model = tmp_path / "chat-model"
+    tokenizer = train_tokenizer(chat_model)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(chat_model)
+    tiny_llama(vocab_size=len(tokenizer)).save_pretrained(chat_model)
+    problems = write_verilog_eval(tmp_path / "verilog-eval")
+    output = tmp_path / "out"
+    main([
+        "--model_name_or_path", str(chat_model), "--dataset", str(problems), "--language", "verilog",
+        "--prompt_mode", "chat", "--num_problems", "2", "--num_samples", "2", "--k", "1", "2", "--max_new_tokens", "6",
+        "--output_dir", str(output),
+    ])  # fmt: skip
+    results = json.loads((output / "results.json").read_text())
+    assert results["task_ids"] == ["Prob001_and_gate", "Prob002_mux2"]
+    assert results["args"]["prompt_mode"] == "chat" and results["args"]["stop_sequences"] == ["```", "endmodule"]
+    assert results["pass_at_k_m"] == {"pass@1^(1)": 0.0, "pass@2^(1)": 0.0, "pass@2^(2)": 0.0}
+    rows = [json.loads(line) for line in (output / "samples.jsonl").read_text().splitlines()]
+    assert [(row["program"], row["result"]) for row in rows] == [(None, "failed: no code in the answer")] * 4
 
 
 def test_metric_module_refuses_without_opt_in_then_scores(monkeypatch):

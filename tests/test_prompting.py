@@ -1,13 +1,8 @@
 import pytest
-from tiny_models import train_tokenizer
+from tiny_models import CHAT_TEMPLATE, train_tokenizer
 
 from trl_ib.prompting import INSTRUCTION_PREFIX, PromptFormat, resolve_prompt_mode
 
-# A minimal chat template: one line per turn, the assistant turn opened by add_generation_prompt.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<{{ message.role }}>{{ message.content }}</{{ message.role }}>\n{% endfor %}"
-    "{% if add_generation_prompt %}<assistant>{% endif %}"
-)
 PROMPT = 'def one():\n    """Return 1."""\n'
 
 

@@ -15,6 +15,13 @@ CORPUS = [
     "module top(input a, input b, output y); assign y = a & b; endmodule\n",
 ] * 8
 
+# A minimal chat template for `train_tokenizer`'s tokenizers: one line per turn, add_generation_prompt opens the
+# assistant's turn.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<{{ message.role }}>{{ message.content }}</{{ message.role }}>\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
 
 def train_tokenizer(directory: str | Path, vocab_size: int = 300, corpus: list[str] = CORPUS) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on `corpus`, saved to `directory` and returned."""

@@ -7,7 +7,9 @@ from transformers import Trainer, TrainerCallback
 from trl.models.utils import unwrap_model_for_generation
 
 from .code_eval import score
-from .evaluation import STOP_SEQUENCES, build_programs, generate_samples
+from .evaluation import build_programs
+from .generation import generate_samples
+from .prompting import PromptFormat, resolve_prompt_mode
 
 
 class PassAtKMCallback(TrainerCallback):
@@ -24,12 +26,15 @@ class PassAtKMCallback(TrainerCallback):
 
     Args:
         trainer: the Trainer this callback is added to; its `processing_class` must be a tokenizer.
-        problems: dicts with keys prompt, test, entry_point (HumanEval layout).
+        problems: dicts with keys prompt, test, entry_point (HumanEval layout; `trl_ib.evaluation.load_problems`
+            reads them from a file, a dataset or a VerilogEval directory).
         k, m: the Pass@k^(m) pairs to log; "k" in `m` means m = k.
         num_samples: n, samples per problem, at least max(k).
         every_n_steps: evaluate when `global_step` is a multiple of this.
-        language, temperature, top_p, max_new_tokens, stop_sequences, batch_size, timeout, num_workers:
-            as in `ib-ft eval` (`trl_ib.evaluation.EvalArguments`).
+        prompt_mode: "completion", "chat" or "auto" (`trl_ib.prompting`; auto looks at the trainer's tokenizer and
+            the model's `name_or_path`).
+        language, instruction_prefix, response_prefix, temperature, top_p, max_new_tokens, stop_sequences,
+            batch_size, timeout, num_workers: as in `ib-ft eval` (`trl_ib.evaluation.EvalArguments`).
     """
 
     def __init__(
@@ -41,6 +46,9 @@ class PassAtKMCallback(TrainerCallback):
         num_samples: int = 1,
         every_n_steps: int = 100,
         language: str = "python",
+        prompt_mode: str = "auto",
+        instruction_prefix: str | None = None,
+        response_prefix: str | None = None,
         temperature: float = 0.8,
         top_p: float = 0.95,
         max_new_tokens: int = 256,
@@ -57,12 +65,15 @@ class PassAtKMCallback(TrainerCallback):
         self.problems = list(problems)
         self.k, self.m, self.num_samples, self.every_n_steps = list(k), list(m), num_samples, every_n_steps
         self.language, self.timeout, self.num_workers = language, timeout, num_workers
+        prompt_mode = resolve_prompt_mode(prompt_mode, trainer.processing_class, getattr(trainer.model, "name_or_path", ""))
+        self.prompt_format = PromptFormat(prompt_mode, language, instruction_prefix, response_prefix)
         self.generation = dict(
             temperature=temperature,
             top_p=top_p,
             max_new_tokens=max_new_tokens,
-            stop_sequences=STOP_SEQUENCES[language] if stop_sequences is None else list(stop_sequences),
+            stop_sequences=stop_sequences,
             batch_size=batch_size,
+            prompt_format=self.prompt_format,
         )
         self._last_step = -1
 
@@ -84,9 +95,10 @@ class PassAtKMCallback(TrainerCallback):
         completions = gather_object(completions)  # [problem][sample], all processes, problem order
         metrics = None
         if accelerator.is_main_process:
-            programs = build_programs([problem["prompt"] for problem in self.problems], completions, self.language)
-            tests = [problem["test"] for problem in self.problems]
+            prompts = [problem["prompt"] for problem in self.problems]
             entry_points = [problem["entry_point"] for problem in self.problems]
+            programs = build_programs(prompts, completions, self.prompt_format, entry_points)
+            tests = [problem["test"] for problem in self.problems]
             scores = score(
                 programs, tests, entry_points, self.k, self.m, self.language, self.timeout, self.num_workers, progress=False
             )

@@ -1,0 +1,58 @@
+import pytest
+import torch
+from tiny_models import CHAT_TEMPLATE, tiny_llama, train_tokenizer
+
+from trl_ib.code_eval.extraction import cut_at_stop
+from trl_ib.generation import generate_samples
+from trl_ib.prompting import PromptFormat
+
+PROMPTS = ["def add(a, b):\n", "Write a function that returns the sum of a list.\n", "module top(input a"]
+NEWLINES = ["\n", "\r"]  # "\r" ends a line in Python source too
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tmp_path_factory):
+    tokenizer = train_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+    return tiny_llama(vocab_size=len(tokenizer)), tokenizer
+
+
+def plain_generate_loop(model, tokenizer, texts, num_samples, max_new_tokens, stop_sequences, add_special_tokens=True):
+    """The reference: one greedy `generate` call per prompt on n copies of it, no padding (greedy `generate` refuses
+    num_return_sequences > 1, which would make the same copies)."""
+    completions = []
+    for text in texts:
+        input_ids = tokenizer(text, return_tensors="pt", add_special_tokens=add_special_tokens)["input_ids"]
+        with torch.inference_mode():
+            output = model.generate(
+                input_ids.repeat(num_samples, 1), attention_mask=torch.ones_like(input_ids).repeat(num_samples, 1),
+                do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+        answers = tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
+        completions.append([cut_at_stop(answer, stop_sequences) for answer in answers])
+    return completions
+
+
+def test_shape_stops_and_training_mode_restored(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    model.train()
+    completions = generate_samples(model, tokenizer, PROMPTS, 3, max_new_tokens=12, stop_sequences=NEWLINES, batch_size=4)
+    assert [len(group) for group in completions] == [3, 3, 3]
+    assert all("\n" not in c and "\r" not in c for group in completions for c in group)
+    assert model.training
+
+
+def test_greedy_equals_a_plain_generate_loop(model_and_tokenizer):
+    """Length-sorted, padded, mixed batches and one decode per prompt give the reference's exact samples."""
+    model, tokenizer = model_and_tokenizer
+    expected = plain_generate_loop(model, tokenizer, PROMPTS, 4, 16, NEWLINES)
+    assert len({c for group in expected for c in group}) > 1  # the prompts get different completions
+    assert generate_samples(model, tokenizer, PROMPTS, 4, 0.0, max_new_tokens=16, stop_sequences=NEWLINES, batch_size=2) == expected
+
+
+def test_chat_mode_generates_from_the_rendered_turns(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    tokenizer.chat_template = CHAT_TEMPLATE
+    chat = PromptFormat("chat")
+    rendered = [chat.render(prompt, tokenizer) for prompt in PROMPTS]
+    expected = plain_generate_loop(model, tokenizer, rendered, 1, 10, chat.stop_sequences, add_special_tokens=False)
+    assert generate_samples(model, tokenizer, PROMPTS, 1, 0.0, max_new_tokens=10, prompt_format=chat) == expected
