@@ -322,3 +322,17 @@ def test_16_a_sandbox_without_the_interpreter_raises(monkeypatch):
             run_one(ADD, ADD_TEST, "add")
     finally:
         sandbox._view.cache_clear()
+
+
+def test_16_a_verilog_sandbox_that_cannot_run_says_so(monkeypatch):
+    from trl_ib.code_eval.execution import verilog
+
+    monkeypatch.setattr(sandbox, "_python_paths", lambda: ([], []))  # the driver's interpreter is not visible
+    sandbox._view.cache_clear()
+    verilog.check_sandbox.cache_clear()
+    try:
+        with pytest.raises(SandboxError, match=r"the Verilog sandbox cannot run a known-good design: failed: the simulation"):
+            run_design("  assign out = a & b;\n")
+    finally:
+        sandbox._view.cache_clear()
+        verilog.check_sandbox.cache_clear()

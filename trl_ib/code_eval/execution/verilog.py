@@ -20,6 +20,7 @@ prints the nonce line and fails.
 
 import marshal
 import re
+from functools import cache
 import secrets
 import sys
 
@@ -54,6 +55,22 @@ os.execv(vvp, [vvp, "-n", os.path.join(hidden, "sim.vvp")])
 """
 
 
+_PROBE_DESIGN = "module TopModule(output out);\n  assign out = 1;\nendmodule\n"
+_PROBE_TEST = 'module tb;\n  wire out;\n  TopModule dut(.out(out));\n  initial $display("Mismatches: %1d in %1d samples", out !== 1, 1);\nendmodule\n'
+
+
+@cache
+def check_sandbox() -> None:
+    """Run a known-good design once per process; raise `sandbox.SandboxError` when it does not pass.
+
+    Every Verilog verdict comes from the driver, so a sandbox that cannot start it would fail every design
+    ("exited with status 1") and score 0 without a word.
+    """
+    probe = _run(_PROBE_DESIGN, _PROBE_TEST, "tb", 30.0, sandbox.Limits())
+    if not probe.passed:
+        raise sandbox.SandboxError(f"the Verilog sandbox cannot run a known-good design: {probe.result}; {probe.stderr[-2000:]}")
+
+
 def run_sample(program: str, test: str, entry_point: str | None, timeout: float, limits: sandbox.Limits):
     """Compile `program` with the testbench `test` and simulate it.
 
@@ -68,7 +85,15 @@ def run_sample(program: str, test: str, entry_point: str | None, timeout: float,
         `sandbox.ExecutionResult`; "failed: compile error: ..." when iverilog rejects the design,
         "failed: the design does not stand alone: ..." when it only elaborates with the testbench around it,
         and "failed: N mismatches in M samples" when the simulation disagrees with the reference.
+
+    Raises:
+        sandbox.SandboxError: the sandbox cannot run a known-good design here (checked once per process).
     """
+    check_sandbox()
+    return _run(program, test, entry_point, timeout, limits)
+
+
+def _run(program: str, test: str, entry_point: str | None, timeout: float, limits: sandbox.Limits):
     tools = [sandbox.find_tool("iverilog", "iverilog"), sandbox.find_tool("vvp", "iverilog")]
     if _MISMATCH_FORMAT not in test:
         raise ValueError(
