@@ -5,7 +5,9 @@ Model-generated code is hostile input. When bubblewrap works here (checked once)
 * identity: when the host runs as root, an outer bubblewrap (root, no user namespace) builds the file view and
   hands over, through util-linux `setpriv`, to uid/gid 65534 ("nobody") with no supplementary groups, which
   starts the inner bubblewrap; otherwise the inner bubblewrap runs as the calling user. The sample is never
-  the host's root, so root-only host files stay closed and RLIMIT_NPROC binds;
+  the host's root, so root-only host files stay closed and RLIMIT_NPROC binds (counted per sandbox: each has
+  its own user namespace). All sandboxes share uid 65534 but not namespaces, so they cannot see or signal
+  each other;
 * the inner bubblewrap: fresh user/PID/network/IPC/UTS/cgroup namespaces (`--unshare-all`), no nested user
   namespaces (`--disable-userns`), every capability dropped, `--die-with-parent --new-session`;
 * files: read-only binds of what execution needs and nothing else: /usr (and /bin, /lib, /lib64, /sbin as the
@@ -17,8 +19,10 @@ Model-generated code is hostile input. When bubblewrap works here (checked once)
   (nothing the sample writes ever lands on a host disk);
 * rlimits (`rlimits`): CPU seconds (ceil(timeout) + 1), address space, file size, open files and processes
   (threads included), set by `prlimit` right before a command or by the Python fork server in each child;
-* stdout/stderr written to anonymous host files opened write-only and append-only in the sandbox (a sample can
-  neither read its own output back nor write over it), read back truncated to `Limits.output_bytes`;
+* stdout/stderr: for `run` (Verilog), anonymous host files opened write-only and append-only in the sandbox (a
+  design can neither read its output back nor write over it); for the Python fork server's children, unlinked
+  files in the tmpfs (Python verdicts travel on a channel of their own). Read back truncated to
+  `Limits.output_bytes`;
 * a minimal environment (no tokens or credentials from the caller's environment).
 
 Memory: there is no cgroup here (this machine delegates no cgroup v2 controller), so memory is bounded per
