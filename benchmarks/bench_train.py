@@ -376,26 +376,28 @@ def run_worker(config: BenchConfig, variant: str, commands, replies, threads: in
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         memory_before = current_rss_bytes() if device.type == "cpu" else torch.cuda.memory_allocated(device)
-        times = []
+        times, cpu_times = [], []
         replies.write("ready\n")
         replies.flush()
         for batch in batches:
             if commands.readline().strip() != "step":
                 raise RuntimeError("expected 'step'")
             sync()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             forward_backward(batch)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             sync()
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
             replies.write(f"{times[-1]}\n")
             replies.flush()
         commands.readline()  # "finish"
     return {
         "variant": variant,
         "step_times_s": times[config.warmup:],
+        "step_cpu_times_s": cpu_times[config.warmup:],
         "warmup_times_s": times[: config.warmup],
         "peak_memory_bytes": peak_memory_bytes(device),
         "memory_before_steps_bytes": memory_before,
@@ -468,8 +470,8 @@ def summarize(config: BenchConfig, runs: dict[str, dict]) -> dict:
     for variant, run in runs.items():
         flops = [step_flops(config, c, variant) for c in run["counts"]]
         result["variants"][variant] = {
-            **{k: run[k] for k in ("step_times_s", "warmup_times_s", "peak_memory_bytes", "memory_before_steps_bytes",
-                                   "trainable_params", "device", "threads")},
+            **{k: run[k] for k in ("step_times_s", "step_cpu_times_s", "warmup_times_s", "peak_memory_bytes",
+                                   "memory_before_steps_bytes", "trainable_params", "device", "threads")},
             "median_step_s": statistics.median(run["step_times_s"]),
             "mean_flops": {k: statistics.mean(f[k] for f in flops) for k in flops[0]},
             "mean_counts": {k: statistics.mean(c[k] for c in run["counts"]) for k in run["counts"][0]},
@@ -479,6 +481,11 @@ def summarize(config: BenchConfig, runs: dict[str, dict]) -> dict:
     # ratios cancels most of the drift of a shared machine. The ratio of median step times is kept alongside.
     time_ratio = {k: statistics.median(t / ta for t, ta in zip(v[k]["step_times_s"], v["a"]["step_times_s"]))
                   for k in v}
+    # The same over the process's CPU time: with one thread per variant, time spent descheduled on a busy machine
+    # (the wall-time ratios' main noise) does not count.
+    result["cpu_time_ratio"] = {
+        k: statistics.median(t / ta for t, ta in zip(v[k]["step_cpu_times_s"], v["a"]["step_cpu_times_s"])) for k in v
+    }
     result["time_ratio_of_medians"] = {k: v[k]["median_step_s"] / v["a"]["median_step_s"] for k in v}
     memory_ratio = {k: v[k]["peak_memory_bytes"] / v["a"]["peak_memory_bytes"] for k in v}
     # What training adds to the process (CPU: peak RSS minus the RSS once model, data and optimizer are built)
@@ -498,22 +505,26 @@ def summarize(config: BenchConfig, runs: dict[str, dict]) -> dict:
 
 
 def print_table(results: list[dict], seven_b_floor: float) -> None:
-    header = (f"{'config':<16} {'H':>4} {'L':>3} {'V':>6} {'seq':>5} {'B':>2} | {'a s/step':>8} {'b/a':>5} {'c/a':>5} "
-              f"| {'f':>5} {'target':>6} {'time':>4} | {'a GB':>5} {'b/a':>5} {'c/a':>5} {'mem':>4} | {'fc':>5}")
+    header = (f"{'config':<17} {'H':>4} {'L':>3} {'V':>6} {'seq':>5} {'B':>2} | {'a s/step':>8} {'b/a':>5} {'c/a':>5} "
+              f"{'cpu b/a':>7} {'c/a':>5} | {'f':>5} {'target':>6} {'time':>4} | {'a GB':>5} {'b/a':>5} {'c/a':>5} "
+              f"{'mem':>4} | {'+b/a':>5} {'+c/a':>5} | {'fc':>5}")
     print("\n" + header + "\n" + "-" * len(header))
     for r in results:
         c, t, m, added = r["config"], r["time_ratio"], r["memory_ratio"], r["memory_ratio_added_by_training"]
+        cpu = r.get("cpu_time_ratio", {})
         mem_ok = "-" if r["memory_ok"] is None else ("ok" if r["memory_ok"] else "MISS")
         print(
-            f"{c['name']:<16} {c['hidden']:>4} {c['layers']:>3} {c['vocab']:>6} {c['seq']:>5} {r['batch']:>2} | "
-            f"{r['variants']['a']['median_step_s']:>8.2f} {t['b']:>5.3f} {t.get('c', float('nan')):>5.2f} | "
+            f"{c['name']:<17} {c['hidden']:>4} {c['layers']:>3} {c['vocab']:>6} {c['seq']:>5} {r['batch']:>2} | "
+            f"{r['variants']['a']['median_step_s']:>8.2f} {t['b']:>5.3f} {t.get('c', float('nan')):>5.2f} "
+            f"{cpu.get('b', float('nan')):>7.3f} {cpu.get('c', float('nan')):>5.2f} | "
             f"{r['floor_f']:>5.3f} {r['time_target']:>6.3f} {'ok' if r['time_ok'] else 'MISS':>4} | "
             f"{r['variants']['a']['peak_memory_bytes'] / 2**30:>5.2f} {m['b']:>5.3f} {m.get('c', float('nan')):>5.2f} "
             f"{mem_ok:>4} | {added['b']:>5.3f} {added.get('c', float('nan')):>5.2f} | "
             f"{r['flops_ratio_c'] or float('nan'):>5.2f}"
         )
-    print(f"(+b/a, +c/a: peak memory added by training steps, over a's; fc = FLOPs(c) / FLOPs(a); f of a real 7B "
-          f"Llama at seq 2048, same accounting: {seven_b_floor:.3f})")
+    print(f"(cpu b/a, c/a: the paired step-time ratios over process CPU time; +b/a, +c/a: peak memory added by "
+          f"training steps, over a's; fc = FLOPs(c) / FLOPs(a); f of a real 7B Llama at seq 2048, same accounting: "
+          f"{seven_b_floor:.3f})")
 
 
 def plot(results: list[dict], path: Path) -> None:

@@ -12,7 +12,6 @@ alpha * (ib_kl + beta * ib_ce), the gradient norm before clipping, and penalty /
 """
 
 import argparse
-import statistics
 import tempfile
 
 import datasets
