@@ -18,7 +18,8 @@ Every variant runs the same step: forward + backward (a, b: `trainer.training_st
 `clip_grad_norm_(1.0)`, the optimizer TRL's Trainer builds (AdamW, fused), `zero_grad`. Activation checkpointing is on
 in all three (TRL's default). The three processes live at once but step in turn (a b c, c b a, ...), so a drift in the
 load of a shared machine hits them alike; the time ratio is the median over timed steps of b's (c's) time over a's on
-the same batch. One intra-op thread per process by default (see --threads). Peak memory: max RSS (CPU,
+the same batch, in wall time and in the process's CPU time (with one thread, time spent descheduled by a busy
+machine does not count there). One intra-op thread per process by default (see --threads). Peak memory: max RSS (CPU,
 `resource.getrusage`) or `torch.cuda.max_memory_allocated` (GPU).
 
 The floor f = FLOPs(b) / FLOPs(a) counts what actually runs (see `step_flops`): IB-FT must at least pay for the
