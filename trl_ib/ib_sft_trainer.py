@@ -219,8 +219,8 @@ class IBSFTTrainer(SFTTrainer):
             if self._ib_config.ib_input_norm == "none" else ""
         )
         logger.warning(
-            f"The IB penalty alpha * (KL + beta * ce_ib) = {penalty:.4g} is {penalty / ce:.0f}x the task loss "
-            f"ce = {ce:.4g} at the first step (ib_kl {kl:.4g} nats per position and dim, ib_ce {ce_ib:.4g}, "
+            f"The IB penalty alpha * (KL + beta * ce_ib) = {penalty:.4g} is {penalty / max(ce, 1e-12):.0f}x the task "
+            f"loss ce = {ce:.4g} at the first step (ib_kl {kl:.4g} nats per position and dim, ib_ce {ce_ib:.4g}, "
             f"alpha {self._ib_alpha}, beta {self._ib_beta}): the IB terms will drive training. {cause}To weaken "
             "them: a smaller ib_alpha, ib_warmup_steps (ramp alpha) or ib_target_kl (hold the KL at a target)."
         )
