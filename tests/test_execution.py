@@ -6,6 +6,7 @@ import socket
 import time
 import warnings
 
+import numpy as np
 import pytest
 
 from trl_ib.code_eval.execution import Limits, Sample, bwrap_available, run_samples, sandbox
@@ -191,6 +192,13 @@ def test_invalid_samples_and_limits():
     with pytest.raises(ValueError, match=r"^Limits.memory_bytes=1.5 is invalid; give a whole number >= 1$"):
         Limits(memory_bytes=1.5)
     assert Limits(memory_bytes=2**20, processes=4, disk_bytes=2**20).max_memory_bytes == 5 * 2**20
+
+
+def test_numpy_numbers_are_accepted():
+    limits = Limits(memory_bytes=np.int64(2**30))
+    assert type(limits.memory_bytes) is int
+    result = run_samples([Sample(ADD, ADD_TEST, "add")], timeout=np.float64(2.0), num_workers=np.int64(1), limits=limits, progress=False)
+    assert result[0].result == "passed"
 
 
 def test_without_bubblewrap_warns_once_and_still_runs(monkeypatch):

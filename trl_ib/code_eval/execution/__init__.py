@@ -10,6 +10,7 @@ and never takes a worker or another sample's result down with it.
 """
 
 import math
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -51,6 +52,9 @@ class Sample:
                 raise TypeError(f"Sample.{name}={getattr(self, name)!r} is invalid; give the source as a str")
         if self.entry_point is not None and not (isinstance(self.entry_point, str) and self.entry_point.isidentifier()):
             raise ValueError(f"Sample.entry_point={self.entry_point!r} is invalid; give an identifier (a str) or None")
+        for name in ("program", "test", "entry_point"):  # plain str (a subclass would not marshal)
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str.__str__(getattr(self, name)))
 
 
 def run_samples(
@@ -72,16 +76,16 @@ def run_samples(
     """
     if language not in BACKENDS:
         raise ValueError(f"language={language!r} is not supported; choose one of {sorted(BACKENDS)}")
-    if type(timeout) not in (int, float) or not (math.isfinite(timeout) and timeout > 0):
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not (math.isfinite(timeout) and timeout > 0):
         raise ValueError(f"timeout={timeout!r} is invalid; give the wall-clock seconds per sample, a finite number > 0")
-    if num_workers is not None and (type(num_workers) is not int or num_workers < 1):
+    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 1):
         raise ValueError(f"num_workers={num_workers!r} is invalid; give a whole number >= 1, or None for one per CPU")
     if not isinstance(limits, Limits):
         raise TypeError(f"limits={limits!r} is invalid; give a trl_ib.code_eval.execution.Limits")
     for index, sample in enumerate(samples):
         if not isinstance(sample, Sample):
             raise TypeError(f"samples[{index}]={sample!r} is invalid; give Sample(program, test, entry_point) objects")
-    num_workers = num_workers or len(os.sched_getaffinity(0))
+    timeout, num_workers = float(timeout), int(num_workers or len(os.sched_getaffinity(0)))  # numpy scalars too
     bwrap_available()  # warn (once) before the progress bar starts
     results: list[ExecutionResult | None] = [None] * len(samples)
     with BACKENDS[language]() as backend, ThreadPoolExecutor(max_workers=num_workers) as pool:

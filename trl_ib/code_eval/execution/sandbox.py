@@ -40,6 +40,7 @@ says what is not isolated.
 
 import errno
 import math
+import numbers
 import os
 import platform
 import select
@@ -79,8 +80,9 @@ class Limits:
     def __post_init__(self):
         for field in fields(self):
             value = getattr(self, field.name)
-            if type(value) is not int or value < 1:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"Limits.{field.name}={value!r} is invalid; give a whole number >= 1")
+            object.__setattr__(self, field.name, int(value))  # a plain int, as rlimits and marshal need
 
     @property
     def max_memory_bytes(self) -> int:
