@@ -27,15 +27,17 @@ def test_split_sizes_and_disjointness(task):
     assert len(set(prompts)) == len(prompts)
 
 
-def test_validation_and_held_out_pairs_are_new_combinations_of_seen_operations(task):
+def test_validation_and_held_out_problems_chain_three_operations_through_their_own_new_pairs(task):
     train_pairs = {tuple(p["operations"]) for p in task.train + task.reference}
-    validation_pairs = {tuple(p["operations"]) for p in task.validation}
-    held_out_pairs = {tuple(p["operations"]) for p in task.held_out}
-    assert (validation_pairs, held_out_pairs) == (set(task.validation_pairs), set(task.held_out_pairs))
-    assert not train_pairs & held_out_pairs and not train_pairs & validation_pairs
-    assert not validation_pairs & held_out_pairs
-    assert len(train_pairs | validation_pairs | held_out_pairs) == len(OPERATIONS) * (len(OPERATIONS) - 1)
+    assert {len(p["operations"]) for p in task.train + task.reference} == {2}
+    assert not train_pairs & (set(task.validation_pairs) | set(task.held_out_pairs))
+    assert not set(task.validation_pairs) & set(task.held_out_pairs)
+    assert len(train_pairs) + 8 + 12 == len(OPERATIONS) * (len(OPERATIONS) - 1)
     assert {a for a, _ in train_pairs} == {b for _, b in train_pairs} == set(OPERATIONS)
+    for problems, new_pairs in ((task.validation, task.validation_pairs), (task.held_out, task.held_out_pairs)):
+        for problem in problems:
+            a, b, c = problem["operations"]
+            assert {(a, b), (b, c)} <= train_pairs | set(new_pairs) and {(a, b), (b, c)} & set(new_pairs)
 
 
 def test_split_pairs_rejects_too_many_held_out_pairs():

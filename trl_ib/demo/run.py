@@ -18,7 +18,9 @@ Stages (each with a progress bar; wall times in results.json):
    and prints the tables.
 """
 
+import hashlib
 import json
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -27,7 +29,6 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import SFTConfig, SFTTrainer, TrlParser
 
@@ -36,7 +37,8 @@ from peft_ib import IBLoraConfig
 from trl_ib import IBSFTConfig, IBSFTTrainer
 from trl_ib.builtin import SMOLLM2_NAME
 from trl_ib.code_eval import score
-from trl_ib.evaluation import STOP_SEQUENCES, EvalArguments, build_programs, generate_samples
+from trl_ib.evaluation import EvalArguments, build_programs
+from trl_ib.generation import generate_samples
 from trl_ib.memorization import plot_distributions, representation_gap, score_min_k, summarize
 
 from .contaminate import cached_contaminated_base
@@ -57,7 +59,7 @@ class Budget:
     num_samples: int = 10  # per scored problem; Pass@k^(m) needs n >= k = 10
 
 
-BUDGETS = {"default": Budget(200, 200, 40, 60, 3, 2, 48), "quick": Budget(16, 16, 4, 4, 1, 3, 24)}
+BUDGETS = {"default": Budget(200, 200, 40, 60, 3, 1, 48), "quick": Budget(16, 16, 4, 4, 1, 3, 24)}
 # Identical for both arms: the paper's recipe (cosine, warmup 0.1, all linear layers, dropout 0.05), rank 16.
 FT_ARGS = dict(
     per_device_train_batch_size=16, learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=0.1,
@@ -134,28 +136,25 @@ def fine_tune(arm: str, base_dir: Path, tokenizer, rows: list[dict], output_dir:
     return trainer.model.eval(), first_step
 
 
-def sample_and_score(model, tokenizer, problems: list[dict], budget: Budget, seed: int, desc: str):
+def sample_and_score(model, tokenizer, problems: list[dict], budget: Budget, seed: int):
     """`budget.num_samples` sampled completions per problem (the evaluator's temperature / top_p), run: `Scores`."""
     set_seed(seed)
     prompts = [p["prompt"] for p in problems]
-    chunk = 8  # problems per generate call: 80 sequences
-    completions = []
-    for start in tqdm(range(0, len(prompts), chunk), desc=desc, unit="chunk"):
-        completions += generate_samples(
-            model, tokenizer, prompts[start : start + chunk], budget.num_samples, EvalArguments.temperature,
-            EvalArguments.top_p, budget.max_new_tokens, STOP_SEQUENCES["python"], batch_size=chunk * budget.num_samples,
-        )  # fmt: skip
+    completions = generate_samples(
+        model, tokenizer, prompts, budget.num_samples, EvalArguments.temperature, EvalArguments.top_p,
+        budget.max_new_tokens, batch_size=80, progress=True,
+    )  # fmt: skip
     programs = build_programs(prompts, completions, "python")
     m = range(1, max(K_VALUES) + 1)
     return score(programs, [p["test"] for p in problems], [p["entry_point"] for p in problems], K_VALUES, m)
 
 
-def evaluate(name, model, tokenizer, problems, d_code, min_k, base_min_k, budget, seed) -> dict:
+def evaluate(model, tokenizer, problems, d_code, min_k, base_min_k, budget, seed) -> dict:
     """
     Pass@k^(m) on `problems`, the summary of `min_k` (the model's Min-K% of `d_code`) and the representation gap
     between the groups of `d_code` the base's scores `base_min_k` pick.
     """
-    scores = sample_and_score(model, tokenizer, problems, budget, seed, f"sampling {name}")
+    scores = sample_and_score(model, tokenizer, problems, budget, seed)
     return {
         "pass": scores.table,
         "num_correct": scores.num_correct,
@@ -171,6 +170,25 @@ def contaminated_task(model: str, task_seed: int, budget: Budget) -> tuple[Task,
     return task, cached_contaminated_base(model, texts, budget.contamination_epochs)
 
 
+def base_scores(base_dir: Path, tokenizer, d_code, reference, problems, split: str, budget: Budget):
+    """
+    ({"D_code, base": Min-K%, "reference, base": Min-K%}, the base's `evaluate` row on `problems`), sampled with
+    seed 0: seed-independent, so cached beside the contaminated base, keyed by the problems and the sampling budget.
+    """
+    key = json.dumps([[p["prompt"] for p in problems], budget.num_samples, budget.max_new_tokens])
+    cached = base_dir / f"base-scores-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if cached.exists():
+        min_k, row = json.loads(cached.read_text())
+        return min_k, row
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    min_k = {"D_code, base": score_min_k(base, tokenizer, d_code), "reference, base": score_min_k(base, tokenizer, reference)}
+    row = evaluate(base, tokenizer, problems, d_code, min_k["D_code, base"], min_k["D_code, base"], budget, 0)
+    scratch = cached.with_name(f"{cached.name}.tmp-{os.getpid()}")
+    scratch.write_text(json.dumps([min_k, row]))
+    scratch.replace(cached)
+    return min_k, row
+
+
 def main(argv: list[str] | None = None) -> None:
     (args,) = TrlParser((DemoArguments,)).parse_args_and_config(argv)
     torch.set_num_threads(min(torch.get_num_threads(), 2) if not torch.cuda.is_available() else torch.get_num_threads())
@@ -183,12 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     d_code, reference = to_prompt_completion(task.train), to_prompt_completion(task.reference)
     problems = task.held_out if args.split == "held_out" else task.validation
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
-    with stage(seconds, "Min-K% of the base"):
-        min_k = {"D_code, base": score_min_k(base, tokenizer, d_code), "reference, base": score_min_k(base, tokenizer, reference)}
+    with stage(seconds, "scoring the base (cached)"):
+        min_k, base_row = base_scores(base_dir, tokenizer, d_code, reference, problems, args.split, budget)
     base_min_k = min_k["D_code, base"]
-    with stage(seconds, "scoring the base"):
-        base_row = evaluate("base", base, tokenizer, problems, d_code, base_min_k, base_min_k, budget, args.seeds[0])
 
     seeds, first_steps = {}, {}
     for seed in args.seeds:
@@ -201,8 +216,8 @@ def main(argv: list[str] | None = None) -> None:
                 )  # fmt: skip
             with stage(seconds, f"scoring {name}"):
                 min_k[f"D_code, {name}, seed {seed}"] = score_min_k(model, tokenizer, d_code)
-                seeds[seed][name] = evaluate(name, model, tokenizer, problems, d_code,
-                                             min_k[f"D_code, {name}, seed {seed}"], base_min_k, budget, seed)  # fmt: skip
+                seeds[seed][name] = evaluate(model, tokenizer, problems, d_code,
+                                       min_k[f"D_code, {name}, seed {seed}"], base_min_k, budget, seed)  # fmt: skip
 
     plot_distributions({label: values for label, values in min_k.items() if "seed" not in label or
                         label.endswith(f"seed {args.seeds[0]}")}, output_dir / "min_k.png")  # fmt: skip

@@ -1,8 +1,17 @@
 """The seed study's statistics and tables: per-seed rows, their mean, and IB-FT minus LoRA FT with a bootstrap CI.
 
     from trl_ib.demo.study import paired_bootstrap
-    mean, low, high = paired_bootstrap(np.array([[0.0, 1.0]]))   # 0.5 and about (0.0, 1.0)
+    mean, low, high = paired_bootstrap(np.array([[0.0, 1.0]]))   # (0.5, 0.0, 1.0)
+
+`ib-ft demo --seeds 0 1 2` prints these tables; runs made separately (e.g. one process per seed, side by side) are
+combined with
+
+    python -m trl_ib.demo.study run-0/results.json run-1/results.json run-2/results.json
 """
+
+import json
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -99,3 +108,20 @@ def format_study(base: dict, seeds: dict[int, dict[str, dict]], num_samples: int
         format_rows(rows) + "\n\nPass@10^(m):\n\n" + format_sweep(rows)
         + "\n\nPaired difference on the same problems (bootstrap over problems and seeds):\n\n" + "\n".join(lines)
     )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print `format_study` of the demo runs whose results.json files are given (same task, split and budget)."""
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        raise SystemExit("usage: python -m trl_ib.demo.study RESULTS_JSON [RESULTS_JSON ...]")
+    runs = [json.loads(Path(path).read_text()) for path in paths]
+    settings = {json.dumps([run["budget"], run["arguments"] | {"seeds": None, "output_dir": None}]) for run in runs}
+    if len(settings) > 1:
+        raise ValueError(f"{paths}: the runs differ in budget or arguments other than seeds and output_dir.")
+    seeds = {int(seed): rows for run in runs for seed, rows in run["seeds"].items()}
+    print(format_study(runs[0]["base"], seeds, runs[0]["budget"]["num_samples"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """A synthetic code-generation task family with executable unit tests, in HumanEval layout.
 
-A problem asks for `f(x)` that applies two integer operations in order, specified in words:
+A problem asks for `f(x)` that applies two (or three) integer operations in order, specified in words:
 
     def f(x):
         \"\"\"Take an integer x, add 3 to it, then multiply it by 2, and return the result.\"\"\"
@@ -16,11 +16,13 @@ Operations come from a small grammar (`OPERATIONS`, some with an integer constan
 its variable at random from `VARIABLES`: like the naming choices of real code, this is instance-specific
 information that the tests do not check and the prompt does not determine, so it can only be memorized.
 
-The ordered pairs of distinct operations are split once per seed into training, validation and held-out pairs:
-validation and held-out problems use pairs never seen in training, so solving them needs a new combination of
-operations seen in training (each operation is seen in both positions). Validation pairs choose hyper-parameters;
-held-out pairs, disjoint from them, measure the result. Training problems (D_code), reference problems (fresh
-training-pair problems, not in D_code), validation and held-out problems are disjoint.
+The ordered pairs of distinct operations are split once per seed into training, validation and held-out pairs
+(each operation stays in training in both positions). Training problems (D_code) and fresh reference problems apply
+one training pair. Validation and held-out problems chain THREE operations, at least one consecutive pair of which
+is new (validation pairs for validation problems, held-out pairs for held-out ones, never the other set): solving
+them needs a longer composition than any training solution, from operations seen in training. A model that has
+memorized D_code's two-line shape writes two lines and fails; that is the barrier fine-tuning has to get past.
+Validation problems choose hyper-parameters, held-out problems measure the result. All prompts are distinct.
 
     from trl_ib.demo.tasks import make_task
     task = make_task(seed=0)
@@ -53,8 +55,8 @@ class Task:
 
     train: list[dict]  # D_code
     reference: list[dict]  # fresh problems of the training pairs, for the Min-K% comparison
-    validation: list[dict]  # problems of the validation pairs, for choosing hyper-parameters
-    held_out: list[dict]  # problems of the held-out pairs, for Pass@k^(m)
+    validation: list[dict]  # three-operation chains through validation pairs, for choosing hyper-parameters
+    held_out: list[dict]  # three-operation chains through held-out pairs, for Pass@k^(m)
     validation_pairs: list[tuple[str, str]]
     held_out_pairs: list[tuple[str, str]]
 
@@ -126,6 +128,31 @@ def sample_problems(
     return problems
 
 
+def sample_chains(
+    rng: random.Random, new_pairs: list[tuple[str, str]], train_pairs: list[tuple[str, str]], count: int, prefix: str,
+    taken: set[str],
+) -> list[dict]:  # fmt: skip
+    """
+    `count` three-operation problems (a, b, c) with random constants and variable names, in which one of (a, b) and
+    (b, c) is in `new_pairs` and the other in `new_pairs` or `train_pairs`; prompts in `taken` are skipped (updated).
+    """
+    new, known = set(new_pairs), set(new_pairs) | set(train_pairs)
+    chains = [
+        (a, b, c) for a, b, c in itertools.product(OPERATIONS, repeat=3)
+        if {(a, b), (b, c)} <= known and {(a, b), (b, c)} & new
+    ]  # fmt: skip
+    problems = []
+    for _ in range(100 * count):
+        if len(problems) == count:
+            break
+        steps = [(name, rng.choice(OPERATIONS[name][2]) if OPERATIONS[name][2] else None) for name in rng.choice(chains)]
+        problem = make_problem(f"{prefix}/{len(problems)}", steps, rng.choice(VARIABLES))
+        if problem["prompt"] not in taken:
+            taken.add(problem["prompt"])
+            problems.append(problem)
+    return problems
+
+
 def make_task(
     seed: int = 0,
     num_train: int = 200,
@@ -142,8 +169,8 @@ def make_task(
     return Task(
         train=sample_problems(rng, train_pairs, num_train, "train", taken),
         reference=sample_problems(rng, train_pairs, num_reference, "reference", taken),
-        validation=sample_problems(rng, validation_pairs, num_validation, "validation", taken),
-        held_out=sample_problems(rng, held_out_pairs, num_held_out, "held_out", taken),
+        validation=sample_chains(rng, validation_pairs, train_pairs, num_validation, "validation", taken),
+        held_out=sample_chains(rng, held_out_pairs, train_pairs, num_held_out, "held_out", taken),
         validation_pairs=validation_pairs,
         held_out_pairs=held_out_pairs,
     )

@@ -24,7 +24,6 @@ PAPER = dict(ib_alpha=0.2, ib_beta=0.01, ib_layers=0.625, ib_dim=64)  # the pape
 GRID = {
     "paper, ib_input_norm none (the paper's code)": PAPER | dict(ib_input_norm="none"),
     "paper, ib_input_norm rms": PAPER | dict(ib_input_norm="rms"),
-    "ib_alpha 1.0, ib_input_norm rms": PAPER | dict(ib_input_norm="rms", ib_alpha=1.0),
 }
 LOSSES = ("loss", "ce", "ib_kl", "ib_ce", "ib_penalty")
 
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         output_dir = Path(args.output_dir) / f"{index}-{arm}"
         model, first_step = fine_tune(arm, base_dir, tokenizer, d_code, output_dir, args.seed,
                                       budget.fine_tune_epochs, options)  # fmt: skip
-        scores = sample_and_score(model, tokenizer, task.validation, budget, args.seed, f"sampling {name}")
+        scores = sample_and_score(model, tokenizer, task.validation, budget, args.seed)
         rows[name] = {"options": options, "first_step": first_step, "pass": scores.table,
                       "num_correct": scores.num_correct}  # fmt: skip
         (Path(args.output_dir) / "validation.json").write_text(json.dumps(rows, indent=2) + "\n")
