@@ -186,10 +186,23 @@ def test_9_nested_user_namespaces_are_refused():
     assert int(result.stdout) in (1, 28)  # EPERM or ENOSPC (max_user_namespaces = 0)
 
 
+def descendants(pid: int) -> list[int]:
+    parents = {}
+    for child in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parents[int(child)] = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError):
+            pass
+    found = [pid]
+    for candidate in found:
+        found += [child for child, parent in parents.items() if parent == candidate]
+    return found[1:]
+
+
 def sandbox_rss_bytes() -> int:
-    """RSS of every process running as the sandbox's uid, read on the host."""
+    """RSS of this test's sandboxed processes (descendants running as the sandbox's uid), read on the host."""
     total = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid in descendants(os.getpid()):
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
@@ -244,7 +257,7 @@ def test_11_long_and_unencodable_messages():
 
 # 12 and 13. What a sample leaves behind costs the next sample nothing, and no sample sees another's files.
 def test_12_13_leftovers_do_not_reach_the_next_sample():
-    before = set(os.listdir("/tmp"))
+    before = {name for name in os.listdir("/tmp") if name.startswith("ib-ft-")}
     attacks = [
         "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\n",  # 12: deep folders
         "import os\nos.mkdir('../sample-1')\nopen('../leak', 'w').write('x')\n",
@@ -257,20 +270,7 @@ def test_12_13_leftovers_do_not_reach_the_next_sample():
     samples = [sample for attack in attacks for sample in (Sample(attack, ""), Sample(sees_nothing, ADD_TEST, "add"))]
     results = run_samples(samples, num_workers=1, progress=False)
     assert [result.result for result in results] == ["passed"] * len(samples)
-    assert set(os.listdir("/tmp")) - before == set()
-
-
-def descendants(pid: int) -> list[int]:
-    parents = {}
-    for child in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            parents[int(child)] = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError):
-            pass
-    found = [pid]
-    for candidate in found:
-        found += [child for child, parent in parents.items() if parent == candidate]
-    return found[1:]
+    assert {name for name in os.listdir("/tmp") if name.startswith("ib-ft-")} == before  # no host temp dir leaked
 
 
 def test_13_a_server_that_dies_between_samples_costs_no_verdict():
@@ -295,7 +295,7 @@ def test_15_huge_program_passes():
     program = ADD + "#" + "x" * (60 * 2**20) + "\n"
     start = time.monotonic()
     assert run_one(program, ADD_TEST, "add", limits=Limits(memory_bytes=2**31)).result == "passed"
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 60  # linear: a quadratic read of 60 MB takes minutes
 
 
 # 16. The interpreter in a virtual environment under /tmp works; a sandbox that cannot start says so.
