@@ -1,13 +1,13 @@
 """`ib-ft demo`: the memorization barrier and IB-FT vs LoRA FT on SmolLM2-135M-Instruct, on CPU, nothing downloaded.
 
-    ib-ft demo                          # one seed, about 15 minutes on 2 CPU cores (5 of them cached afterwards)
+    ib-ft demo                          # one seed; the first run also contaminates the base (cached)
     ib-ft demo --seeds 0 1 2            # the seed study of RESULTS.md, with paired bootstrap intervals
     ib-ft demo --split validation       # score the validation problems instead (how the IB settings were chosen)
     ib-ft demo --quick                  # a plumbing check in about a minute; its numbers mean nothing
 
 Stages (each with a progress bar; wall times in results.json):
-1. The task family of `tasks.py` (seed `task_seed`): D_code, fresh reference problems, validation and held-out
-   problems whose operation pairs never occur in D_code.
+1. The task family of `tasks.py` (seed `task_seed`): D_code, fresh reference problems, and validation and held-out
+   problems that chain three operations through operation pairs never seen in D_code.
 2. Contamination (`contaminate.py`): the base model memorizes D_code by full fine-tuning, cached once per machine.
    Min-K% of D_code against the fresh reference problems shows the barrier.
 3. LoRA FT (SFTTrainer + LoraConfig) and IB-FT (IBSFTTrainer + IBLoraConfig) on D_code from the contaminated base,
@@ -44,6 +44,7 @@ from trl_ib.memorization import plot_distributions, representation_gap, score_mi
 from .contaminate import cached_contaminated_base
 from .study import format_rows, format_study, format_sweep
 from .tasks import Task, make_task, to_prompt_completion
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -87,6 +88,8 @@ class DemoArguments:
     model: str = field(
         default=SMOLLM2_NAME, metadata={"help": "Base model: a built-in name, a Hub id or a folder."}
     )
+    # The IB-FT settings fixed on the validation problems (validate.py; RESULTS.md): the paper's alpha, beta and depth,
+    # ib_dim 64 for the 576-wide state, and the RMS-normalized encoder input.
     ib_alpha: float = field(default=IBLoraConfig.ib_alpha, metadata={"help": "IBLoraConfig.ib_alpha of the IB-FT arm."})
     ib_beta: float = field(default=IBLoraConfig.ib_beta, metadata={"help": "IBLoraConfig.ib_beta of the IB-FT arm."})
     ib_layers: float = field(default=0.625, metadata={"help": "IBLoraConfig.ib_layers (relative depth) of IB-FT."})
@@ -191,7 +194,8 @@ def base_scores(base_dir: Path, tokenizer, d_code, reference, problems, split: s
 
 def main(argv: list[str] | None = None) -> None:
     (args,) = TrlParser((DemoArguments,)).parse_args_and_config(argv)
-    torch.set_num_threads(min(torch.get_num_threads(), 2) if not torch.cuda.is_available() else torch.get_num_threads())
+    if not torch.cuda.is_available():
+        torch.set_num_threads(min(torch.get_num_threads(), 2))  # the 2-core budget; OMP_NUM_THREADS=1 lowers it
     budget = BUDGETS["quick" if args.quick else "default"]
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
