@@ -336,3 +336,108 @@ def test_16_a_verilog_sandbox_that_cannot_run_says_so(monkeypatch):
     finally:
         sandbox._view.cache_clear()
         verilog.check_sandbox.cache_clear()
+
+
+# Red-team re-test of issue 12 (findings numbered as in its summary).
+VERILOGEVAL_V2_TEST = (Path(__file__).parent / "data/verilog/verilogeval_v2_and_gate_test.sv").read_text()
+
+
+def run_v2_design(body: str):
+    """A design against a VerilogEval v2 testbench: `define OK, report in a `final` block, 100 samples."""
+    sample = Sample(AND_GATE["prompt"] + body + "endmodule\n", VERILOGEVAL_V2_TEST, "tb")
+    return run_samples([sample], language="verilog", timeout=10.0, progress=False)[0]
+
+
+# F1: the fork server's request (nonce, tests), verdicts and replies are not reachable by name from a sample.
+def test_f1_server_state_is_not_reachable_from_the_sample():
+    forge = WRONG_ADD + "import __main__, os\nos.write(3, __main__.request[0] + b' passed')\nos._exit(0)\n"
+    assert run_one(forge, ADD_TEST, "add").result == "failed: module '__main__' has no attribute 'request'"
+    assert score([[forge]], [ADD_TEST], ["add"], k=[1], m=[1], progress=False).table == {"pass@1^(1)": 0.0}
+    # Whatever the candidate reaches by name (`__main__`, the print writer's globals) holds nothing of a sample.
+    names = (
+        "import __main__, sys\nprint(sorted(vars(__main__)))\n"
+        "server = sys.stdout.write.__func__.__globals__\n"
+        "print(sorted(name for name, value in server.items() if isinstance(value, (bytes, str, tuple, list, dict))))\n"
+    )
+    secret = "print('secret output of sample A')\nraise AssertionError('expected 42 for input 7')\n"
+    results = run_samples([Sample(secret, ""), Sample(names, "")], num_workers=1, progress=False)
+    assert results[1].result == "passed"
+    main_names, server_names = results[1].stdout.splitlines()
+    assert eval(main_names) == ["__doc__", "__loader__", "__name__", "__package__", "__spec__"]
+    assert eval(server_names) == ["RLIMITS", "SAMPLE_DIR", "WORKSPACE", "__annotations__", "__name__"]  # constants only
+
+
+# F3 (red team's F13): plain asserts (entry_point None) call the candidate's builtin-named functions.
+def test_f13_plain_asserts_call_the_candidates_builtin_named_function():
+    test = "assert max([3, 1, 2]) == 3\n"
+    assert run_one("def max(xs):\n    return 0\n", test).result == "failed: "
+    assert run_one("def max(xs):\n    return sorted(xs)[-1]\n", test).result == "passed"
+    assert run_one("def pow(a, b):\n    return -1\n", "assert pow(2, 10) == 1024\n").result == "failed: "
+
+
+# Red team's F10: a design that $finishes early, or a run that compared no sample, does not pass.
+def test_f10_early_finish_and_zero_samples_fail():
+    assert run_v2_design("  assign out = a & b;\n").result == "passed"
+    assert run_v2_design("  assign out = a | b;\n").result == "failed: 61 mismatches in 100 samples"
+    for body in ("  assign out = a | b;\n  initial $finish;\n", "  assign out = 0;\n  initial #50 $finish(0);\n"):
+        assert run_v2_design(body).result == "failed: the design ends the simulation: $finish"
+    assert run_v2_design("  assign out = a & b;\n  `define F $stop\n  initial #50 `F;\n").result == (
+        "failed: the design ends the simulation: $stop"
+    )
+    assert run_v2_design('  assign out = a & b;\n  initial $display("$finish"); // $finish\n').result == "passed"
+    empty = 'module tb;\n  initial $display("Mismatches: %1d in %1d samples", 0, 0);\nendmodule\n'
+    assert run_samples([Sample("module TopModule;\nendmodule\n", empty, "tb")], language="verilog", progress=False)[0].result == (
+        "failed: 0 mismatches in 0 samples"
+    )
+
+
+# Red team's F2: the design is compiled as preprocessed alone; `ifdef on the testbench's macros sees nothing.
+@pytest.mark.parametrize(
+    "cheat",
+    [
+        "  RefModule cheat(.a(a), .b(b), .out(out));\n",
+        "  assign out = tb.good1.out;\n",
+        "  always @(tb.stats1.errors) tb.stats1.errors = 0;\n",
+    ],
+)
+def test_f2_ifdef_on_testbench_macros_does_not_switch_in_a_cheat(cheat):
+    body = "`ifdef OK\n" + cheat + "`else\n  assign out = a | b;\n`endif\n"
+    assert run_v2_design(body).result == "failed: 61 mismatches in 100 samples"
+    pasted = "`define BT `\n`define X `BT``ifdef OK\n`X\n" + cheat + "`endif\n  assign out = a | b;\n"
+    assert run_v2_design(pasted).result.startswith("failed: compile error: ")
+
+
+# Red team's F3: a sample killed by a real-time signal (no `signal.Signals` member) is a verdict.
+def test_f3_real_time_signal_is_a_verdict():
+    killed = "import os, signal\nos.kill(os.getpid(), signal.SIGRTMIN + 6)\n" + ADD
+    results = run_samples([Sample(ADD, ADD_TEST, "add"), Sample(killed, ADD_TEST, "add")], num_workers=1, progress=False)
+    assert [result.result for result in results] == ["passed", "failed: the program was killed by signal 40"]
+    assert score([[ADD, killed]], [ADD_TEST], ["add"], k=[2], m=[1, 2], progress=False).table == {
+        "pass@2^(1)": 1.0,
+        "pass@2^(2)": 0.0,
+    }
+
+
+# Red team's F8 and F9: socket families other than Unix and IP are refused (AF_VSOCK is not network-namespaced),
+# and neither kernel keyrings nor POSIX message queues carry data from one sample to the next.
+def test_f8_vsock_and_other_socket_families_are_refused():
+    program = (
+        "import socket\nfor family in ('AF_VSOCK', 'AF_NETLINK', 'AF_PACKET'):\n"
+        "    try:\n        socket.socket(getattr(socket, family), socket.SOCK_DGRAM)\n        print(family, 'opened')\n"
+        "    except OSError as error:\n        print(family, error.errno)\n"
+        "a, b = socket.socketpair()\nsocket.socket(socket.AF_INET6).close()\nsocket.socket().close()\n"
+    )
+    result = run_one(program)
+    assert (result.result, result.stdout) == ("passed", "AF_VSOCK 1\nAF_NETLINK 1\nAF_PACKET 1\n")
+
+
+def test_f9_keyrings_and_message_queues_carry_nothing_between_samples():
+    libc = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.syscall.restype = ctypes.c_long\n"
+    writer = libc + (
+        "print(libc.syscall(248, b'user', b'ibft-leak', b'secret', 6, ctypes.c_long(-4)), ctypes.get_errno())\n"
+        "rt = ctypes.CDLL('librt.so.1', use_errno=True)\n"
+        "print(rt.mq_open(b'/ibft', os.O_CREAT | os.O_RDWR, 0o600, None), ctypes.get_errno())\n"
+    )
+    reader = libc + "print(libc.syscall(250, 10, ctypes.c_long(-4), b'user', b'ibft-leak', 0), ctypes.get_errno())\n"
+    results = run_samples([Sample(writer, ""), Sample(reader, "")], num_workers=1, progress=False)
+    assert [result.stdout for result in results] == ["-1 1\n-1 1\n", "-1 1\n"]

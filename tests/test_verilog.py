@@ -37,7 +37,7 @@ def test_compile_errors_fake_reports_and_hangs_fail():
     samples = [Sample(program, AND_GATE["test"], "tb") for program in (broken, fake, hang)]
     assert run(samples, timeout=2.0) == [
         "failed: compile error: design.sv:7: syntax error",
-        "failed: the simulation exited before reporting a result",
+        "failed: the design ends the simulation: $finish",
         "timed out",
     ]
 

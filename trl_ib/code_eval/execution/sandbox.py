@@ -47,6 +47,7 @@ import select
 import shutil
 import signal
 import site
+import socket
 import struct
 import subprocess
 import sys
@@ -187,27 +188,47 @@ def _inner_args(disk_bytes: int, view: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
-# Syscalls that park memory outside every process's address space (so outside RLIMIT_AS) and outside the
-# tmpfs: SysV shared memory, message queues and semaphores, memfd files. (audit arch, syscall numbers)
-_DENIED_SYSCALLS = {
-    "x86_64": (0xC000003E, [29, 68, 64, 319, 447]),  # shmget, msgget, semget, memfd_create, memfd_secret
-    "aarch64": (0xC00000B7, [194, 186, 190, 279, 447]),
+# (audit arch, syscalls refused, socket and socketpair) per architecture. Refused: what parks memory outside
+# every process's address space (so outside RLIMIT_AS) and outside the tmpfs (SysV shared memory, message
+# queues and semaphores, memfd files), and what outlives a sample inside its server's namespaces, shared with
+# the next sample (kernel keyrings: add_key, request_key, keyctl; POSIX message queues: mq_*).
+_SYSCALLS = {
+    "x86_64": (0xC000003E, [29, 68, 64, 319, 447, 248, 249, 250, *range(240, 246)], [41, 53]),
+    "aarch64": (0xC00000B7, [194, 186, 190, 279, 447, 217, 218, 219, *range(180, 186)], [198, 199]),
 }
+# Socket families a sample may open: Unix sockets (the fork server's verdict channel) and IP, which reaches
+# nothing but the sandbox's own loopback. Every other family is refused: AF_VSOCK is not network-namespaced
+# (it reaches the hypervisor and this VM's vsock ports), AF_NETLINK, AF_PACKET, and families added later.
+_SOCKET_FAMILIES = [socket.AF_UNIX, socket.AF_INET, socket.AF_INET6]
 
 
 @cache
 def seccomp_filter() -> bytes | None:
-    """A classic-BPF seccomp program (`bwrap --seccomp`): EPERM for `_DENIED_SYSCALLS` and for every syscall
-    of another ABI (i386, x32: other numbers), everything else allowed; None on other architectures."""
-    if platform.machine() not in _DENIED_SYSCALLS:
+    """A classic-BPF seccomp program (`bwrap --seccomp`): EPERM for the refused syscalls of `_SYSCALLS`, for
+    `socket`/`socketpair` of a family not in `_SOCKET_FAMILIES` and for every syscall of another ABI (i386,
+    x32: other numbers), everything else allowed; None on other architectures."""
+    if platform.machine() not in _SYSCALLS:
         return None
-    arch, numbers = _DENIED_SYSCALLS[platform.machine()]
+    arch, refused, socket_calls = _SYSCALLS[platform.machine()]
     load, equal, at_least, answer = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
-    deny = len(numbers) + 5  # index of the last instruction; a jump's offset counts from the next one
-    program = [(load, 0, 0, 4), (equal, 0, deny - 2, arch), (load, 0, 0, 0), (at_least, deny - 4, 0, 0x40000000)]
-    program += [(equal, deny - 5 - index, 0, number) for index, number in enumerate(numbers)]
-    program += [(answer, 0, 0, 0x7FFF0000), (answer, 0, 0, 0x00050000 | errno.EPERM)]  # ALLOW, ERRNO(EPERM)
-    return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+    # (code, jump if true, jump if false, k); jumps name a label, resolved to forward offsets below.
+    program = [(load, 0, 0, 4), (equal, 0, "deny", arch), (load, 0, 0, 0), (at_least, "deny", 0, 0x40000000)]
+    program += [(equal, "deny", 0, number) for number in refused]
+    program += [(equal, "socket", 0, number) for number in socket_calls]
+    program += [(answer, 0, 0, 0x7FFF0000), "socket", (load, 0, 0, 16)]  # ALLOW; args[0], the family (low word)
+    program += [(equal, "allow", 0, family) for family in _SOCKET_FAMILIES]
+    program += ["deny", (answer, 0, 0, 0x00050000 | errno.EPERM), "allow", (answer, 0, 0, 0x7FFF0000)]
+    labels, instructions = {}, []
+    for item in program:
+        if isinstance(item, str):
+            labels[item] = len(instructions)
+        else:
+            instructions.append(item)
+    resolved = [
+        (code, *(labels[jump] - index - 1 if isinstance(jump, str) else jump for jump in (if_true, if_false)), k)
+        for index, (code, if_true, if_false, k) in enumerate(instructions)
+    ]
+    return b"".join(struct.pack("=HBBI", *instruction) for instruction in resolved)
 
 
 def sandbox_argv(argv: list[str], disk_bytes: int, seccomp_fd: int | None = None) -> list[str]:
@@ -369,7 +390,9 @@ def describe_exit(process: ProcessResult, what: str) -> str:
     if process.timed_out:
         return "timed out"
     if process.returncode < 0:
-        return f"failed: {what} was killed by {signal.Signals(-process.returncode).name}"
+        number = -process.returncode  # real-time signals (SIGRTMIN + n) have no `signal.Signals` member
+        name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else f"signal {number}"
+        return f"failed: {what} was killed by {name}"
     if process.returncode == 0:
         return f"failed: {what} exited before reporting a result"
     return f"failed: {what} exited with status {process.returncode}"

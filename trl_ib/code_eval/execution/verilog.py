@@ -30,20 +30,39 @@ from . import sandbox
 _MISMATCH_FORMAT = '"Mismatches: '
 
 _DRIVER = r"""
-import marshal, os, secrets, subprocess, sys
+import marshal, os, re, secrets, subprocess, sys
 design, testbench, top, nonce, iverilog, vvp = marshal.loads(sys.stdin.buffer.read())
 for name, source in (("design.sv", design), ("testbench.sv", testbench)):
     with open(name, "wb") as file:
         file.write(source)
-for what, argv in (
-    ("compile error", [iverilog, "-g2012", *top, "-o", "sim.vvp", "testbench.sv", "design.sv"]),
-    ("the design does not stand alone", [iverilog, "-g2012", "-t", "null", "design.sv"]),
-):
+
+
+def refuse(what, message):
+    os.write(2, f"{nonce} {what}: {message}\n".encode())
+    os._exit(0)
+
+
+def step(what, argv):
     done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         first_error = (done.stdout.decode("utf-8", "replace").strip().splitlines() or ["(no message)"])[0]
-        os.write(2, f"{nonce} {what}: {first_error}\n".encode() + done.stdout)
-        os._exit(0)
+        refuse(what, first_error + "\n" + done.stdout.decode("utf-8", "replace"))
+
+
+# The design is preprocessed alone, and that text is what both compiles see: its `ifdef`s cannot test the
+# testbench's macros (VerilogEval v2 testbenches `define OK), so the full run compiles the design checked alone.
+step("compile error", [iverilog, "-g2012", "-E", "-o", "design.pp.sv", "design.sv"])
+os.replace("design.pp.sv", "design.sv")  # its lines keep their numbers (dropped lines stay as blank ones)
+with open("design.sv", encoding="utf-8", errors="replace") as file:
+    code = re.sub(r'"(?:\\.|[^"\\\n])*"|//[^\n]*|/\*.*?\*/', " ", file.read(), flags=re.S)  # no strings, comments
+directive = re.search(r"`\s*(\w*)", re.sub(r"`(timescale|default_nettype|resetall|celldefine|endcelldefine)\b", "", code))
+if directive:  # e.g. a macro that pastes an `ifdef together: only inert directives may survive preprocessing
+    refuse("compile error", f"the preprocessed design still holds the directive `{directive.group(1)}")
+task = re.search(r"\$(finish|stop|fatal|exit)\w*", code)
+if task:  # the testbench reports in a `final` block, which runs on any $finish: a design must not end the run
+    refuse("the design ends the simulation", task.group(0))
+step("compile error", [iverilog, "-g2012", *top, "-o", "sim.vvp", "testbench.sv", "design.sv"])
+step("the design does not stand alone", [iverilog, "-g2012", "-t", "null", "design.sv"])
 os.remove("design.sv")
 os.remove("testbench.sv")
 hidden = os.path.join(os.getcwd(), secrets.token_hex(16))
@@ -114,8 +133,10 @@ def _run(program: str, test: str, entry_point: str | None, timeout: float, limit
         result = f"failed: {first_error}"
     elif process.timed_out or process.returncode != 0 or len(reports) != 1:
         result = sandbox.describe_exit(process, "the simulation")
-    elif reports[0][0] == "0":
+    elif reports[0][0] == "0" and reports[0][1] != "0":
         result = "passed"
+    elif reports[0][0] == "0":  # the testbench compared nothing: a run that ended before its first sample
+        result = "failed: 0 mismatches in 0 samples"
     else:
         result = f"failed: {reports[0][0]} mismatches in {reports[0][1]} samples"
     return sandbox.ExecutionResult(
