@@ -13,7 +13,7 @@ SUBCOMMANDS = {
     "eval": ("trl_ib.evaluation", "generate samples and score Pass@k^(m) in the sandbox"),
     "memorization": ("trl_ib.memorization", "Min-K% Prob memorization scores of a dataset"),
     "export": ("peft_ib.export", "write an IB-LoRA adapter as a plain LoRA adapter for serving"),
-    "demo": ("trl_ib.demo.run", "the memorization barrier, reproduced end to end on CPU"),
+    "demo": ("trl_ib.demo.run", "LoRA FT vs IB-FT on SmolLM2-135M-Instruct, end to end on CPU"),
 }
 
 

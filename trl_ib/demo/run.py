@@ -3,7 +3,7 @@
     ib-ft demo                          # one seed; the first run also contaminates the base (cached)
     ib-ft demo --seeds 0 1 2            # the seed study of RESULTS.md, with paired bootstrap intervals
     ib-ft demo --split validation       # score the validation problems instead (how the IB settings were chosen)
-    ib-ft demo --quick                  # a plumbing check in about a minute; its numbers mean nothing
+    ib-ft demo --quick                  # a plumbing check (2-3 minutes on 2 shared cores); numbers mean nothing
 
 Stages (each with a progress bar; wall times in results.json):
 1. The task family of `tasks.py` (seed `task_seed`): D_code, fresh reference problems, and validation and held-out
@@ -95,7 +95,7 @@ class DemoArguments:
     ib_layers: float = field(default=0.625, metadata={"help": "IBLoraConfig.ib_layers (relative depth) of IB-FT."})
     ib_dim: int = field(default=64, metadata={"help": "IBLoraConfig.ib_dim of the IB-FT arm."})
     ib_input_norm: str = field(default="rms", metadata={"help": "IBLoraConfig.ib_input_norm of the IB-FT arm."})
-    quick: bool = field(default=False, metadata={"help": "A plumbing check (about a minute); numbers mean nothing."})
+    quick: bool = field(default=False, metadata={"help": "A plumbing check (2-3 minutes); its numbers mean nothing."})
 
     def __post_init__(self):
         if self.split not in SPLITS:
