@@ -294,7 +294,7 @@ def test_14_lone_surrogate_in_a_design():
 def test_15_huge_program_passes():
     program = ADD + "#" + "x" * (60 * 2**20) + "\n"
     start = time.monotonic()
-    assert run_one(program, ADD_TEST, "add", limits=Limits(memory_bytes=2**31)).result == "passed"
+    assert run_one(program, ADD_TEST, "add", limits=Limits(memory_bytes=2**31, processes=4)).result == "passed"
     assert time.monotonic() - start < 60  # linear: a quadratic read of 60 MB takes minutes
 
 
@@ -441,3 +441,69 @@ def test_f9_keyrings_and_message_queues_carry_nothing_between_samples():
     reader = libc + "print(libc.syscall(250, 10, ctypes.c_long(-4), b'user', b'ibft-leak', 0), ctypes.get_errno())\n"
     results = run_samples([Sample(writer, ""), Sample(reader, "")], num_workers=1, progress=False)
     assert [result.stdout for result in results] == ["-1 1\n-1 1\n", "-1 1\n"]
+
+
+# Red team's F7: bad input fails early, naming the argument, before anything runs.
+def test_f7_bad_input_fails_early():
+    with pytest.raises(TypeError, match=r"programs\[0\]='def add.* is invalid; give a list of programs per problem"):
+        score([ADD], [ADD_TEST], ["add"], progress=False)
+    with pytest.raises(TypeError, match=r"tests='def check.* is invalid; give a list with one item per problem"):
+        score([[ADD]], ADD_TEST, ["add"], progress=False)
+    with pytest.raises(TypeError, match=r"entry_points='f' is invalid"):
+        score([["def f():\n    return 1\n"]], ["assert f() == 1\n"], "f", progress=False)
+    for timeout in (1e10, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=rf"timeout={timeout!r} is invalid; .* <= 1e\+06"):
+            run_one(ADD, ADD_TEST, "add", timeout=timeout)
+    with pytest.raises(ValueError, match=r"Limits.memory_bytes=1180591620717411303424 is invalid; .* from 1 to 2\*\*62"):
+        Limits(memory_bytes=2**70)
+    with pytest.raises(ValueError, match=r"Limits.disk_bytes="):
+        Limits(disk_bytes=2**63)
+
+
+# Red team's F11: when the evaluating process is SIGKILLed, no sandbox outlives it.
+def test_f11_sandboxes_die_with_a_killed_evaluator():
+    marker = f"61.{os.getpid()}{time.monotonic_ns() % 10**6}"  # a sleep of 61.x s: this test's processes alone
+    program = f"import os\nos.fork()\nos.fork()\nos.execv('/usr/bin/sleep', ['sleep', {marker!r}])\n"
+    script = (
+        "from trl_ib.code_eval.execution import Sample, run_samples\n"
+        f"run_samples([Sample({program!r}, '')] * 2, timeout=30, num_workers=2, progress=False)\n"
+    )
+
+    def sleepers() -> int:
+        found = 0
+        for pid in set(filter(str.isdigit, os.listdir("/proc"))) - {str(evaluator.pid)}:
+            try:
+                found += marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                pass
+        return found
+
+    evaluator = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while sleepers() < 8 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sleepers() == 8  # 2 samples x 4 processes
+    evaluator.kill()
+    evaluator.wait()
+    deadline = time.monotonic() + 5
+    while sleepers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sleepers() == 0
+
+
+# Red team's F12: no sandbox can open a pty (all sandboxes share the host's pool of 3072; one sample could take it).
+def test_f12_no_pty_can_be_opened():
+    program = (
+        "import os\nfor path in ('/dev/ptmx', '/dev/pts/ptmx'):\n    try:\n        os.close(os.open(path, os.O_RDWR | os.O_NOCTTY))\n"
+        "        print(path, 'opened')\n    except OSError as error:\n        print(path, error.strerror)\n"
+    )
+    result = run_one(program)
+    assert (result.result, result.stdout) == ("passed", "/dev/ptmx No such file or directory\n/dev/pts/ptmx No such file or directory\n")
+
+
+# Red team's F4: the default limits fit 2 workers on a 24 GiB machine; a setting that does not fit says so.
+def test_f4_default_memory_bound_and_a_warning_past_the_machines_ram():
+    assert Limits().max_memory_bytes == 8 * 2**30 + 64 * 2**20  # 8 processes x 1 GiB of address space + the tmpfs
+    physical_bytes = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    with pytest.warns(RuntimeWarning, match=r"num_workers=2 sandboxes may hold up to .* GiB each .* Lower num_workers"):
+        run_samples([], num_workers=2, limits=Limits(memory_bytes=physical_bytes // 16), progress=False)

@@ -40,6 +40,12 @@ def score(
         tests: one test source per problem (see `trl_ib.code_eval.execution.Sample`).
         entry_points: one per problem, or None for tests without a `check(entry_point)` call.
     """
+    for name, value in (("programs", programs), ("tests", tests), ("entry_points", entry_points)):
+        if isinstance(value, (str, bytes)) or not (value is None and name == "entry_points" or isinstance(value, Sequence)):
+            raise TypeError(f"{name}={value!r:.80} is invalid; give a list with one item per problem")
+    for index, group in enumerate(programs):
+        if isinstance(group, (str, bytes)) or not isinstance(group, Sequence):
+            raise TypeError(f"programs[{index}]={group!r:.80} is invalid; give a list of programs per problem")
     entry_points = [None] * len(tests) if entry_points is None else entry_points
     if not len(programs) == len(tests) == len(entry_points):
         raise ValueError(

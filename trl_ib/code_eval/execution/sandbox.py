@@ -7,14 +7,16 @@ Model-generated code is hostile input. When bubblewrap works here (checked once)
   starts the inner bubblewrap; otherwise the inner bubblewrap runs as the calling user. The sample is never
   the host's root, so root-only host files stay closed and RLIMIT_NPROC binds (counted per sandbox: each has
   its own user namespace). All sandboxes share uid 65534 but not namespaces, so they cannot see or signal
-  each other;
+  each other. The outer bubblewrap has its own PID namespace and dies with its caller, so a caller killed
+  by SIGKILL or the OOM killer takes every process of its sandboxes with it;
 * the inner bubblewrap: fresh user/PID/network/IPC/UTS/cgroup namespaces (`--unshare-all`), no nested user
   namespaces (`--disable-userns`), every capability dropped, `--die-with-parent --new-session`;
 * files: read-only binds of what execution needs and nothing else: /usr (and /bin, /lib, /lib64, /sbin as the
   host has them), /etc/ld.so.cache, and the Python interpreter wherever it lives (its prefix, a virtual
   environment's bin/ and pyvenv.cfg), with the interpreter's site-packages hidden under an empty read-only
   tmpfs. Not visible: /etc (but ld.so.cache), /root, /home, /tmp, /var, /run (so no host Unix sockets), the
-  repository, datasets, caches. No /proc. /dev is bubblewrap's minimal device set, read-only;
+  repository, datasets, caches. No /proc. /dev is bubblewrap's minimal device set, read-only, with its
+  devpts hidden: no ptys (every sandbox's devpts draws on one host-wide pool of kernel.pty.max ptys);
 * the only writable place: a private tmpfs at `WORKSPACE` capped at `Limits.disk_bytes`, gone with the sandbox
   (nothing the sample writes ever lands on a host disk);
 * rlimits (`rlimits`): CPU seconds (ceil(timeout) + 1), address space, file size, open files and processes
@@ -25,14 +27,24 @@ Model-generated code is hostile input. When bubblewrap works here (checked once)
   `Limits.output_bytes`;
 * a minimal environment (no tokens or credentials from the caller's environment).
 
-Memory: there is no cgroup here (this machine delegates no cgroup v2 controller), so memory is bounded per
-sandbox by rlimits only: at most `Limits.processes` processes of at most `Limits.memory_bytes` of address space
-each, plus the `Limits.disk_bytes` tmpfs (`Limits.max_memory_bytes` is that sum). A seccomp filter (x86_64 and
-aarch64) refuses the syscalls that would park memory outside both (SysV shared memory, message queues and
-semaphores, memfd_create) and every syscall of another ABI. Not bounded beyond open files x processes: kernel
-memory such as pipe and socket buffers. CPU is bounded by the wall-clock timeout and RLIMIT_CPU, not by shares;
-nothing isolates the sample from the host kernel's attack surface beyond namespaces, dropped capabilities, no
-nested user namespaces and that filter.
+A seccomp filter (x86_64 and aarch64) refuses, with EPERM: the syscalls that would park memory outside every
+address space and the tmpfs (SysV shared memory, message queues and semaphores, memfd_create, memfd_secret);
+kernel keyrings (add_key, request_key, keyctl) and POSIX message queues (mq_*), which would outlive a sample in
+its fork server's namespaces and reach the next sample; sockets of any family but AF_UNIX, AF_INET and AF_INET6
+(AF_VSOCK is not network-namespaced and reaches the hypervisor and this VM's vsock ports; AF_NETLINK, AF_PACKET
+and future families go with it; IP reaches only the sandbox's own loopback); and every syscall of another ABI.
+
+Memory: there is no cgroup here (this machine delegates no cgroup v2 controller), so there is no aggregate
+cap: memory is bounded per sandbox by rlimits only, at most `Limits.processes` processes (threads, bubblewrap's
+init and the fork server included) of at most `Limits.memory_bytes` of address space each, plus the
+`Limits.disk_bytes` tmpfs; `Limits.max_memory_bytes` is that sum, 8.06 GiB by default (8 x 1 GiB + 64 MiB), so
+2 workers fit a 24 GiB machine, and `run_samples` warns when `num_workers x max_memory_bytes` exceeds the
+machine's RAM. Not bounded beyond open files x processes: kernel memory such as pipe and socket buffers. Not
+bounded at all but by the timeout x creation rate: tmpfs inodes and dentries (empty files and folders cost no
+tmpfs bytes but ~1 KiB of kernel memory each, up to the kernel's default of half the RAM's pages per tmpfs;
+bubblewrap 0.8 cannot set `nr_inodes`); freed with the sample's folder or the sandbox. CPU is bounded by the wall-clock timeout
+and RLIMIT_CPU, not by shares; nothing isolates the sample from the host kernel's attack surface beyond
+namespaces, dropped capabilities, no nested user namespaces and that filter.
 
 Without bubblewrap the run is isolated by rlimits and the process group only, and a one-time `RuntimeWarning`
 says what is not isolated.
@@ -67,13 +79,16 @@ class SandboxError(RuntimeError):
     """The sandbox itself cannot run programs here (not a verdict on any sample)."""
 
 
+_MAX_LIMIT = 2**62  # rlimits are 64-bit (RLIM_INFINITY is 2**64 - 1); 4 EiB is far beyond any real limit
+
+
 @dataclass(frozen=True)
 class Limits:
     """Resource limits for one sandbox. The CPU-time limit is derived from the timeout. All sizes in bytes."""
 
     memory_bytes: int = 2**30  # RLIMIT_AS, address space of each process
     file_bytes: int = 16 * 2**20  # RLIMIT_FSIZE, largest file a process may write (stdout included)
-    processes: int = 16  # RLIMIT_NPROC: processes and threads in the sandbox, its own init and server included
+    processes: int = 8  # RLIMIT_NPROC: processes and threads in the sandbox, its own init and server included
     open_files: int = 256  # RLIMIT_NOFILE
     output_bytes: int = 64 * 2**10  # stdout/stderr kept per stream (head and tail)
     disk_bytes: int = 64 * 2**20  # size of the sandbox's tmpfs (cwd, HOME, TMPDIR)
@@ -81,8 +96,8 @@ class Limits:
     def __post_init__(self):
         for field in fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"Limits.{field.name}={value!r} is invalid; give a whole number >= 1")
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= _MAX_LIMIT:
+                raise ValueError(f"Limits.{field.name}={value!r} is invalid; give a whole number from 1 to 2**62")
             object.__setattr__(self, field.name, int(value))  # a plain int, as rlimits and marshal need
 
     @property
@@ -184,6 +199,7 @@ def _inner_args(disk_bytes: int, view: list[str]) -> list[str]:
     return [
         "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
         "--cap-drop", "ALL", *view, "--dev", "/dev", "--remount-ro", "/dev",
+        "--tmpfs", "/dev/pts", "--remount-ro", "/dev/pts",  # hides the devpts instance: no ptys (a host-wide pool)
         "--size", str(disk_bytes), "--tmpfs", WORKSPACE, "--chdir", WORKSPACE, "--remount-ro", "/",
     ]  # fmt: skip
 
@@ -244,8 +260,11 @@ def sandbox_argv(argv: list[str], disk_bytes: int, seccomp_fd: int | None = None
     # Root: the outer bubblewrap (host root, no user namespace) can read the interpreter under /root, say,
     # and lays the view out; the inner one, as nobody, binds the outer's top-level folders.
     tops = sorted({"/" + path.split("/")[1] for path in paths})
+    # The outer stage has its own PID namespace: when it dies (with the caller: --die-with-parent), the kernel
+    # kills everything below it. A parent-death signal could not reach the inner stages: root without CAP_KILL
+    # may not signal uid 65534.
     outer = [
-        bwrap, "--die-with-parent", *_view_args(paths, links, hidden), "--dev", "/dev", "--proc", "/proc",
+        bwrap, "--die-with-parent", "--unshare-pid", *_view_args(paths, links, hidden), "--dev", "/dev", "--proc", "/proc",
         "--dir", "/tmp", "--dir", WORKSPACE, "--remount-ro", "/", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
         "--", find_tool("setpriv", "util-linux"), f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_GID}", "--clear-groups", "--",
     ]  # fmt: skip

@@ -5,17 +5,24 @@ A problem's `test` holds the testbench and the reference module; the testbench c
 A sample passes when that line reports zero mismatches.
 
 One sandbox per sample (see `sandbox.py`) runs `_DRIVER` with the interpreter of this process: it writes
-design.sv and testbench.sv into the sandbox's private tmpfs, compiles them together
-(`iverilog -g2012 [-s <entry_point>] -o sim.vvp testbench.sv design.sv`), checks that the design stands alone
-(`iverilog -t null design.sv` elaborates it without the testbench: hierarchical or upward references into
-the testbench such as `tb.good1.out`, `good1.out` or `tb.errors` fail here), deletes both sources, moves the
+design.sv and testbench.sv into the sandbox's private tmpfs and preprocesses the design alone (`iverilog -E`),
+so its `ifdef`s cannot see the testbench's macros (VerilogEval v2 testbenches `define OK); that text is all
+the later steps see of the design. It refuses a preprocessed design that still holds a directive other than
+`timescale/`default_nettype/`resetall/`celldefine (a macro can paste an `ifdef together) or that calls
+`$finish`, `$stop`, `$fatal` or `$exit*` outside comments and strings: VerilogEval v2 testbenches report in a
+`final` block, which runs on any `$finish`, so a design that ends the run early would report on the samples
+compared so far. It compiles testbench and design together (`iverilog -g2012 [-s <entry_point>] -o sim.vvp
+testbench.sv design.sv`), checks that the design stands alone (`iverilog -t null design.sv` elaborates it
+without the testbench: hierarchical or upward references into the testbench such as `tb.good1.out`,
+`good1.out` or `tb.errors`, or an instance of its `RefModule`, fail here), deletes both sources, moves the
 compiled program into a traverse-only folder with a random name and execs `vvp -n` on it. The testbench's
 format string is prefixed with a random per-sample nonce, which then exists only in vvp's memory and in that
 unlisted file: the design cannot read sources, the compiled program or its own output (stdout is a
 write-only, append-only host file and there is no /proc), so it can neither learn the nonce nor overwrite
 the report. A sample passes only if the simulation exits with status 0 within the timeout and its stdout
-holds exactly one `<nonce> Mismatches: 0 in N samples` line. A design that calls `$finish` early never
-prints the nonce line and fails.
+holds exactly one `<nonce> Mismatches: 0 in N samples` line with N > 0 ("0 in 0 samples": nothing was
+compared). The backend does not know the testbench's full sample count: a testbench that ends early by
+itself would pass a design on the samples it compared.
 """
 
 import marshal
