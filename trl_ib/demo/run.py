@@ -43,7 +43,7 @@ from trl_ib.memorization import plot_distributions, representation_gap, score_mi
 
 from .contaminate import cached_contaminated_base
 from .study import format_rows, format_study, format_sweep
-from .tasks import Task, make_task, to_prompt_completion
+from .tasks import Task, make_task, sft_rows
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds: dict[str, float] = {}
     with stage(seconds, "contamination (cached)"):
         task, base_dir = contaminated_task(args.model, args.task_seed, budget)
-    d_code, reference = to_prompt_completion(task.train), to_prompt_completion(task.reference)
+    d_code, reference = sft_rows(task.train), sft_rows(task.reference)
     problems = task.held_out if args.split == "held_out" else task.validation
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     with stage(seconds, "scoring the base (cached)"):

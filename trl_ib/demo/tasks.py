@@ -176,6 +176,6 @@ def make_task(
     )
 
 
-def to_prompt_completion(problems: list[dict]) -> list[dict]:
+def sft_rows(problems: list[dict]) -> list[dict]:
     """SFT / Min-K% rows: the HumanEval prompt and its canonical solution as the completion."""
     return [{"prompt": p["prompt"], "completion": p["canonical_solution"]} for p in problems]

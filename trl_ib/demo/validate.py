@@ -18,7 +18,7 @@ from trl_ib.builtin import SMOLLM2_NAME
 
 from .run import BUDGETS, fine_tune, contaminated_task, sample_and_score
 from .study import HEADLINE
-from .tasks import to_prompt_completion
+from .tasks import sft_rows
 
 PAPER = dict(ib_alpha=0.2, ib_beta=0.01, ib_layers=0.625, ib_dim=64)  # the paper's alpha, beta and depth
 GRID = {
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     budget = BUDGETS["default"]
     task, base_dir = contaminated_task(SMOLLM2_NAME, 0, budget)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    d_code = to_prompt_completion(task.train)
+    d_code = sft_rows(task.train)
     rows = {}
     for index, (name, options) in enumerate([("LoRA FT", None), *GRID.items()]):
         if args.settings is not None and index not in args.settings:
