@@ -106,3 +106,33 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
                  "seed-1/ib-lora/adapter_config.json", "seed-1/lora/README.md"):  # fmt: skip
         assert (out / path).stat().st_size > 0
     assert json.loads((out / "seed-1/ib-lora/adapter_config.json").read_text())["peft_type"] == "IBLORA"
+
+
+def test_contaminated_base_is_cached_and_a_failed_run_leaves_nothing(tmp_path, monkeypatch):
+    from trl_ib.demo import contaminate as module
+
+    monkeypatch.setenv("IB_FT_CACHE", str(tmp_path))
+    calls = []
+
+    def interrupted(model_name, texts, output_dir, epochs):
+        calls.append(output_dir)
+        (output_dir / "model.safetensors").parent.mkdir(parents=True)
+        (output_dir / "model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "contaminate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        module.cached_contaminated_base("base", ["a", "b"], 3)
+    assert list((tmp_path / "demo").iterdir()) == []  # no half-written model left in the cache
+
+    def trained(model_name, texts, output_dir, epochs):
+        calls.append(output_dir)
+        output_dir.mkdir(parents=True)
+        (output_dir / "config.json").write_text("{}")
+
+    monkeypatch.setattr(module, "contaminate", trained)
+    first = module.cached_contaminated_base("base", ["a", "b"], 3)
+    assert module.cached_contaminated_base("base", ["a", "b"], 3) == first  # cache hit: no third call
+    assert len(calls) == 2 and (first / "config.json").read_text() == "{}"
+    assert [path.name for path in (tmp_path / "demo").iterdir()] == [first.name]
+    assert module.cached_contaminated_base("base", ["a", "c"], 3) != first  # another recipe, another folder

@@ -2,8 +2,8 @@
 
 Contamination is plain language modeling of every token (EOS appended) of prompt + canonical solution of every
 D_code problem, full fine-tuning for a few epochs. The result depends only on the base model, the task and this
-recipe, not on the demo's seed, so it is trained once per machine and cached on disk (`cached_contaminated_base`): about 5 minutes on 2 CPU
-cores the first time.
+recipe, not on the demo's seed, so it is trained once per machine and cached on disk (`cached_contaminated_base`):
+39 full fine-tuning steps, about 5 s each on 2 idle CPU cores (16 minutes on a shared, loaded machine).
 """
 
 import hashlib
@@ -52,9 +52,12 @@ def cached_contaminated_base(model_name: str, texts: list[str], epochs: float) -
     if (target / "config.json").exists():
         return target
     scratch = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    contaminate(model_name, texts, scratch, epochs)
     try:
+        contaminate(model_name, texts, scratch, epochs)
         scratch.rename(target)
-    except OSError:  # another process finished first: keep its copy
-        shutil.rmtree(scratch)
+    except OSError:
+        if not (target / "config.json").exists():  # not another process having finished first: a real failure
+            raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # an interrupted or lost run leaves no 538 MB folder behind
     return target
