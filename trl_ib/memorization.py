@@ -245,7 +245,7 @@ def load_examples(path: str, split: str = "train") -> tuple[Dataset, Dataset]:
 
 @dataclass
 class MemorizationArguments:
-    model_name_or_path: str = field(metadata={"help": "Base causal LM (a local folder or Hub id)."})
+    model_name_or_path: str = field(metadata={"help": "Base causal LM: a local folder, a Hub id or the built-in name smollm2-135m-instruct."})
     dataset: str = field(
         metadata={"help": "D_code: a .json/.jsonl/.csv/.parquet file or a dataset name, with prompt/completion or "
                   "Instruction/Response columns."}
