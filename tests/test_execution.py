@@ -5,10 +5,12 @@ import shutil
 import socket
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
+import trl_ib.code_eval.execution as execution
 from trl_ib.code_eval.execution import Limits, Sample, bwrap_available, run_samples, sandbox
 
 
@@ -168,8 +170,10 @@ def test_results_stream_back_in_order_and_one_crash_loses_nothing():
         ({"timeout": float("nan")}, ValueError, "timeout=nan is invalid; give the wall-clock seconds per sample, > 0 and <= 1e+06"),
         ({"timeout": float("inf")}, ValueError, "timeout=inf is invalid; give the wall-clock seconds per sample, > 0 and <= 1e+06"),
         ({"timeout": "3"}, ValueError, "timeout='3' is invalid; give the wall-clock seconds per sample, > 0 and <= 1e+06"),
-        ({"num_workers": 0}, ValueError, "num_workers=0 is invalid; give a whole number >= 1, or None for one per CPU"),
-        ({"num_workers": -1}, ValueError, "num_workers=-1 is invalid; give a whole number >= 1, or None for one per CPU"),
+        ({"num_workers": 0}, ValueError, "num_workers=0 is invalid; give a whole number >= 1, or None for one per CPU "
+         "up to what the RAM holds at Limits.max_memory_bytes each"),
+        ({"num_workers": -1}, ValueError, "num_workers=-1 is invalid; give a whole number >= 1, or None for one per CPU "
+         "up to what the RAM holds at Limits.max_memory_bytes each"),
         ({"samples": [(ADD, ADD_TEST, "add")]}, TypeError,
          "samples[0]=('def add(a, b):\\n    return a + b\\n', 'def check(candidate):\\n    assert candidate(2, 3) == 5\\n', 'add') "
          "is invalid; give Sample(program, test, entry_point) objects"),
@@ -213,3 +217,48 @@ def test_without_bubblewrap_warns_once_and_still_runs(monkeypatch):
         assert run_one(ADD, ADD_TEST, "add").result == "passed"
     finally:
         sandbox.bwrap_available.cache_clear()
+
+
+GiB = 2**30
+
+
+def fake_machine(monkeypatch, cpus: int, ram_bytes: int) -> list[int]:
+    """Pretend to have `cpus` usable CPUs and `ram_bytes` of RAM; returns the pool sizes `run_samples` picks."""
+    monkeypatch.setattr(execution, "_usable_cpus", lambda: cpus)
+    monkeypatch.setattr(execution, "_physical_bytes", lambda: ram_bytes)
+    pool_sizes = []
+
+    class RecordingPool(ThreadPoolExecutor):
+        def __init__(self, max_workers):
+            pool_sizes.append(max_workers)
+            super().__init__(max_workers=max_workers)
+
+    monkeypatch.setattr(execution, "ThreadPoolExecutor", RecordingPool)
+    return pool_sizes
+
+
+# Limits().max_memory_bytes is 8.0625 GiB: 128 // 8.0625 = 15, 32 // 8.0625 = 3, 2048 // 8.0625 = 254, 4 // 8.0625 = 0.
+@pytest.mark.parametrize(
+    ("cpus", "ram_bytes", "expected"),
+    [(16, 128 * GiB, 15), (8, 32 * GiB, 3), (64, 2048 * GiB, 64), (4, 4 * GiB, 1), (1, 128 * GiB, 1)],
+)
+def test_default_num_workers_fits_the_ram_and_never_warns(monkeypatch, cpus, ram_bytes, expected):
+    pool_sizes = fake_machine(monkeypatch, cpus, ram_bytes)
+    assert execution.default_num_workers() == expected
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert run_one(ADD, ADD_TEST, "add").result == "passed"
+    assert pool_sizes == [expected]
+
+
+def test_an_explicit_setting_past_the_ram_warns(monkeypatch):
+    pool_sizes = fake_machine(monkeypatch, 16, 128 * GiB)
+    with pytest.warns(RuntimeWarning, match=r"^num_workers=16 sandboxes may hold up to 8.06 GiB each .* 128.00 GiB of RAM"):
+        run_samples([], num_workers=16, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        run_samples([], num_workers=15, progress=False)  # explicit but fits
+    fake_machine(monkeypatch, 4, 4 * GiB)
+    with pytest.warns(RuntimeWarning, match=r"^num_workers=1 sandboxes may hold up to 9.06 GiB each .* 4.00 GiB of RAM"):
+        run_samples([], limits=Limits(processes=9), progress=False)  # explicit limits: one sandbox is past the RAM
+    assert pool_sizes == [16, 15]

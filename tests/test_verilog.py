@@ -1,9 +1,11 @@
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from trl_ib.code_eval.execution import Sample, run_samples, sandbox
+from trl_ib.code_eval.execution import Sample, SandboxError, run_samples, sandbox, verilog
 
 
 PROBLEMS = [json.loads(line) for line in (Path(__file__).parent / "data/verilog/problems.jsonl").read_text().splitlines()]
@@ -62,3 +64,63 @@ def test_missing_icarus_says_how_to_install(monkeypatch):
             run([Sample(AND_GATE["prompt"], AND_GATE["test"], "tb")])
     finally:
         sandbox.find_tool.cache_clear()
+
+
+def counting_probe(monkeypatch, passed: bool) -> list:
+    """Replace the probe's simulation with a slow fake that records each call."""
+    calls = []
+
+    def fake_run(*args):
+        calls.append(args)
+        time.sleep(0.2)  # long enough for every thread to arrive while the first probe runs
+        return sandbox.ExecutionResult(passed=passed, result="passed" if passed else "failed: boom", stderr="no driver")
+
+    monkeypatch.setattr(verilog, "_run", fake_run)
+    verilog.check_sandbox.cache_clear()
+    return calls
+
+
+def call_from_threads(function, count: int = 8) -> list:
+    """Call `function` from `count` threads released at once; returns what each raised (None: nothing)."""
+    barrier, raised = threading.Barrier(count), [None] * count
+
+    def call(index):
+        barrier.wait()
+        try:
+            function()
+        except Exception as error:
+            raised[index] = error
+
+    threads = [threading.Thread(target=call, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return raised
+
+
+def test_check_sandbox_probes_once_for_concurrent_first_calls(monkeypatch):
+    calls = counting_probe(monkeypatch, passed=True)
+    try:
+        assert call_from_threads(verilog.check_sandbox) == [None] * 8
+        verilog.check_sandbox()
+        assert len(calls) == 1
+    finally:
+        verilog.check_sandbox.cache_clear()
+
+
+def test_check_sandbox_remembers_a_failure_and_raises_it_every_time(monkeypatch):
+    calls = counting_probe(monkeypatch, passed=False)
+    message = "the Verilog sandbox cannot run a known-good design: failed: boom; no driver"
+    try:
+        raised = call_from_threads(verilog.check_sandbox)
+        assert [(type(error), str(error)) for error in raised] == [(SandboxError, message)] * 8
+        for _ in range(3):
+            with pytest.raises(SandboxError) as again:
+                verilog.check_sandbox()
+            assert str(again.value) == message
+        with pytest.raises(SandboxError, match="cannot run a known-good design: failed: boom"):
+            run_samples([Sample(AND_GATE["prompt"], AND_GATE["test"], "tb")] * 4, language="verilog", num_workers=2, progress=False)
+        assert len(calls) == 1
+    finally:
+        verilog.check_sandbox.cache_clear()

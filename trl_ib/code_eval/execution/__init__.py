@@ -23,7 +23,16 @@ from . import python, verilog
 from .sandbox import ExecutionResult, Limits, SandboxError, bwrap_available
 
 
-__all__ = ["BACKENDS", "ExecutionResult", "Limits", "Sample", "SandboxError", "bwrap_available", "run_samples"]
+__all__ = [
+    "BACKENDS",
+    "ExecutionResult",
+    "Limits",
+    "Sample",
+    "SandboxError",
+    "bwrap_available",
+    "default_num_workers",
+    "run_samples",
+]
 
 # language -> a context manager (entered once per `run_samples` call) holding an object with
 # `run_sample(program, test, entry_point, timeout, limits) -> ExecutionResult`, safe to call from threads
@@ -60,6 +69,22 @@ class Sample:
                 object.__setattr__(self, name, str.__str__(getattr(self, name)))
 
 
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _physical_bytes() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def default_num_workers(limits: Limits = Limits()) -> int:
+    """`run_samples`'s default: `min(usable CPUs, max(1, RAM // limits.max_memory_bytes))`.
+
+    With the default limits (8.06 GiB per sandbox): 15 workers on 16 cores / 128 GiB, 3 on 8 cores / 32 GiB.
+    """
+    return min(_usable_cpus(), max(1, _physical_bytes() // limits.max_memory_bytes))
+
+
 def run_samples(
     samples: Sequence[Sample],
     language: str = "python",
@@ -68,7 +93,11 @@ def run_samples(
     limits: Limits = Limits(),
     progress: bool = True,
 ) -> list[ExecutionResult]:
-    """Run every sample in its own sandbox, `num_workers` at a time (default: usable CPUs).
+    """Run every sample in its own sandbox, `num_workers` at a time.
+
+    `num_workers=None` picks `default_num_workers(limits)`: one per usable CPU, but no more than the RAM holds
+    at `limits.max_memory_bytes` each (at least 1). An explicit `num_workers` (or explicit `limits`) whose
+    `num_workers x limits.max_memory_bytes` exceeds the machine's RAM is run but warned about.
 
     Returns:
         One `ExecutionResult` per sample, in the order of `samples`.
@@ -82,16 +111,22 @@ def run_samples(
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not 0 < timeout <= MAX_TIMEOUT_S:
         raise ValueError(f"timeout={timeout!r} is invalid; give the wall-clock seconds per sample, > 0 and <= {MAX_TIMEOUT_S:g}")
     if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 1):
-        raise ValueError(f"num_workers={num_workers!r} is invalid; give a whole number >= 1, or None for one per CPU")
+        raise ValueError(
+            f"num_workers={num_workers!r} is invalid; give a whole number >= 1, or None for one per CPU "
+            "up to what the RAM holds at Limits.max_memory_bytes each"
+        )
     if not isinstance(limits, Limits):
         raise TypeError(f"limits={limits!r} is invalid; give a trl_ib.code_eval.execution.Limits")
     for index, sample in enumerate(samples):
         if not isinstance(sample, Sample):
             raise TypeError(f"samples[{index}]={sample!r} is invalid; give Sample(program, test, entry_point) objects")
-    timeout, num_workers = float(timeout), int(num_workers or len(os.sched_getaffinity(0)))  # numpy scalars too
+    explicit = num_workers is not None or limits != Limits()
+    timeout = float(timeout)  # numpy scalars too
+    num_workers = default_num_workers(limits) if num_workers is None else int(num_workers)
     bwrap_available()  # warn (once) before the progress bar starts
-    physical_bytes = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    if num_workers * limits.max_memory_bytes > physical_bytes:
+    physical_bytes = _physical_bytes()
+    # The default fits the RAM unless one sandbox alone does not (then it is 1): only a setting the caller chose warns.
+    if explicit and num_workers * limits.max_memory_bytes > physical_bytes:
         warnings.warn(
             f"num_workers={num_workers} sandboxes may hold up to {limits.max_memory_bytes / 2**30:.2f} GiB each "
             f"(Limits.max_memory_bytes), more than this machine's {physical_bytes / 2**30:.2f} GiB of RAM: hostile "

@@ -38,7 +38,8 @@ Memory: there is no cgroup here (this machine delegates no cgroup v2 controller)
 cap: memory is bounded per sandbox by rlimits only, at most `Limits.processes` processes (threads, bubblewrap's
 init and the fork server included) of at most `Limits.memory_bytes` of address space each, plus the
 `Limits.disk_bytes` tmpfs; `Limits.max_memory_bytes` is that sum, 8.06 GiB by default (8 x 1 GiB + 64 MiB), so
-2 workers fit a 24 GiB machine, and `run_samples` warns when `num_workers x max_memory_bytes` exceeds the
+2 workers fit a 24 GiB machine; `run_samples`'s default `num_workers` is what fits (CPUs, at most
+RAM // max_memory_bytes, at least 1), and it warns when a chosen `num_workers x max_memory_bytes` exceeds the
 machine's RAM. Not bounded beyond open files x processes: kernel memory such as pipe and socket buffers. Not
 bounded at all but by the timeout x creation rate: tmpfs inodes and dentries (empty files and folders cost no
 tmpfs bytes but ~1 KiB of kernel memory each, up to the kernel's default of half the RAM's pages per tmpfs;

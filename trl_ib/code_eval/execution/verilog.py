@@ -27,9 +27,9 @@ itself would pass a design on the samples it compared.
 
 import marshal
 import re
-from functools import cache
 import secrets
 import sys
+import threading
 
 from . import sandbox
 
@@ -85,16 +85,39 @@ _PROBE_DESIGN = "module TopModule(output out);\n  assign out = 1;\nendmodule\n"
 _PROBE_TEST = 'module tb;\n  wire out;\n  TopModule dut(.out(out));\n  initial $display("Mismatches: %1d in %1d samples", out !== 1, 1);\nendmodule\n'
 
 
-@cache
+_probe_lock = threading.Lock()
+_probe_outcome: list = []  # empty until probed; then [None] (passed) or [the SandboxError it raised]
+
+
 def check_sandbox() -> None:
     """Run a known-good design once per process; raise `sandbox.SandboxError` when it does not pass.
 
     Every Verilog verdict comes from the driver, so a sandbox that cannot start it would fail every design
-    ("exited with status 1") and score 0 without a word.
+    ("exited with status 1") and score 0 without a word. Worker threads that call it at once wait for the
+    one probe (~30 s at worst); a failure is remembered and raised again to every later caller unprobed.
+    `check_sandbox.cache_clear()` forgets the outcome.
     """
-    probe = _run(_PROBE_DESIGN, _PROBE_TEST, "tb", 30.0, sandbox.Limits())
-    if not probe.passed:
-        raise sandbox.SandboxError(f"the Verilog sandbox cannot run a known-good design: {probe.result}; {probe.stderr[-2000:]}")
+    with _probe_lock:
+        if not _probe_outcome:
+            probe = _run(_PROBE_DESIGN, _PROBE_TEST, "tb", 30.0, sandbox.Limits())
+            _probe_outcome.append(
+                None
+                if probe.passed
+                else sandbox.SandboxError(
+                    f"the Verilog sandbox cannot run a known-good design: {probe.result}; {probe.stderr[-2000:]}"
+                )
+            )
+        error = _probe_outcome[0]
+    if error is not None:
+        raise sandbox.SandboxError(*error.args)
+
+
+def _forget_probe() -> None:
+    with _probe_lock:
+        _probe_outcome.clear()
+
+
+check_sandbox.cache_clear = _forget_probe
 
 
 def run_sample(program: str, test: str, entry_point: str | None, timeout: float, limits: sandbox.Limits):
