@@ -43,7 +43,8 @@ Args:
         (Verilog), or None.
     language: "python" (default) or "verilog".
     timeout: wall-clock seconds each program may run (default 3.0).
-    num_workers: programs run in parallel (default: one per CPU, as many as the RAM holds at Limits.max_memory_bytes each).
+    num_workers: programs run in parallel (default: one per CPU, as many as the RAM holds at
+        Limits.max_memory_bytes each).
 Returns:
     "pass@{k}^({m})": Pass@k^(m) for each pair, e.g. "pass@1^(1)", "pass@10^(10)";
     "num_correct": per problem, how many candidates passed;
