@@ -5,10 +5,11 @@
 
 The baseline is what one writes first: one `model.generate` call per prompt with `num_return_sequences=n` (greedy
 `generate` refuses num_return_sequences > 1, so there it gets the n copies of the prompt that num_return_sequences
-would make), stopping at the same stop sequences. Both sides see the same chat-mode prompts (`trl_ib.prompting`,
-the prompt mode `ib-ft eval` picks for this instruct model) and run in this process one after the other. Both get
-the same stop sequences; the baseline passes them as `generate(stop_strings=...)`, as its documentation shows. Under greedy
-decoding the samples must be identical; under sampling (temperature 0.8, top_p 0.95) only the speed is compared.
+would make), stopping at the same stop sequences. Both sides see the same prompts, in the prompt mode `ib-ft eval`
+picks for the model (`trl_ib.prompting`: chat for the default instruct model; the setup line says which), and run
+in this process one after the other. Both get the same stop sequences; the baseline passes them as
+`generate(stop_strings=...)`, as its documentation shows. Under greedy decoding the samples must be identical;
+under sampling (temperature 0.8, top_p 0.95) only the speed is compared.
 
 Besides the table, the run measures what two other ideas could gain at most: the share of the baseline's time spent
 in prefill (prefilling a prompt once for its n samples saves at most that share times (n - 1) / n), and a static KV
@@ -121,8 +122,8 @@ def main():
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     table += ["| " + " | ".join(str(row[key]) for key in header) + " |" for row in rows]
     setup = (
-        f"{args.model}, chat prompts of the first {len(prompts)} HumanEval problems, n = {n}, max_new_tokens = "
-        f"{args.max_new_tokens}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+        f"{args.model}, {prompt_format.mode} prompts of the first {len(prompts)} HumanEval problems, n = {n}, "
+        f"max_new_tokens = {args.max_new_tokens}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
     )
     result = {"setup": setup, "rows": rows, "baseline_prefill_share_sampled": round(prefill_share, 3), "args": vars(args)}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

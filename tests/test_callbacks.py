@@ -32,7 +32,9 @@ def test_logs_pass_at_k_m_every_n_steps(tmp_path):
         max_new_tokens=6, stop_sequences=["\n", "\r"], timeout=2.0,
     )  # fmt: skip
     trainer.add_callback(callback)
+    assert trainer.processing_class.padding_side == "right"
     trainer.train()
+    assert trainer.processing_class.padding_side == "right"  # generation's left padding is not left behind
     logged = [entry for entry in trainer.state.log_history if "eval_pass@1^(1)" in entry]
     assert [entry["step"] for entry in logged] == [1, 2]
     for entry in logged:

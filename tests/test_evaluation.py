@@ -48,6 +48,20 @@ def test_arguments():
         EvalArguments("model", "data.jsonl", m=["all"])
 
 
+def test_verilog_eval_directory_needs_language_verilog(tmp_path, monkeypatch):
+    """Scored as Python, every VerilogEval sample would fail: main refuses, before loading the model."""
+    import trl_ib.evaluation
+
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the language was checked")
+
+    monkeypatch.setattr(trl_ib.evaluation, "load_model", load_model)
+    problems = write_verilog_eval(tmp_path / "verilog-eval")
+    message = r"is a VerilogEval directory, and --language is 'python'.*Pass --language verilog"
+    with pytest.raises(ValueError, match=message):
+        main(["--model_name_or_path", "tiny", "--dataset", str(problems), "--num_samples", "1", "--k", "1"])
+
+
 def test_plot_writes_a_png(tmp_path):
     path = tmp_path / "plot.png"
     plot_pass_at_k_m(10, [0, 5, 10], [1, 5, 10], str(path))
@@ -106,7 +120,7 @@ def test_ib_ft_eval_verilog_eval_directory_in_chat_mode(model_dir, tmp_path):
     ])  # fmt: skip
     results = json.loads((output / "results.json").read_text())
     assert results["task_ids"] == ["Prob001_and_gate", "Prob002_mux2"]
-    assert results["args"]["prompt_mode"] == "chat" and results["args"]["stop_sequences"] == ["```", "endmodule"]
+    assert results["args"]["prompt_mode"] == "chat" and results["args"]["stop_sequences"] == ["\n```\n", "endmodule"]
     assert results["pass_at_k_m"] == {"pass@1^(1)": 0.0, "pass@2^(1)": 0.0, "pass@2^(2)": 0.0}
     rows = [json.loads(line) for line in (output / "samples.jsonl").read_text().splitlines()]
     assert [(row["program"], row["result"]) for row in rows] == [(None, "failed: no code in the answer")] * 4

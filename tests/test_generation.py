@@ -6,6 +6,7 @@ from trl_ib.code_eval.extraction import cut_at_stop
 from trl_ib.generation import generate_samples
 from trl_ib.prompting import PromptFormat
 
+CHAT_PROMPT = 'def one():\n    """Return 1."""\n'
 PROMPTS = ["def add(a, b):\n", "Write a function that returns the sum of a list.\n", "module top(input a"]
 NEWLINES = ["\n", "\r"]  # "\r" ends a line in Python source too
 
@@ -39,6 +40,58 @@ def test_shape_stops_and_training_mode_restored(model_and_tokenizer):
     assert [len(group) for group in completions] == [3, 3, 3]
     assert all("\n" not in c and "\r" not in c for group in completions for c in group)
     assert model.training
+
+
+def test_padding_side_restored(model_and_tokenizer):
+    """Generation pads on the left, and leaves the caller's tokenizer (a trainer's processing_class, saved with
+    the adapter) padding on the side it had, also when generation fails."""
+    model, tokenizer = model_and_tokenizer
+    assert tokenizer.padding_side == "right"
+    generate_samples(model, tokenizer, PROMPTS, 2, 0.0, max_new_tokens=4, stop_sequences=NEWLINES)
+    assert tokenizer.padding_side == "right"
+    with pytest.raises(ValueError):
+        generate_samples(model, tokenizer, PROMPTS, 1, 0.0, max_new_tokens=-1)
+    assert tokenizer.padding_side == "right"
+
+
+class ScriptedModel(torch.nn.Module):
+    """Writes `answer` token by token after every prompt, checking the stopping criteria after each token as
+    `generate` does."""
+
+    def __init__(self, answer_ids: list[int]):
+        super().__init__()
+        self.answer_ids = answer_ids
+        self.device = torch.device("cpu")
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, stopping_criteria=None, **sampling):
+        for token in self.answer_ids[:max_new_tokens]:
+            input_ids = torch.cat([input_ids, torch.full((len(input_ids), 1), token)], dim=1)
+            if stopping_criteria is not None and stopping_criteria(input_ids, None).all():
+                break
+        return input_ids
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "```\n\nHere is the solution:\n```python\ndef one():\n    return 1\n```\n\nIt returns 1.\n",
+        "```\n```python\ndef one():\n    return 1\n```\nDone.",
+        "def one():\n    return 1\n```\n\n```python\nprint(one())\n```\n",  # the usual answer: code, then the fence
+    ],
+)
+def test_chat_answer_closing_the_opened_block_at_once_keeps_its_later_code(tmp_path, answer):
+    """An answer that closes the block the response prefix opened, then writes its code in a later block, is not
+    cut at that first fence (a bare fence as the stop sequence cut it there: "failed: no code in the answer")."""
+    tokenizer = train_tokenizer(tmp_path)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    chat = PromptFormat("chat")
+    model = ScriptedModel(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    [[completion]] = generate_samples(model, tokenizer, [CHAT_PROMPT], 1, 0.0, max_new_tokens=200, prompt_format=chat)
+    assert completion == answer[: answer.index("return 1\n") + len("return 1")]  # stopped at the closing fence
+    assert chat.program(CHAT_PROMPT, completion, "one") == CHAT_PROMPT + "\n\ndef one():\n    return 1\n"
+    if answer.startswith("```"):  # the old stop, a bare fence, left nothing to test
+        [[cut]] = generate_samples(model, tokenizer, [CHAT_PROMPT], 1, 0.0, stop_sequences=["```"], prompt_format=chat)
+        assert chat.program(CHAT_PROMPT, cut, "one") is None
 
 
 def test_greedy_equals_a_plain_generate_loop(model_and_tokenizer):

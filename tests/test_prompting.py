@@ -1,6 +1,7 @@
 import pytest
 from tiny_models import CHAT_TEMPLATE, train_tokenizer
 
+from trl_ib.code_eval.extraction import cut_at_stop
 from trl_ib.prompting import INSTRUCTION_PREFIX, PromptFormat, resolve_prompt_mode
 
 PROMPT = 'def one():\n    """Return 1."""\n'
@@ -43,14 +44,15 @@ def test_render(tokenizers):
         f"<user>{INSTRUCTION_PREFIX['verilog']}\n```\nImplement TopModule.\n```\n</user>\n"
     )
     assert PromptFormat("chat", "verilog").render("x", chat).endswith(":\n```verilog\n")
-    with pytest.raises(ValueError, match="prompt mode 'chat' needs a tokenizer with a chat template"):
+    # render's check is resolve_prompt_mode's, with the tokenizer's name
+    with pytest.raises(ValueError, match="prompt_mode='chat' needs a tokenizer with a chat template, and the tokenizer"):
         PromptFormat("chat").render(PROMPT, plain)
 
 
 def test_stop_sequences_and_programs():
     completion, chat = PromptFormat("completion"), PromptFormat("chat")
-    assert completion.stop_sequences[0] == "\ndef " and chat.stop_sequences == ["```"]
-    assert PromptFormat("chat", "verilog").stop_sequences == ["```", "endmodule"]
+    assert completion.stop_sequences[0] == "\ndef " and chat.stop_sequences == ["\n```\n"]
+    assert PromptFormat("chat", "verilog").stop_sequences == ["\n```\n", "endmodule"]
     assert completion.program(PROMPT, "    return 1\n") == PROMPT + "    return 1\n"
     assert completion.program(PROMPT, " \n") is None
     assert chat.program(PROMPT, "def one():\n    return 1\n\nprint(one())\n", "one") == (
@@ -64,3 +66,18 @@ def test_stop_sequences_and_programs():
         "module TopModule(output y);\n  assign y = 1;\nendmodule\n"
     )
     assert PromptFormat("chat", "verilog").program("spec", "\n```\nI would use an AND gate.") is None
+
+
+@pytest.mark.parametrize("language", ["python", "verilog"])
+def test_chat_stop_keeps_the_code_of_an_answer_that_closes_the_opened_block_at_once(language):
+    """The answer as generate_samples leaves it (cut at the first stop sequence) still holds the later block's code;
+    with a bare fence as the stop it was cut to nothing: "failed: no code in the answer"."""
+    chat = PromptFormat("chat", language)
+    code = "def one():\n    return 1\n" if language == "python" else "module TopModule(output y);\n  assign y = 1;\n"
+    answer = f"```\n\nHere it is:\n```{language}\n{code}```\n\nThat is all.\n"
+    expected = PROMPT + "\n\n" + code if language == "python" else code + "endmodule\n"
+    assert chat.program(PROMPT, cut_at_stop(answer, chat.stop_sequences), "one") == expected
+    assert chat.program(PROMPT, cut_at_stop(answer, ["```"]), "one") is None  # the former stop sequence
+    # the usual answer, code then the closing fence, still ends there
+    usual = f"{code}```\n\n```{language}\nexample()\n```\n"
+    assert cut_at_stop(usual, chat.stop_sequences) == code.rstrip("\n")

@@ -64,7 +64,7 @@ class PassAtKMCallback(TrainerCallback):
         self.trainer = trainer
         self.problems = list(problems)
         self.k, self.m, self.num_samples, self.every_n_steps = list(k), list(m), num_samples, every_n_steps
-        self.language, self.timeout, self.num_workers = language, timeout, num_workers
+        self.timeout, self.num_workers = timeout, num_workers
         prompt_mode = resolve_prompt_mode(prompt_mode, trainer.processing_class, getattr(trainer.model, "name_or_path", ""))
         self.prompt_format = PromptFormat(prompt_mode, language, instruction_prefix, response_prefix)
         self.generation = dict(
@@ -100,7 +100,8 @@ class PassAtKMCallback(TrainerCallback):
             programs = build_programs(prompts, completions, self.prompt_format, entry_points)
             tests = [problem["test"] for problem in self.problems]
             scores = score(
-                programs, tests, entry_points, self.k, self.m, self.language, self.timeout, self.num_workers, progress=False
-            )
+                programs, tests, entry_points, self.k, self.m, self.prompt_format.language, self.timeout,
+                self.num_workers, progress=False,
+            )  # fmt: skip
             metrics = {f"eval_{name}": value for name, value in scores.table.items()}
         return broadcast_object_list([metrics])[0]

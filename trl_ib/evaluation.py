@@ -30,9 +30,9 @@ from .builtin import resolve_model
 from .code_eval import BACKENDS, pass_at_k_m_table, resolve_m, score
 from .code_eval.problem_sets import is_verilog_eval_dir, load_verilog_eval
 from .generation import generate_samples
-from .prompting import PROMPT_MODES, STOP_SEQUENCES, PromptFormat, resolve_prompt_mode
+from .prompting import PROMPT_MODES, PromptFormat, check_prompt_mode, resolve_prompt_mode
 
-__all__ = ["EvalArguments", "STOP_SEQUENCES", "build_programs", "generate_samples", "load_model", "load_problems", "main"]
+__all__ = ["EvalArguments", "build_programs", "load_model", "load_problems", "main"]
 
 
 @dataclass
@@ -95,8 +95,7 @@ class EvalArguments:
             raise ValueError(f"num_samples={self.num_samples} is smaller than max(k)={max(self.k)}; need n >= k")
         for m in self.m:
             resolve_m(m, max(self.k))
-        if self.prompt_mode not in PROMPT_MODES:
-            raise ValueError(f"prompt_mode={self.prompt_mode!r} is not supported; choose one of {list(PROMPT_MODES)}")
+        check_prompt_mode(self.prompt_mode)
 
 
 def build_programs(
@@ -174,6 +173,11 @@ def load_problems(
 
 def main(argv: list[str]) -> None:
     (args,) = TrlParser(EvalArguments).parse_args_and_config(argv)
+    if is_verilog_eval_dir(args.dataset) and args.language != "verilog":
+        raise ValueError(
+            f"dataset {args.dataset!r} is a VerilogEval directory, and --language is {args.language!r}: its problems "
+            "would all fail to run. Pass --language verilog"
+        )
     set_seed(args.seed)
     columns = {"prompt": args.prompt_column, "test": args.test_column, "entry_point": args.entry_point_column}
     problems = load_problems(args.dataset, args.dataset_split, args.num_problems, columns)

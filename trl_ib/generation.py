@@ -5,7 +5,9 @@ What `generate_samples` does beyond a `generate` call per prompt (measured in be
 - a batch mixes prompts (`batch_size` rows) instead of holding the n samples of one prompt;
 - greedy decoding (temperature 0) decodes each prompt once and repeats its completion n times: the n samples
   of a greedy decoder are the same sequence;
-- the stop-sequence criterion is built once, not on every `generate` call (building it scans the vocabulary);
+- the stop-sequence criterion is built once, not on every `generate` call (building it scans the vocabulary), and
+  looks at the new tokens only, as `cut_at_stop` does: a stop sequence that starts in the prompt (a chat prompt
+  ends with "```python\n", so an answer starting with "```\n" completes "\n```\n") does not end generation;
 - `generate` stops a batch as soon as every row has produced a stop sequence or the end-of-sequence token.
 """
 
@@ -14,10 +16,26 @@ from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList, StopStringCriteria
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    StopStringCriteria,
+)
 
 from .code_eval.extraction import cut_at_stop
 from .prompting import PromptFormat
+
+
+class StopInNewTokens(StoppingCriteria):
+    """`StopStringCriteria` over the tokens after the first `prompt_length` (set before each `generate` call)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop_sequences: Sequence[str]):
+        self.criteria, self.prompt_length = StopStringCriteria(tokenizer, stop_sequences), 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None, **kwargs) -> torch.BoolTensor:
+        return self.criteria(input_ids[:, self.prompt_length :], scores)
 
 
 def generate_samples(
@@ -51,21 +69,25 @@ def generate_samples(
     add_special_tokens = prompt_format.mode == "completion"  # a chat template writes its own special tokens
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
     requests = sorted((index for index in range(len(texts)) for _ in range(copies)), key=lambda i: -lengths[i])
-    tokenizer.padding_side = "left"  # new tokens must follow every prompt directly
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # built once: `generate(stop_strings=...)` rebuilds this table over the whole vocabulary on every call
-    stopping = StoppingCriteriaList([StopStringCriteria(tokenizer, stop_sequences)]) if stop_sequences else None
+    stop = StopInNewTokens(tokenizer, stop_sequences) if stop_sequences else None
+    stopping = StoppingCriteriaList([stop]) if stop is not None else None
     completions: list[list[str]] = [[] for _ in texts]
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(texts) * num_samples, unit="sample", desc="generating", disable=not progress)
     start, new_token_count = time.perf_counter(), 0
+    # new tokens must follow every prompt directly; the caller's side is restored in `finally`
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
         for first in range(0, len(requests), batch_size):
             batch = requests[first : first + batch_size]
             inputs = tokenizer(
                 [texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
             ).to(model.device)
+            if stop is not None:
+                stop.prompt_length = inputs["input_ids"].shape[1]  # left padded: the new tokens follow this column
             with torch.inference_mode():
                 output = model.generate(
                     **inputs, **sampling, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
@@ -80,4 +102,5 @@ def generate_samples(
     finally:
         bar.close()
         model.train(was_training)
+        tokenizer.padding_side = padding_side  # the caller's tokenizer (a trainer's processing_class) is left as found
     return completions

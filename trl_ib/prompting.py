@@ -4,8 +4,9 @@ completion  the problem's prompt as is (a signature and docstring, a module head
             generation stops at a language's stop sequences and the program is prompt + completion.
 chat        EvalPlus's recipe for instruct models: the user turn is an instruction prefix and the prompt in a code
             block, passed through `tokenizer.apply_chat_template(..., add_generation_prompt=True)`; the assistant
-            turn is started with a response prefix that opens a code block, generation stops at the closing fence,
-            and the program is the code of the answer, sanitized (`trl_ib.code_eval.extraction`).
+            turn is started with a response prefix that opens a code block, generation stops at the fence closing
+            it (a fence on a line of its own after code, `CHAT_STOP_SEQUENCES`), and the program is the code of
+            the answer, sanitized (`trl_ib.code_eval.extraction`).
 auto        chat when the tokenizer has a chat template and the model's name or path says it is tuned for chat
             (it contains "instruct", "chat" or "-it", any case), completion otherwise. Base models often ship a
             chat template too, so the template alone does not decide.
@@ -26,8 +27,11 @@ STOP_SEQUENCES = {
     "python": ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"],
     "verilog": ["endmodule"],
 }
-# language -> chat-mode stop sequences: the fence closing the block the response prefix opened
-CHAT_STOP_SEQUENCES = {"python": [FENCE], "verilog": [FENCE, "endmodule"]}
+# language -> chat-mode stop sequences: the fence closing the block the response prefix opened, on a line of its
+# own after code. Not a bare fence: an answer that closes the opened block at once (and writes its code in a
+# later block) must go on to that later block. `generate_samples` matches stops in the new tokens only, so the
+# answer's first fence (nothing before it) does not match "\n```\n", nor does a later "```python" line.
+CHAT_STOP_SEQUENCES = {"python": [f"\n{FENCE}\n"], "verilog": [f"\n{FENCE}\n", "endmodule"]}
 INSTRUCTION_PREFIX = {
     "python": "Please provide a self-contained Python script that solves the following problem in a markdown code block:",
     "verilog": "Please provide the complete Verilog module TopModule that solves the following problem in a markdown "
@@ -41,10 +45,15 @@ RESPONSE_PREFIX = {
 _CHAT_MODEL_NAME = re.compile(r"instruct|chat|-it\b", re.IGNORECASE)
 
 
-def resolve_prompt_mode(prompt_mode: str, tokenizer: PreTrainedTokenizerBase, model_name_or_path: str) -> str:
-    """"completion" or "chat" for `prompt_mode` ("auto" decided by the rule in this module's docstring)."""
+def check_prompt_mode(prompt_mode: str) -> None:
+    """Raise a ValueError naming the supported modes when `prompt_mode` is not one of `PROMPT_MODES`."""
     if prompt_mode not in PROMPT_MODES:
         raise ValueError(f"prompt_mode={prompt_mode!r} is not supported; choose one of {list(PROMPT_MODES)}")
+
+
+def resolve_prompt_mode(prompt_mode: str, tokenizer: PreTrainedTokenizerBase, model_name_or_path: str) -> str:
+    """"completion" or "chat" for `prompt_mode` ("auto" decided by the rule in this module's docstring)."""
+    check_prompt_mode(prompt_mode)
     has_template = getattr(tokenizer, "chat_template", None) is not None
     if prompt_mode == "chat" and not has_template:
         raise ValueError(
@@ -89,8 +98,7 @@ class PromptFormat:
             return prompt
         instruction = INSTRUCTION_PREFIX[self.language] if self.instruction_prefix is None else self.instruction_prefix
         response = RESPONSE_PREFIX[self.language] if self.response_prefix is None else self.response_prefix
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError("prompt mode 'chat' needs a tokenizer with a chat template; this tokenizer has none")
+        resolve_prompt_mode("chat", tokenizer, getattr(tokenizer, "name_or_path", ""))  # raises without a chat template
         user = f"{instruction}\n{FENCE}\n{prompt.strip()}\n{FENCE}\n"
         turns = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
         return f"{turns}{response}\n{FENCE}{self.language}\n"
