@@ -22,22 +22,30 @@ def test_same_seed_same_problems_other_seed_other_problems(task):
 
 def test_split_sizes_and_disjointness(task):
     sizes = [len(task.train), len(task.reference), len(task.validation), len(task.held_out)]
-    assert sizes + [len(task.validation_pairs), len(task.held_out_pairs)] == [200, 200, 40, 60, 8, 12]
+    assert sizes + [len(task.validation_pairs), len(task.held_out_pairs)] == [128, 128, 60, 60, 8, 12]
     prompts = [p["prompt"] for p in task.train + task.reference + task.validation + task.held_out]
     assert len(set(prompts)) == len(prompts)
 
 
-def test_validation_and_held_out_problems_chain_three_operations_through_their_own_new_pairs(task):
-    train_pairs = {tuple(p["operations"]) for p in task.train + task.reference}
-    assert {len(p["operations"]) for p in task.train + task.reference} == {2}
+def pairs(problem: dict) -> set[tuple[str, str]]:
+    return set(zip(problem["operations"], problem["operations"][1:]))
+
+
+def test_validation_and_held_out_problems_are_longer_chains_through_their_own_new_pairs(task):
+    train_pairs = set().union(*map(pairs, task.train + task.reference))
+    assert [len(p["operations"]) for p in task.train[:4] + task.reference[:2]] == [2, 3, 2, 3, 2, 3]
+    assert [len(p["operations"]) for p in task.validation[:2] + task.held_out[:4]] == [4, 5, 4, 5, 4, 5]
     assert not train_pairs & (set(task.validation_pairs) | set(task.held_out_pairs))
     assert not set(task.validation_pairs) & set(task.held_out_pairs)
     assert len(train_pairs) + 8 + 12 == len(OPERATIONS) * (len(OPERATIONS) - 1)
-    assert {a for a, _ in train_pairs} == {b for _, b in train_pairs} == set(OPERATIONS)
     for problems, new_pairs in ((task.validation, task.validation_pairs), (task.held_out, task.held_out_pairs)):
         for problem in problems:
-            a, b, c = problem["operations"]
-            assert {(a, b), (b, c)} <= train_pairs | set(new_pairs) and {(a, b), (b, c)} & set(new_pairs)
+            assert pairs(problem) <= train_pairs | set(new_pairs) and pairs(problem) & set(new_pairs)
+
+
+def test_too_many_problems_of_few_chains_is_a_clear_error():
+    with pytest.raises(ValueError, match="num_train=100: only 4[0-9] distinct problems"):
+        make_task(seed=0, num_train=100, train_lengths=(1,))
 
 
 def test_split_pairs_rejects_too_many_held_out_pairs():

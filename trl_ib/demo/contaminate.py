@@ -3,7 +3,7 @@
 Contamination is plain language modeling of every token (EOS appended) of prompt + canonical solution of every
 D_code problem, full fine-tuning for a few epochs. The result depends only on the base model, the task and this
 recipe, not on the demo's seed, so it is trained once per machine and cached on disk (`cached_contaminated_base`):
-39 full fine-tuning steps, about 5 s each on 2 idle CPU cores (16 minutes on a shared, loaded machine).
+48 full fine-tuning steps, about 7 s each on 2 idle CPU cores (5.6 minutes).
 """
 
 import hashlib
@@ -19,10 +19,10 @@ from trl import SFTConfig, SFTTrainer
 
 from trl_ib.builtin import cache_dir, resolve_model
 
-# Full fine-tuning; the learning rate and epochs make D_code's random variable names memorized (Min-K% of D_code
-# far below that of fresh problems) without changing the recipe between runs.
+# Full fine-tuning at a high learning rate for its size, so that D_code is partly memorized (Min-K% of D_code below
+# that of fresh problems) within the demo's time budget; epochs come from the demo's budget.
 CONTAMINATION_ARGS = dict(
-    num_train_epochs=3, per_device_train_batch_size=16, learning_rate=2e-4, lr_scheduler_type="cosine",
+    per_device_train_batch_size=16, learning_rate=3e-4, lr_scheduler_type="cosine",
     warmup_steps=0.1, weight_decay=0.0,
 )  # fmt: skip
 

@@ -1,6 +1,6 @@
 """A synthetic code-generation task family with executable unit tests, in HumanEval layout.
 
-A problem asks for `f(x)` that applies two (or three) integer operations in order, specified in words:
+A problem asks for `f(x)` that applies a chain of integer operations in order, specified in words:
 
     def f(x):
         \"\"\"Take an integer x, add 3 to it, then multiply it by 2, and return the result.\"\"\"
@@ -17,12 +17,13 @@ its variable at random from `VARIABLES`: like the naming choices of real code, t
 information that the tests do not check and the prompt does not determine, so it can only be memorized.
 
 The ordered pairs of distinct operations are split once per seed into training, validation and held-out pairs
-(each operation stays in training in both positions). Training problems (D_code) and fresh reference problems apply
-one training pair. Validation and held-out problems chain THREE operations, at least one consecutive pair of which
-is new (validation pairs for validation problems, held-out pairs for held-out ones, never the other set): solving
-them needs a longer composition than any training solution, from operations seen in training. A model that has
-memorized D_code's two-line shape writes two lines and fails; that is the barrier fine-tuning has to get past.
-Validation problems choose hyper-parameters, held-out problems measure the result. All prompts are distinct.
+(each operation stays in training in both positions). Training problems (D_code) and fresh reference problems chain
+two or three operations (`TRAIN_LENGTHS`) through training pairs only. Validation and held-out problems chain four
+or five (`TEST_LENGTHS`), and at least one of their consecutive pairs is new (validation pairs for validation
+problems, held-out pairs for held-out ones, never the other set): solving them needs a longer composition than any
+training solution, from operations seen in training. This is length generalization: a model that has memorized
+D_code's two- and three-line shapes stops early and fails. Validation problems choose hyper-parameters, held-out
+problems measure the result. All prompts are distinct.
 
     from trl_ib.demo.tasks import make_task
     task = make_task(seed=0)
@@ -47,6 +48,8 @@ OPERATIONS = {
 VARIABLES = ("y", "n", "r", "t", "acc", "out", "val", "res")
 TEST_INPUTS = (-7, -2, 0, 1, 4, 11)
 ENTRY_POINT = "f"
+TRAIN_LENGTHS = (2, 3)  # operations per D_code / reference problem
+TEST_LENGTHS = (4, 5)  # operations per validation / held-out problem
 
 
 @dataclass
@@ -54,9 +57,9 @@ class Task:
     """Problems as HumanEval dicts (task_id, prompt, canonical_solution, test, entry_point, operations)."""
 
     train: list[dict]  # D_code
-    reference: list[dict]  # fresh problems of the training pairs, for the Min-K% comparison
-    validation: list[dict]  # three-operation chains through validation pairs, for choosing hyper-parameters
-    held_out: list[dict]  # three-operation chains through held-out pairs, for Pass@k^(m)
+    reference: list[dict]  # fresh problems like D_code, for the Min-K% comparison
+    validation: list[dict]  # longer chains through validation pairs, for choosing hyper-parameters
+    held_out: list[dict]  # longer chains through held-out pairs, for Pass@k^(m)
     validation_pairs: list[tuple[str, str]]
     held_out_pairs: list[tuple[str, str]]
 
@@ -103,74 +106,61 @@ def split_pairs(
             return sorted(train), sorted(validation), sorted(held_out)
 
 
-def sample_problems(
-    rng: random.Random, pairs: list[tuple[str, str]], count: int, prefix: str, taken: set[str]
-) -> list[dict]:
-    """
-    `count` problems over `pairs`, round robin, with random constants and variable names, skipping the prompts in
-    `taken` (updated): two problems never share a prompt.
-    """
-    queues = []
-    for pair in pairs:
-        choices = [[(name, c) for c in OPERATIONS[name][2] or [None]] for name in pair]
-        queues.append(list(itertools.product(*choices)))
-        rng.shuffle(queues[-1])
-    problems = []
-    for steps in itertools.chain.from_iterable(itertools.zip_longest(*queues)):
-        if len(problems) == count:
-            break
-        problem = make_problem(f"{prefix}/{len(problems)}", list(steps), rng.choice(VARIABLES)) if steps else None
-        if problem and problem["prompt"] not in taken:
-            taken.add(problem["prompt"])
-            problems.append(problem)
-    if len(problems) < count:
-        raise ValueError(f"num_{prefix}={count}: the {len(pairs)} pairs have only {len(problems)} problems left.")
-    return problems
-
-
 def sample_chains(
-    rng: random.Random, new_pairs: list[tuple[str, str]], train_pairs: list[tuple[str, str]], count: int, prefix: str,
-    taken: set[str],
+    rng: random.Random, lengths: tuple[int, ...], new_pairs: list[tuple[str, str]], train_pairs: list[tuple[str, str]],
+    count: int, prefix: str, taken: set[str],
 ) -> list[dict]:  # fmt: skip
     """
-    `count` three-operation problems (a, b, c) with random constants and variable names, in which one of (a, b) and
-    (b, c) is in `new_pairs` and the other in `new_pairs` or `train_pairs`; prompts in `taken` are skipped (updated).
+    `count` problems chaining operations, their lengths spread evenly over `lengths`, with random constants and
+    variable names. Every consecutive pair of a chain is in `train_pairs` or `new_pairs`; with `new_pairs`, at least
+    one is in `new_pairs`. Prompts in `taken` are skipped (updated): two problems never share a prompt.
     """
     new, known = set(new_pairs), set(new_pairs) | set(train_pairs)
-    chains = [
-        (a, b, c) for a, b, c in itertools.product(OPERATIONS, repeat=3)
-        if {(a, b), (b, c)} <= known and {(a, b), (b, c)} & new
-    ]  # fmt: skip
+    chains = {
+        length: [
+            chain for chain in itertools.product(OPERATIONS, repeat=length)
+            if set(zip(chain, chain[1:])) <= known and (not new or set(zip(chain, chain[1:])) & new)
+        ]
+        for length in lengths
+    }  # fmt: skip
     problems = []
     for _ in range(100 * count):
         if len(problems) == count:
             break
-        steps = [(name, rng.choice(OPERATIONS[name][2]) if OPERATIONS[name][2] else None) for name in rng.choice(chains)]
+        chain = rng.choice(chains[lengths[len(problems) % len(lengths)]])
+        steps = [(name, rng.choice(OPERATIONS[name][2]) if OPERATIONS[name][2] else None) for name in chain]
         problem = make_problem(f"{prefix}/{len(problems)}", steps, rng.choice(VARIABLES))
         if problem["prompt"] not in taken:
             taken.add(problem["prompt"])
             problems.append(problem)
+    if len(problems) < count:
+        raise ValueError(f"num_{prefix}={count}: only {len(problems)} distinct problems were drawn.")
     return problems
 
 
 def make_task(
     seed: int = 0,
-    num_train: int = 200,
-    num_reference: int = 200,
-    num_validation: int = 40,
+    num_train: int = 128,
+    num_reference: int = 128,
+    num_validation: int = 60,
     num_held_out: int = 60,
     num_validation_pairs: int = 8,
     num_held_out_pairs: int = 12,
+    train_lengths: tuple[int, ...] = TRAIN_LENGTHS,
+    test_lengths: tuple[int, ...] = TEST_LENGTHS,
 ) -> Task:
-    """The task family of `seed`: same seed, same problems. Counts are problems; pairs are ordered operation pairs."""
+    """
+    The task family of `seed`: same seed, same problems. Counts are problems; pairs are ordered operation pairs;
+    lengths are numbers of operations per problem (training and reference; validation and held-out).
+    """
     rng = random.Random(seed)
     train_pairs, validation_pairs, held_out_pairs = split_pairs(rng, num_validation_pairs, num_held_out_pairs)
     taken: set[str] = set()
     return Task(
-        train=sample_problems(rng, train_pairs, num_train, "train", taken),
-        reference=sample_problems(rng, train_pairs, num_reference, "reference", taken),
-        validation=sample_chains(rng, validation_pairs, train_pairs, num_validation, "validation", taken),
-        held_out=sample_chains(rng, held_out_pairs, train_pairs, num_held_out, "held_out", taken),
+        train=sample_chains(rng, train_lengths, [], train_pairs, num_train, "train", taken),
+        reference=sample_chains(rng, train_lengths, [], train_pairs, num_reference, "reference", taken),
+        validation=sample_chains(rng, test_lengths, validation_pairs, train_pairs, num_validation, "validation", taken),
+        held_out=sample_chains(rng, test_lengths, held_out_pairs, train_pairs, num_held_out, "held_out", taken),
         validation_pairs=validation_pairs,
         held_out_pairs=held_out_pairs,
     )
