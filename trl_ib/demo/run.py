@@ -1,7 +1,7 @@
 """`ib-ft demo`: the memorization barrier and IB-FT vs LoRA FT on SmolLM2-135M-Instruct, on CPU, nothing downloaded.
 
-    ib-ft demo                          # one seed; the first run also contaminates the base (cached); ~19 min
-    ib-ft demo --seeds 0 1 2            # the seed study of RESULTS.md, with paired bootstrap intervals
+    ib-ft demo                          # one seed; the first run also contaminates the base (cached): 17.5 min
+    ib-ft demo --seeds 0 1 2 3 4        # the seed study of RESULTS.md, with paired bootstrap intervals
     ib-ft demo --split validation       # score the validation problems instead (how the IB settings were chosen)
     ib-ft demo --quick                  # a plumbing check (under a minute once cached); numbers mean nothing
 
