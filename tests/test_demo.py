@@ -5,7 +5,7 @@ import pytest
 
 from trl_ib.demo.run import main
 from trl_ib.demo.study import paired_bootstrap
-from trl_ib.demo.tasks import OPERATIONS, VARIABLES, make_problem, make_task, split_pairs
+from trl_ib.demo.tasks import OPERATIONS, VARIABLES, consecutive_pairs, make_problem, make_task, split_pairs
 from trl_ib.code_eval import score
 from trl_ib.evaluation import build_programs
 
@@ -27,12 +27,8 @@ def test_split_sizes_and_disjointness(task):
     assert len(set(prompts)) == len(prompts)
 
 
-def pairs(problem: dict) -> set[tuple[str, str]]:
-    return set(zip(problem["operations"], problem["operations"][1:]))
-
-
 def test_validation_and_held_out_problems_are_longer_chains_through_their_own_new_pairs(task):
-    train_pairs = set().union(*map(pairs, task.train + task.reference))
+    train_pairs = set().union(*(consecutive_pairs(p["operations"]) for p in task.train + task.reference))
     assert [len(p["operations"]) for p in task.train[:4] + task.reference[:2]] == [2, 3, 2, 3, 2, 3]
     assert [len(p["operations"]) for p in task.validation[:2] + task.held_out[:4]] == [4, 5, 4, 5, 4, 5]
     assert not train_pairs & (set(task.validation_pairs) | set(task.held_out_pairs))
@@ -40,12 +36,17 @@ def test_validation_and_held_out_problems_are_longer_chains_through_their_own_ne
     assert len(train_pairs) + 8 + 12 == len(OPERATIONS) * (len(OPERATIONS) - 1)
     for problems, new_pairs in ((task.validation, task.validation_pairs), (task.held_out, task.held_out_pairs)):
         for problem in problems:
-            assert pairs(problem) <= train_pairs | set(new_pairs) and pairs(problem) & set(new_pairs)
+            chain = consecutive_pairs(problem["operations"])
+            assert chain <= train_pairs | set(new_pairs) and chain & set(new_pairs)
 
 
 def test_too_many_problems_of_few_chains_is_a_clear_error():
+    assert consecutive_pairs(("add", "square", "add")) == {("add", "square"), ("square", "add")}
     with pytest.raises(ValueError, match="num_train=100: only 4[0-9] distinct problems"):
         make_task(seed=0, num_train=100, train_lengths=(1,))
+    # one operation has no pair, so no chain of 1 can go through a new pair
+    with pytest.raises(ValueError, match=r"validation lengths=\(1,\): no chain of 1 operations .* one new pair"):
+        make_task(seed=0, test_lengths=(1,))
 
 
 def test_split_pairs_rejects_too_many_held_out_pairs():

@@ -43,9 +43,10 @@ def contaminate(model_name: str, texts: list[str], output_dir: str | Path, epoch
 
 def cached_contaminated_base(model_name: str, texts: list[str], epochs: float) -> Path:
     """
-    The folder (under `trl_ib.builtin.cache_dir()` / "demo") of `model_name` contaminated with `texts` for `epochs`: trained on first use, read from the cache
-    afterwards. The key hashes the base, the texts and the recipe; a run trains into a private folder and renames it
-    into place, so concurrent first uses never leave a half-written model.
+    The folder (under `trl_ib.builtin.cache_dir()` / "demo") of `model_name` contaminated with `texts` for `epochs`:
+    trained on first use, read from the cache afterwards. The key hashes the base, the texts and the recipe; a run
+    trains into a private folder and renames it into place, so concurrent first uses never leave a half-written
+    model.
     """
     recipe = json.dumps([model_name, texts, epochs, CONTAMINATION_ARGS], sort_keys=True)
     target = cache_dir() / "demo" / f"contaminated-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}"

@@ -56,7 +56,7 @@ class Budget:
     num_held_out: int
     contamination_epochs: float
     fine_tune_epochs: float
-    max_new_tokens: int  # held-out canonical solutions are 35-55 tokens; EOS or a stop sequence usually ends them first
+    max_new_tokens: int  # held-out canonical solutions are 28-39 tokens; EOS or a stop sequence usually ends them first
     num_samples: int = 10  # per scored problem; Pass@k^(m) needs n >= k = 10
 
 
@@ -184,8 +184,7 @@ def base_scores(base_dir: Path, tokenizer, d_code, reference, problems, split: s
     key = json.dumps([[p["prompt"] for p in problems], budget.num_samples, budget.max_new_tokens])
     cached = base_dir / f"base-scores-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if cached.exists():
-        min_k, row = json.loads(cached.read_text())
-        return min_k, row
+        return tuple(json.loads(cached.read_text()))
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
     min_k = {"D_code, base": score_min_k(base, tokenizer, d_code), "reference, base": score_min_k(base, tokenizer, reference)}
     row = evaluate(base, tokenizer, problems, d_code, min_k["D_code, base"], min_k["D_code, base"], budget, 0)

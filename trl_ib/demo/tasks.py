@@ -32,6 +32,7 @@ problems measure the result. All prompts are distinct.
 
 import itertools
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # name -> (words, expression, allowed constants or None); "{v}" is the operand, "{c}" the constant
@@ -106,6 +107,11 @@ def split_pairs(
             return sorted(train), sorted(validation), sorted(held_out)
 
 
+def consecutive_pairs(operations: Sequence[str]) -> set[tuple[str, str]]:
+    """The ordered pairs of consecutive operations: ("add", "square", "negate") -> {(add, square), (square, negate)}."""
+    return set(zip(operations, operations[1:]))
+
+
 def sample_chains(
     rng: random.Random, lengths: tuple[int, ...], new_pairs: list[tuple[str, str]], train_pairs: list[tuple[str, str]],
     count: int, prefix: str, taken: set[str],
@@ -119,10 +125,16 @@ def sample_chains(
     chains = {
         length: [
             chain for chain in itertools.product(OPERATIONS, repeat=length)
-            if set(zip(chain, chain[1:])) <= known and (not new or set(zip(chain, chain[1:])) & new)
+            if (pairs := consecutive_pairs(chain)) <= known and (not new or pairs & new)
         ]
         for length in lengths
     }  # fmt: skip
+    for length, found in chains.items():
+        if not found:
+            raise ValueError(
+                f"{prefix} lengths={lengths}: no chain of {length} operations has its consecutive pairs among the "
+                f"allowed ones{' with at least one new pair' if new else ''}; use longer chains."
+            )
     problems = []
     for _ in range(100 * count):
         if len(problems) == count:
