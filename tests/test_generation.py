@@ -3,7 +3,7 @@ import torch
 from tiny_models import CHAT_TEMPLATE, tiny_llama, train_tokenizer
 
 from trl_ib.code_eval.extraction import cut_at_stop
-from trl_ib.generation import generate_samples
+from trl_ib.generation import generate_samples, sample_batches
 from trl_ib.prompting import PromptFormat
 
 CHAT_PROMPT = 'def one():\n    """Return 1."""\n'
@@ -109,3 +109,44 @@ def test_chat_mode_generates_from_the_rendered_turns(model_and_tokenizer):
     rendered = [chat.render(prompt, tokenizer) for prompt in PROMPTS]
     expected = plain_generate_loop(model, tokenizer, rendered, 1, 10, chat.stop_sequences, add_special_tokens=False)
     assert generate_samples(model, tokenizer, PROMPTS, 1, 0.0, max_new_tokens=10, prompt_format=chat) == expected
+
+
+def sampled(model, tokenizer, **kwargs):
+    """{(problem, sample): completion} of 3 samples per prompt at temperature 1, batches of 2 rows."""
+    batches = sample_batches(model, tokenizer, PROMPTS, 3, 1.0, 1.0, max_new_tokens=8, batch_size=2, **kwargs)
+    return {(problem, sample): text for rows in batches for problem, sample, text in rows}
+
+
+def test_seeded_batches_reproduce_alone_after_a_resume_and_on_any_process(model_and_tokenizer):
+    """Each batch draws from a generator seeded by (seed, batch index): skipping batches that are done, or splitting
+    them over two processes, gives exactly the samples of one uninterrupted run."""
+    model, tokenizer = model_and_tokenizer
+    torch.manual_seed(123)
+    whole = sampled(model, tokenizer, seed=7)
+    assert sorted(whole) == [(p, s) for p in range(3) for s in range(3)]
+    assert len(set(whole.values())) > 3  # sampling: the 3 samples of a prompt differ
+    torch.manual_seed(456)  # the global generator's state does not matter
+    assert sampled(model, tokenizer, seed=7) == whole
+    assert sampled(model, tokenizer, seed=8) != whole
+    # 9 requests in 5 batches of 2 (the last holds 1): a run that finished batches 0 and 1 resumes with batches 2-4
+    batches = list(sample_batches(model, tokenizer, PROMPTS, 3, 1.0, 1.0, max_new_tokens=8, batch_size=2, seed=7))
+    assert [len(rows) for rows in batches] == [2, 2, 2, 2, 1]
+    first_two = {(p, s): t for rows in batches[:2] for p, s, t in rows}
+    rest = sampled(model, tokenizer, seed=7, done=first_two)
+    assert set(rest).isdisjoint(first_two) and {**first_two, **rest} == whole
+    ranks = [sampled(model, tokenizer, seed=7, rank=rank, world_size=2) for rank in (0, 1)]
+    assert set(ranks[0]).isdisjoint(ranks[1]) and {**ranks[0], **ranks[1]} == whole
+
+
+def test_greedy_batches_fill_every_sample_of_their_prompts(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    batches = list(sample_batches(model, tokenizer, PROMPTS, 4, 0.0, max_new_tokens=6, batch_size=2, seed=0))
+    assert [len(rows) for rows in batches] == [8, 4]  # 3 decodes in batches of 2, each standing for 4 samples
+    rows = [row for batch in batches for row in batch]
+    assert sorted((p, s) for p, s, _ in rows) == [(p, s) for p in range(3) for s in range(4)]
+    expected = generate_samples(model, tokenizer, PROMPTS, 4, 0.0, max_new_tokens=6, batch_size=2)
+    assert {(p, s): t for p, s, t in rows} == {(p, s): expected[p][s] for p in range(3) for s in range(4)}
+    # a prompt's 4 greedy samples are one decode: done as soon as all of them are
+    done = {(p, s) for p, s, _ in batches[0]}
+    assert [row for batch in sample_batches(model, tokenizer, PROMPTS, 4, 0.0, max_new_tokens=6, batch_size=2,
+                                            done=done) for row in batch] == batches[1]

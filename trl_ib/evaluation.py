@@ -14,6 +14,8 @@ pass_at_k_m.png (Pass@k^(m) against m for each k). The pieces (`generate_samples
 are reused by `PassAtKMCallback` and the demo.
 """
 
+import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -21,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 
 import datasets
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from trl import TrlParser
 
@@ -29,7 +33,7 @@ from hub_cards.plots import plot_against_m
 from .builtin import resolve_model
 from .code_eval import BACKENDS, pass_at_k_m_table, resolve_m, score
 from .code_eval.problem_sets import is_verilog_eval_dir, load_verilog_eval
-from .generation import generate_samples
+from .generation import sample_batches
 from .prompting import PROMPT_MODES, PromptFormat, check_prompt_mode, resolve_prompt_mode
 
 __all__ = ["EvalArguments", "build_programs", "load_model", "load_problems", "main"]
@@ -87,7 +91,13 @@ class EvalArguments:
     batch_size: int = field(default=16, metadata={"help": "Sequences generated per forward pass."})
     timeout: float = field(default=3.0, metadata={"help": "Wall-clock seconds each sample may run."})
     num_workers: int | None = field(default=None, metadata={"help": "Samples run in parallel; default: CPUs."})
-    output_dir: str = field(default="eval_results", metadata={"help": "Where the results are written."})
+    output_dir: str = field(
+        default="eval_results",
+        metadata={"help": "Where the results are written; a rerun with the same arguments resumes there."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start afresh instead of resuming the samples already in output_dir."}
+    )
     seed: int = field(default=0, metadata={"help": "Random seed for sampling."})
 
     def __post_init__(self):
@@ -171,6 +181,73 @@ def load_problems(
     return problems[:num_problems] if num_problems else problems
 
 
+# The EvalArguments that decide the samples: a rerun resumes an output_dir only if these, and the prompts, match.
+GENERATION_FIELDS = (
+    "model_name_or_path", "adapter_path", "dataset", "dataset_split", "prompt_column", "num_problems", "language",
+    "prompt_mode", "instruction_prefix", "response_prefix", "num_samples", "temperature", "top_p", "max_new_tokens",
+    "stop_sequences", "batch_size", "seed",
+)  # fmt: skip
+
+
+def read_done_samples(output_dir: str, generation: dict, task_ids: list) -> dict[tuple[int, int], str]:
+    """{(problem, sample): completion} already in output_dir/samples.jsonl from a run with the same `generation`
+    arguments; {} for a new output_dir. Raises ValueError naming the arguments that differ."""
+    samples_path, generation_path = (os.path.join(output_dir, name) for name in ("samples.jsonl", "generation.json"))
+    if not os.path.exists(generation_path):
+        return {}
+    with open(generation_path) as file:
+        recorded = json.load(file)
+    changed = sorted(name for name in {**recorded, **generation} if recorded.get(name) != generation.get(name))
+    if changed:
+        differences = "; ".join(f"{name}: {recorded.get(name)!r} there, {generation.get(name)!r} now" for name in changed)
+        raise ValueError(
+            f"output_dir {output_dir!r} holds samples generated with other arguments ({differences}). Resume with "
+            "the same arguments, pass another --output_dir, or --overwrite_output_dir to start afresh"
+        )
+    index_of, done = {task_id: index for index, task_id in enumerate(task_ids)}, {}
+    if os.path.exists(samples_path):
+        with open(samples_path) as file:
+            for line in file:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the last line of a run killed while writing it
+                done[index_of[row["task_id"]], row["sample"]] = row["completion"]
+    return done
+
+
+def append_samples(path: str, rows: list[tuple[int, int, str]], task_ids: list) -> None:
+    """Append one batch's (problem, sample, completion) rows to samples.jsonl, under a lock (data parallel ranks
+    write to the same file), flushed before returning."""
+    text = "".join(json.dumps({"task_id": task_ids[i], "sample": s, "completion": c}) + "\n" for i, s, c in rows)
+    with open(path, "a") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        file.write(text)
+        file.flush()
+
+
+def write_atomically(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as file:
+        file.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def process_state() -> PartialState:
+    """accelerate's view of the processes, joined over gloo on a machine without an accelerator (accelerate would
+    otherwise leave each CPU process alone, and each would evaluate everything). Raises RuntimeError where the
+    launcher started several processes that did not join."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    on_cpu = launched > 1 and not (torch.cuda.is_available() or torch.xpu.is_available())
+    state = PartialState(cpu=on_cpu)
+    if state.num_processes != launched:
+        raise RuntimeError(
+            f"the launcher started {launched} processes (WORLD_SIZE) but accelerate joined {state.num_processes}: each "
+            "would evaluate every problem. Launch with `accelerate launch --num_processes N -m trl_ib.cli eval ...` "
+            "(on CPU add --multi_gpu, which only spawns the processes) or torchrun"
+        )
+    return state
+
+
 def main(argv: list[str]) -> None:
     (args,) = TrlParser(EvalArguments).parse_args_and_config(argv)
     if is_verilog_eval_dir(args.dataset) and args.language != "verilog":
@@ -178,34 +255,64 @@ def main(argv: list[str]) -> None:
             f"dataset {args.dataset!r} is a VerilogEval directory, and --language is {args.language!r}: its problems "
             "would all fail to run. Pass --language verilog"
         )
+    state = process_state()
     set_seed(args.seed)
     columns = {"prompt": args.prompt_column, "test": args.test_column, "entry_point": args.entry_point_column}
     problems = load_problems(args.dataset, args.dataset_split, args.num_problems, columns)
     prompts, entry_points = [problem["prompt"] for problem in problems], [problem["entry_point"] for problem in problems]
+    task_ids = [problem["task_id"] for problem in problems]
+    generation = {name: getattr(args, name) for name in GENERATION_FIELDS}
+    generation["prompts_sha256"] = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()
+    samples_path = os.path.join(args.output_dir, "samples.jsonl")
+    done = {} if args.overwrite_output_dir else read_done_samples(args.output_dir, generation, task_ids)
+    state.wait_for_everyone()  # every rank has read the old rows before the main process rewrites them
+    if state.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+        write_atomically(os.path.join(args.output_dir, "generation.json"), json.dumps(generation, indent=2))
+        rows = sorted(done.items())  # without a torn last line, so that new rows start on a line of their own
+        write_atomically(samples_path, "".join(
+            json.dumps({"task_id": task_ids[i], "sample": s, "completion": c}) + "\n" for (i, s), c in rows
+        ))  # fmt: skip
+    state.wait_for_everyone()
+
     model, tokenizer = load_model(args.model_name_or_path, args.adapter_path)
+    model.to(state.device)
     prompt_mode = resolve_prompt_mode(args.prompt_mode, tokenizer, args.model_name_or_path)
     prompt_format = PromptFormat(prompt_mode, args.language, args.instruction_prefix, args.response_prefix)
     stop_sequences = prompt_format.stop_sequences if args.stop_sequences is None else args.stop_sequences
-    print(f"prompt mode: {prompt_mode}; {len(problems)} problems x {args.num_samples} samples")
-    completions = generate_samples(
+    state.print(
+        f"prompt mode: {prompt_mode}; {len(problems)} problems x {args.num_samples} samples"
+        + (f"; {len(done)} samples already in {samples_path}" if done else "")
+        + (f"; {state.num_processes} processes" if state.num_processes > 1 else "")
+    )
+    new_rows = []
+    batches = sample_batches(
         model, tokenizer, prompts, args.num_samples, args.temperature, args.top_p, args.max_new_tokens,
-        stop_sequences, args.batch_size, prompt_format, progress=True,
+        stop_sequences, args.batch_size, prompt_format, progress=state.is_main_process, seed=args.seed, done=done,
+        rank=state.process_index, world_size=state.num_processes,
     )  # fmt: skip
+    for rows in batches:
+        append_samples(samples_path, rows, task_ids)
+        new_rows += rows
+    new_rows = gather_object(new_rows) if state.num_processes > 1 else new_rows
+    if not state.is_main_process:
+        return
+    done.update(((index, sample), completion) for index, sample, completion in new_rows)
+    completions = [[done[index, sample] for sample in range(args.num_samples)] for index in range(len(problems))]
     programs = build_programs(prompts, completions, prompt_format, entry_points)
     tests = [problem["test"] for problem in problems]
     scores = score(programs, tests, entry_points, args.k, args.m, args.language, args.timeout, args.num_workers)
 
-    os.makedirs(args.output_dir, exist_ok=True)
-    task_ids = [problem["task_id"] for problem in problems]
-    with open(os.path.join(args.output_dir, "samples.jsonl"), "w") as file:
-        for task_id, answers, group, results in zip(task_ids, completions, programs, scores.results):
-            for index, (completion, program, result) in enumerate(zip(answers, group, results)):
-                row = {"task_id": task_id, "sample": index, "completion": completion, "program": program}
-                file.write(json.dumps({**row, "passed": result.passed, "result": result.result}) + "\n")
-    with open(os.path.join(args.output_dir, "results.json"), "w") as file:
-        summary = {"pass_at_k_m": scores.table, "num_samples": scores.num_samples, "num_correct": scores.num_correct}
-        resolved = {"prompt_mode": prompt_mode, "stop_sequences": stop_sequences}
-        json.dump({**summary, "task_ids": task_ids, "args": {**asdict(args), **resolved}}, file, indent=2)
+    lines = []
+    for task_id, answers, group, results in zip(task_ids, completions, programs, scores.results):
+        for index, (completion, program, result) in enumerate(zip(answers, group, results)):
+            row = {"task_id": task_id, "sample": index, "completion": completion, "program": program}
+            lines.append(json.dumps({**row, "passed": result.passed, "result": result.result}) + "\n")
+    write_atomically(samples_path, "".join(lines))
+    summary = {"pass_at_k_m": scores.table, "num_samples": scores.num_samples, "num_correct": scores.num_correct}
+    resolved = {"prompt_mode": prompt_mode, "stop_sequences": stop_sequences}
+    results = {**summary, "task_ids": task_ids, "args": {**asdict(args), **resolved}}
+    write_atomically(os.path.join(args.output_dir, "results.json"), json.dumps(results, indent=2))
     plot_pass_at_k_m(scores.num_samples, scores.num_correct, args.k, os.path.join(args.output_dir, "pass_at_k_m.png"))
     width = max(map(len, scores.table))
     print("\n".join(f"{name:<{width}}  {value:.4f}" for name, value in scores.table.items()))

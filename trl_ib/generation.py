@@ -9,10 +9,16 @@ What `generate_samples` does beyond a `generate` call per prompt (measured in be
   looks at the new tokens only, as `cut_at_stop` does: a stop sequence that starts in the prompt (a chat prompt
   ends with "```python\n", so an answer starting with "```\n" completes "\n```\n") does not end generation;
 - `generate` stops a batch as soon as every row has produced a stop sequence or the end-of-sequence token.
+
+`sample_batches` is the same loop one batch at a time, for callers that save as they go (`ib-ft eval` appends each
+batch to samples.jsonl, so a killed run resumes) or split the work over processes (data parallel). With a `seed`,
+each batch draws from its own generator state, seeded by (seed, batch index): a batch gives the same samples whether
+it runs alone, after a resume, or on another process, so none of these change the results.
 """
 
+import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -38,6 +44,102 @@ class StopInNewTokens(StoppingCriteria):
         return self.criteria(input_ids[:, self.prompt_length :], scores)
 
 
+def batch_seed(seed: int, batch_index: int) -> int:
+    """The generator seed of batch `batch_index` of a run seeded with `seed` (no two (seed, batch) pairs share one,
+    so runs with neighbouring seeds draw independent samples)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{batch_index}".encode()).digest()[:8], "little")
+
+
+def sample_batches(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    num_samples: int,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    max_new_tokens: int = 512,
+    stop_sequences: Sequence[str] | None = None,
+    batch_size: int = 16,
+    prompt_format: PromptFormat = PromptFormat(),
+    progress: bool = False,
+    seed: int | None = None,
+    done: Collection[tuple[int, int]] = (),
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[list[tuple[int, int, str]]]:
+    """Generate `num_samples` completions per prompt, yielding one batch at a time.
+
+    The batches are fixed by the prompts, `num_samples`, `temperature` and `batch_size` alone. This process
+    generates batch b when b % world_size == rank and not all of its (problem, sample) pairs are in `done`.
+
+    Args:
+        seed: None draws from the global torch generator as it stands (the samples then depend on what ran before);
+            an int seeds each batch from (seed, batch index), so any subset of batches reproduces.
+        done: (problem, sample) pairs already generated (a resumed run): batches made only of these are skipped.
+
+    Yields:
+        [(problem, sample, completion), ...] for every sample a batch produced (greedy decoding: all n samples of
+        each of its prompts), completions cut before their first stop sequence.
+    """
+    stop_sequences = prompt_format.stop_sequences if stop_sequences is None else list(stop_sequences)
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+    copies = num_samples if temperature > 0 else 1  # greedy: one decode per prompt stands for all n samples
+    texts = [prompt_format.render(prompt, tokenizer) for prompt in prompts]
+    add_special_tokens = prompt_format.mode == "completion"  # a chat template writes its own special tokens
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
+    # (problem, copy) in length order; a stable sort keeps copy 0..copies-1 of a problem in order
+    requests = sorted(((index, copy) for index in range(len(texts)) for copy in range(copies)), key=lambda r: -lengths[r[0]])
+    samples_of = {copy: [copy] for copy in range(copies)} if copies > 1 else {0: list(range(num_samples))}
+    done = set(done)
+    batches = [
+        (number, requests[first : first + batch_size])
+        for number, first in enumerate(range(0, len(requests), batch_size))
+        if number % world_size == rank
+        and not all((index, sample) in done for index, copy in requests[first : first + batch_size] for sample in samples_of[copy])
+    ]  # fmt: skip
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # built once: `generate(stop_strings=...)` rebuilds this table over the whole vocabulary on every call
+    stop = StopInNewTokens(tokenizer, stop_sequences) if stop_sequences else None
+    stopping = StoppingCriteriaList([stop]) if stop is not None else None
+    was_training = model.training
+    model.eval()
+    total = sum(len(batch) for _, batch in batches) * num_samples // copies
+    bar = tqdm(total=total, unit="sample", desc="generating", disable=not progress)
+    start, new_token_count = time.perf_counter(), 0
+    # new tokens must follow every prompt directly; the caller's side is restored in `finally`
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        for number, batch in batches:
+            inputs = tokenizer(
+                [texts[index] for index, _ in batch], return_tensors="pt", padding=True,
+                add_special_tokens=add_special_tokens,
+            ).to(model.device)  # fmt: skip
+            if stop is not None:
+                stop.prompt_length = inputs["input_ids"].shape[1]  # left padded: the new tokens follow this column
+            if seed is not None:
+                torch.manual_seed(batch_seed(seed, number))
+            with torch.inference_mode():
+                output = model.generate(
+                    **inputs, **sampling, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
+                    stopping_criteria=stopping,
+                )  # fmt: skip
+            new_tokens = output[:, inputs["input_ids"].shape[1] :]  # (batch, <= max_new_tokens)
+            new_token_count += int((new_tokens != pad_token_id).sum())
+            texts_out = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            rows = [
+                (index, sample, cut_at_stop(text, stop_sequences))
+                for (index, copy), text in zip(batch, texts_out)
+                for sample in samples_of[copy]
+            ]
+            bar.update(len(rows))
+            bar.set_postfix_str(f"{new_token_count / (time.perf_counter() - start):.0f} tokens/s")
+            yield rows
+    finally:
+        bar.close()
+        model.train(was_training)
+        tokenizer.padding_side = padding_side  # the caller's tokenizer (a trainer's processing_class) is left as found
+
+
 def generate_samples(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -50,6 +152,7 @@ def generate_samples(
     batch_size: int = 16,
     prompt_format: PromptFormat = PromptFormat(),
     progress: bool = False,
+    seed: int | None = None,
 ) -> list[list[str]]:
     """Sample `num_samples` completions per prompt, each cut before its first stop sequence.
 
@@ -58,49 +161,17 @@ def generate_samples(
         stop_sequences: None takes `prompt_format.stop_sequences`.
         batch_size: rows per `generate` call.
         progress: show a bar over samples with the generation speed in new tokens/s.
+        seed: None draws from the global torch generator; an int seeds each batch (see `sample_batches`).
 
     Returns:
         completions[problem][sample], shape (len(prompts), num_samples); text only, no special tokens.
     """
-    stop_sequences = prompt_format.stop_sequences if stop_sequences is None else list(stop_sequences)
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
-    copies = num_samples if temperature > 0 else 1  # greedy: one decode per prompt stands for all n samples
-    texts = [prompt_format.render(prompt, tokenizer) for prompt in prompts]
-    add_special_tokens = prompt_format.mode == "completion"  # a chat template writes its own special tokens
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
-    requests = sorted((index for index in range(len(texts)) for _ in range(copies)), key=lambda i: -lengths[i])
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    # built once: `generate(stop_strings=...)` rebuilds this table over the whole vocabulary on every call
-    stop = StopInNewTokens(tokenizer, stop_sequences) if stop_sequences else None
-    stopping = StoppingCriteriaList([stop]) if stop is not None else None
-    completions: list[list[str]] = [[] for _ in texts]
-    was_training = model.training
-    model.eval()
-    bar = tqdm(total=len(texts) * num_samples, unit="sample", desc="generating", disable=not progress)
-    start, new_token_count = time.perf_counter(), 0
-    # new tokens must follow every prompt directly; the caller's side is restored in `finally`
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        for first in range(0, len(requests), batch_size):
-            batch = requests[first : first + batch_size]
-            inputs = tokenizer(
-                [texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
-            ).to(model.device)
-            if stop is not None:
-                stop.prompt_length = inputs["input_ids"].shape[1]  # left padded: the new tokens follow this column
-            with torch.inference_mode():
-                output = model.generate(
-                    **inputs, **sampling, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
-                    stopping_criteria=stopping,
-                )  # fmt: skip
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]  # (batch, <= max_new_tokens)
-            new_token_count += int((new_tokens != pad_token_id).sum())
-            for index, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-                completions[index] += [cut_at_stop(text, stop_sequences)] * (num_samples // copies)
-            bar.update(len(batch) * num_samples // copies)
-            bar.set_postfix_str(f"{new_token_count / (time.perf_counter() - start):.0f} tokens/s")
-    finally:
-        bar.close()
-        model.train(was_training)
-        tokenizer.padding_side = padding_side  # the caller's tokenizer (a trainer's processing_class) is left as found
+    completions = [[""] * num_samples for _ in prompts]
+    batches = sample_batches(
+        model, tokenizer, prompts, num_samples, temperature, top_p, max_new_tokens, stop_sequences, batch_size,
+        prompt_format, progress, seed,
+    )  # fmt: skip
+    for rows in batches:
+        for index, sample, completion in rows:
+            completions[index][sample] = completion
     return completions
