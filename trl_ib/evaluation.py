@@ -32,6 +32,7 @@ from hub_cards.plots import plot_against_m
 
 from .builtin import resolve_model
 from .code_eval import BACKENDS, pass_at_k_m_table, resolve_m, score
+from .code_eval.extraction import failing_program
 from .code_eval.problem_sets import is_verilog_eval_dir, load_verilog_eval
 from .generation import sample_batches
 from .prompting import PROMPT_MODES, PromptFormat, check_prompt_mode, resolve_prompt_mode
@@ -115,11 +116,21 @@ def build_programs(
     entry_points: Sequence[str | None] | None = None,
 ) -> list[list[str | None]]:
     """programs[problem][sample]: what `prompt_format` builds from each prompt and completion (a language name
-    means completion mode in that language); None for a completion with no code."""
+    means completion mode in that language); None for a completion with no code. A completion that cannot be
+    read (any exception while building its program) gets `failing_program` with the reason: one hostile answer
+    fails its sample, never the run."""
     prompt_format = PromptFormat(language=prompt_format) if isinstance(prompt_format, str) else prompt_format
     entry_points = [None] * len(prompts) if entry_points is None else entry_points
+
+    def program(prompt: str, completion: str, entry_point: str | None) -> str | None:
+        try:
+            return prompt_format.program(prompt, completion, entry_point)
+        except Exception as error:  # noqa: BLE001  generated text is hostile: its failure is its verdict
+            reason = f"the answer could not be read ({type(error).__name__}: {error})"
+            return failing_program(prompt_format.language, reason)
+
     return [
-        [prompt_format.program(prompt, completion, entry_point) for completion in group]
+        [program(prompt, completion, entry_point) for completion in group]
         for prompt, group, entry_point in zip(prompts, completions, entry_points)
     ]
 
