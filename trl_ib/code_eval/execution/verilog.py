@@ -80,26 +80,36 @@ def _forget_probe() -> None:
 check_sandbox.cache_clear = _forget_probe
 
 
-def run_sample(program: str, test: str, entry_point: str | None, timeout: float, limits: sandbox.Limits):
-    """Compile `program` with the testbench `test` and simulate it.
+class IcarusVerilog:
+    """The Verilog backend for one `run_samples` call: `run_sample` with a fresh sandbox per sample (no state to
+    free, so entering and leaving it do nothing)."""
 
-    Args:
-        program: the candidate design source.
-        test: testbench + reference module; must print `"Mismatches: %1d in %1d samples"`.
-        entry_point: the testbench's top module (`iverilog -s`), or None to let iverilog pick the roots.
-        timeout: wall-clock seconds for compilation and simulation together.
-        limits: rlimits, tmpfs size and output truncation.
+    def __enter__(self) -> "IcarusVerilog":
+        return self
 
-    Returns:
-        `sandbox.ExecutionResult`; "failed: compile error: ..." when iverilog rejects the design,
-        "failed: the design does not stand alone: ..." when it only elaborates with the testbench around it,
-        and "failed: N mismatches in M samples" when the simulation disagrees with the reference.
+    def __exit__(self, *exc_info) -> None:
+        pass
 
-    Raises:
-        sandbox.SandboxError: the sandbox cannot run a known-good design here (checked once per process).
-    """
-    check_sandbox()
-    return _run(program, test, entry_point, timeout, limits)
+    def run_sample(self, program: str, test: str, entry_point: str | None, timeout: float, limits: sandbox.Limits):
+        """Compile `program` with the testbench `test` and simulate it.
+
+        Args:
+            program: the candidate design source.
+            test: testbench + reference module; must print `"Mismatches: %1d in %1d samples"`.
+            entry_point: the testbench's top module (`iverilog -s`), or None to let iverilog pick the roots.
+            timeout: wall-clock seconds for compilation and simulation together.
+            limits: rlimits, tmpfs size and output truncation.
+
+        Returns:
+            `sandbox.ExecutionResult`; "failed: compile error: ..." when iverilog rejects the design,
+            "failed: the design does not stand alone: ..." when it only elaborates with the testbench around it,
+            and "failed: N mismatches in M samples" when the simulation disagrees with the reference.
+
+        Raises:
+            sandbox.SandboxError: the sandbox cannot run a known-good design here (checked once per process).
+        """
+        check_sandbox()
+        return _run(program, test, entry_point, timeout, limits)
 
 
 def _run(program: str, test: str, entry_point: str | None, timeout: float, limits: sandbox.Limits):
