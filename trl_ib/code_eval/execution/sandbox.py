@@ -48,7 +48,7 @@ and RLIMIT_CPU, not by shares; nothing isolates the sample from the host kernel'
 namespaces, dropped capabilities, no nested user namespaces and that filter.
 
 Without bubblewrap the run is isolated by rlimits and the process group only, and a one-time `RuntimeWarning`
-says what is not isolated.
+says what is not isolated. docs/SANDBOX.md gathers all of this with the backends' verdict rules on one page.
 """
 
 import errno
