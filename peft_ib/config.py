@@ -7,6 +7,7 @@ from typing import Literal, Optional, Union
 from peft import LoraConfig
 from peft.utils.peft_types import PeftType
 
+IBLORA = "IBLORA"  # the PeftType member registry.py adds, and every IB-LoRA adapter's `peft_type`
 KL_MASKS = ("attention", "response", "all")
 INPUT_NORMS = ("rms", "none")
 
