@@ -1,11 +1,13 @@
 """IBLoraConfig: LoRA plus the variational information-bottleneck (IB) encoders of IB-FT."""
 
-from dataclasses import dataclass, field
+import textwrap
+from dataclasses import dataclass, field, fields
 from typing import Literal, Optional, Union
 
 from peft import LoraConfig
 from peft.utils.peft_types import PeftType
 
+IBLORA = "IBLORA"  # the PeftType member registry.py adds, and every IB-LoRA adapter's `peft_type`
 KL_MASKS = ("attention", "response", "all")
 INPUT_NORMS = ("rms", "none")
 
@@ -17,6 +19,8 @@ class IBLoraConfig(LoraConfig):
     chosen decoder block (see `ib_layers`). During a training forward with labels the encoder reads the block's
     output hidden state h (batch, seq, hidden) and adds the penalty `ib_alpha * (KL + ib_beta * ce_ib)`; in eval
     mode, in `generate` and with adapters disabled it is not run at all, so inference is plain LoRA.
+
+    The Args section below is written from the fields' help texts when this module loads.
     """
 
     ib_layers: Union[int, list[int], float] = field(
@@ -31,7 +35,7 @@ class IBLoraConfig(LoraConfig):
             )
         },
     )
-    ib_dim: int = field(default=256, metadata={"help": "Dimension D of the bottleneck z (the paper uses 256)."})
+    ib_dim: int = field(default=256, metadata={"help": "Dimension D of the bottleneck z (the paper's is 256)."})
     ib_alpha: float = field(
         default=0.2, metadata={"help": "Weight of the IB penalty: loss = ce + ib_alpha * (KL + ib_beta * ce_ib)."}
     )
@@ -65,11 +69,7 @@ class IBLoraConfig(LoraConfig):
             "help": (
                 "What the encoder reads at each position. 'rms': h / rms(h), parameter-free (rms(h) = sqrt(mean_i "
                 "h_i^2 + 1e-6)), so the few positions where a pretrained LLM's residual stream is massive (the "
-                "attention sink at position 0: norm 22,391 against a median of 201 at SmolLM2-135M's block 19) "
-                "cannot dominate the KL; a freshly initialized encoder then starts at a KL of ~0.26 nats per position "
-                "and dim whatever the model (1/2 (1/3 + e^(1/6) - 1) in expectation). 'none' (the paper's code): h "
-                "as it is; on SmolLM2-135M the first step's penalty is then ~600x the task loss "
-                "(benchmarks/README.md)."
+                "attention sink at position 0) cannot dominate the KL. 'none' (the paper's code): h as it is."
             )
         },
     )
@@ -147,3 +147,20 @@ class IBLoraConfig(LoraConfig):
         if len(set(resolved)) != len(resolved):
             raise ValueError(f"ib_layers={layers!r}: indices name the same block twice for {num_blocks} blocks.")
         return sorted(resolved)
+
+
+IB_FIELDS = tuple(f for f in fields(IBLoraConfig) if f.name.startswith("ib_"))
+"""The IB fields IBLoraConfig adds to LoraConfig, in declaration order (the CLI flags and the Hub card use them)."""
+
+
+def _args_block(ib_fields) -> str:
+    """A docstring Args section, as PEFT's configs have, written from the fields' help texts."""
+    entries = [
+        textwrap.fill(f"{f.name} (defaults to `{f.default!r}`): {f.metadata['help']}", width=116,
+                      initial_indent=" " * 8, subsequent_indent=" " * 12, break_on_hyphens=False)
+        for f in ib_fields
+    ]  # fmt: skip
+    return "\n    Args:\n" + "\n".join(entries) + "\n"
+
+
+IBLoraConfig.__doc__ = IBLoraConfig.__doc__.rstrip() + "\n" + _args_block(IB_FIELDS)

@@ -21,7 +21,7 @@ import os
 from huggingface_hub import ModelCard, ModelCardData
 from peft import PeftModel
 
-from .registry import IBLORA
+from .config import IBLORA
 
 
 def install_card_hook() -> None:

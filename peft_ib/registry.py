@@ -12,7 +12,8 @@ loading, `requires_grad` toggling) treats the IB encoders as adapter weights.
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils.peft_types import PeftType
 
-IBLORA = "IBLORA"
+from .config import IBLORA, IBLoraConfig
+from .model import IBLoraModel
 
 
 def _add_enum_member(name: str) -> PeftType:
@@ -32,9 +33,6 @@ def _add_enum_member(name: str) -> PeftType:
 
 def register() -> PeftType:
     """Make `PeftType.IBLORA` exist and map it to IBLoraConfig / IBLoraModel with LoRA's `lora_` prefix."""
-    from .config import IBLoraConfig
-    from .model import IBLoraModel
-
     peft_type = _add_enum_member(IBLORA)
     PEFT_TYPE_TO_CONFIG_MAPPING[peft_type] = IBLoraConfig
     PEFT_TYPE_TO_TUNER_MAPPING[peft_type] = IBLoraModel

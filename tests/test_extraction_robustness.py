@@ -2,6 +2,7 @@
 and what a grader would accept runs (the classes of the extraction module's docstring, each run in the sandbox)."""
 
 import ast
+import dataclasses
 import json
 import random
 
@@ -11,9 +12,8 @@ from test_callbacks import make_trainer
 from tiny_models import CHAT_TEMPLATE, tiny_llama, train_tokenizer
 
 import trl_ib.callbacks
-import trl_ib.prompting
 from trl_ib.callbacks import PassAtKMCallback
-from trl_ib.code_eval import score
+from trl_ib.code_eval import LANGUAGES, score
 from trl_ib.code_eval.extraction import code_in_answer, python_program, sanitize_python
 from trl_ib.evaluation import build_programs, main
 from trl_ib.prompting import PromptFormat
@@ -113,7 +113,7 @@ def test_build_programs_turns_any_exception_into_the_samples_verdict(monkeypatch
             raise MemoryError("boom")
         return prompt + answer
 
-    monkeypatch.setattr(trl_ib.prompting, "python_program", unreadable)
+    monkeypatch.setitem(LANGUAGES, "python", dataclasses.replace(LANGUAGES["python"], chat_program=unreadable))
     assert verdicts(["boom", "    return math.hypot(a, b)\n"]) == [
         "failed: the answer could not be read (MemoryError: boom)", "passed",
     ]  # fmt: skip

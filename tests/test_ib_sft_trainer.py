@@ -293,7 +293,7 @@ def test_resume_from_checkpoint_reproduces_the_run(tmp_path, tokenizer):
 def test_rejects_models_without_an_ib_adapter(tmp_path, tokenizer):
     args = IBSFTConfig(**{**BASE_ARGS, "output_dir": str(tmp_path)})
     data = code_dataset(2)
-    with pytest.raises(ValueError, match=r"peft_config of type LoraConfig.*IBLoraConfig"):
+    with pytest.raises(TypeError, match=r"peft_config of type LoraConfig.*IBLoraConfig"):
         IBSFTTrainer(tiny_llama(), args=args, train_dataset=data, processing_class=tokenizer,
                      peft_config=LoraConfig(r=4, target_modules="all-linear"))
     with pytest.raises(ValueError, match=r"needs a model with an IB-LoRA adapter, got LlamaForCausalLM.*IBLoraConfig"):

@@ -1,6 +1,9 @@
 import os
+import runpy
+import shutil
 import subprocess
 import sys
+import tomllib
 from fractions import Fraction
 from itertools import combinations
 from math import comb
@@ -137,6 +140,33 @@ print(sorted(name for name in ("torch", "trl", "transformers") if name in sys.mo
     env = {**os.environ, "HF_ALLOW_CODE_EVAL": "1", "USE_TORCH": "0"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1])
     assert done.stdout == "0.5 1.0 0.0 [1]\n[]\n", done.stderr
+
+
+def test_metric_folder_is_a_space_that_loads_from_a_copy(tmp_path, monkeypatch):
+    import evaluate
+    import evaluate.utils
+
+    from trl_ib.code_eval.metrics import PASS_AT_K_M
+
+    root = Path(__file__).parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    copy = shutil.copytree(PASS_AT_K_M, tmp_path / "pass_at_k_m", ignore=shutil.ignore_patterns("__pycache__"))
+    space = shutil.copytree(copy, tmp_path / "app")  # a Space's checkout is named after no module
+    assert not copy.is_relative_to(root)
+    # What the Space installs: this package at this version (the module imports trl_ib), and the sandbox's tools.
+    assert (copy / "requirements.txt").read_text() == f"{project['name']}=={project['version']}\n"
+    assert (copy / "packages.txt").read_text().split() == ["bubblewrap", "iverilog"]
+    monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
+    shown = []
+    monkeypatch.setattr(evaluate.utils, "launch_gradio_widget", shown.append)  # gradio itself is the Space's
+    runpy.run_path(str(space / "app.py"), run_name="__main__")
+    for metric in (evaluate.load(str(copy)), *shown):
+        assert metric.info.license == project["license"] and metric.info.codebase_urls == ["https://pypi.org/project/ib-ft/"]
+        scores = metric.compute(
+            predictions=[["def f():\n    return 1"] * 3 + ["def f():\n    return 2"]], references=["assert f() == 1"], k=[2], m=[1, 2]
+        )
+        assert (scores["pass@2^(1)"], scores["pass@2^(2)"], scores["num_correct"]) == (1.0, 0.5, [3])  # C(3,2)/C(4,2)
+    assert len(shown) == 1
 
 
 def test_invalid_m_string_and_length_mismatch():

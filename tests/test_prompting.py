@@ -2,7 +2,8 @@ import pytest
 from tiny_models import CHAT_TEMPLATE, train_tokenizer
 
 from trl_ib.code_eval.extraction import cut_at_stop
-from trl_ib.prompting import INSTRUCTION_PREFIX, PromptFormat, resolve_prompt_mode
+from trl_ib.code_eval.execution import LANGUAGES
+from trl_ib.prompting import PromptFormat, resolve_prompt_mode
 
 PROMPT = 'def one():\n    """Return 1."""\n'
 
@@ -41,7 +42,7 @@ def test_render(tokenizers):
         '<user>Solve:\n```\ndef one():\n    """Return 1."""\n```\n</user>\n<assistant>Here:\n```python\n'
     )
     assert PromptFormat("chat", "verilog").render("Implement TopModule.", chat).startswith(
-        f"<user>{INSTRUCTION_PREFIX['verilog']}\n```\nImplement TopModule.\n```\n</user>\n"
+        f"<user>{LANGUAGES['verilog'].instruction_prefix}\n```\nImplement TopModule.\n```\n</user>\n"
     )
     assert PromptFormat("chat", "verilog").render("x", chat).endswith(":\n```verilog\n")
     # render's check is resolve_prompt_mode's, with the tokenizer's name

@@ -31,7 +31,7 @@ from trl import TrlParser
 from hub_cards.plots import plot_against_m
 
 from .builtin import resolve_model
-from .code_eval import BACKENDS, pass_at_k_m_table, resolve_m, score
+from .code_eval import LANGUAGES, pass_at_k_m_table, resolve_m, score
 from .code_eval.extraction import failing_program
 from .code_eval.problem_sets import is_verilog_eval_dir, load_verilog_eval
 from .generation import sample_batches
@@ -60,7 +60,7 @@ class EvalArguments:
         default="entry_point", metadata={"help": "Column holding the entry point (the function `check` gets)."}
     )
     num_problems: int | None = field(default=None, metadata={"help": "Evaluate only the first N problems."})
-    language: str = field(default="python", metadata={"help": "Execution backend.", "choices": sorted(BACKENDS)})
+    language: str = field(default="python", metadata={"help": "Execution backend.", "choices": sorted(LANGUAGES)})
     prompt_mode: str = field(
         default="auto",
         metadata={

@@ -263,7 +263,7 @@ def _check_has_ib_adapter(model, peft_config) -> None:
     hint = "Pass peft_config=IBLoraConfig(...) (from peft_ib), or a model wrapped with get_peft_model(model, IBLoraConfig(...))."
     if peft_config is not None:
         if not isinstance(peft_config, IBLoraConfig):
-            raise ValueError(f"IBSFTTrainer got peft_config of type {type(peft_config).__name__}. {hint}")
+            raise TypeError(f"IBSFTTrainer got peft_config of type {type(peft_config).__name__}. {hint}")
         return
     if not isinstance(model, PeftModel) or not any(isinstance(c, IBLoraConfig) for c in model.peft_config.values()):
         raise ValueError(f"IBSFTTrainer needs a model with an IB-LoRA adapter, got {type(model).__name__}. {hint}")

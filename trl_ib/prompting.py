@@ -5,13 +5,14 @@ completion  the problem's prompt as is (a signature and docstring, a module head
 chat        EvalPlus's recipe for instruct models: the user turn is an instruction prefix and the prompt in a code
             block, passed through `tokenizer.apply_chat_template(..., add_generation_prompt=True)`; the assistant
             turn is started with a response prefix that opens a code block, generation stops at the fence closing
-            it (a fence on a line of its own after code, `CHAT_STOP_SEQUENCES`), and the program is the code of
-            the answer, sanitized (`trl_ib.code_eval.extraction`).
+            it (a fence on a line of its own after code, `Language.chat_stop_sequences`), and the program is the
+            code of the answer, sanitized (`trl_ib.code_eval.extraction`).
 auto        chat when the tokenizer has a chat template and the model's name or path says it is tuned for chat
             (it contains "instruct", "chat" or "-it", any case), completion otherwise. Base models often ship a
             chat template too, so the template alone does not decide.
 
-The same `PromptFormat` serves `ib-ft eval`, `PassAtKMCallback` and the demo.
+The same `PromptFormat` serves `ib-ft eval`, `PassAtKMCallback` and the demo; what differs by language (stop
+sequences, chat prefixes, the program builders) is the language's record, `trl_ib.code_eval.execution.LANGUAGES`.
 """
 
 import re
@@ -19,29 +20,10 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from .code_eval.extraction import FENCE, code_in_answer, python_program, verilog_program
+from .code_eval.execution.languages import Language, check_language
+from .code_eval.extraction import FENCE
 
 PROMPT_MODES = ("auto", "completion", "chat")
-# language -> completion-mode stop sequences; generation stops at (and drops) the first one
-STOP_SEQUENCES = {
-    "python": ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"],
-    "verilog": ["endmodule"],
-}
-# language -> chat-mode stop sequences: the fence closing the block the response prefix opened, on a line of its
-# own after code. Not a bare fence: an answer that closes the opened block at once (and writes its code in a
-# later block) must go on to that later block. `generate_samples` matches stops in the new tokens only, so the
-# answer's first fence (nothing before it) does not match "\n```\n", nor does a later "```python" line.
-CHAT_STOP_SEQUENCES = {"python": [f"\n{FENCE}\n"], "verilog": [f"\n{FENCE}\n", "endmodule"]}
-INSTRUCTION_PREFIX = {
-    "python": "Please provide a self-contained Python script that solves the following problem in a markdown code block:",
-    "verilog": "Please provide the complete Verilog module TopModule that solves the following problem in a markdown "
-    "code block:",
-}
-RESPONSE_PREFIX = {
-    "python": "Below is a Python script with a self-contained function that solves the problem and passes "
-    "corresponding tests:",
-    "verilog": "Below is the Verilog module TopModule that solves the problem:",
-}
 _CHAT_MODEL_NAME = re.compile(r"instruct|chat|-it\b", re.IGNORECASE)
 
 
@@ -71,9 +53,9 @@ class PromptFormat:
 
     Args:
         mode: "completion" or "chat" ("auto" is resolved first, by `resolve_prompt_mode`).
-        language: "python" or "verilog".
-        instruction_prefix, response_prefix: chat mode only; None takes the language's default
-            (`INSTRUCTION_PREFIX`, `RESPONSE_PREFIX`).
+        language: a key of `LANGUAGES` ("python", "verilog").
+        instruction_prefix, response_prefix: chat mode only; None takes the language's default (its record's
+            `instruction_prefix`, `response_prefix`).
     """
 
     mode: str = "completion"
@@ -84,20 +66,26 @@ class PromptFormat:
     def __post_init__(self):
         if self.mode not in ("completion", "chat"):
             raise ValueError(f"mode={self.mode!r} is invalid; choose 'completion' or 'chat' (resolve 'auto' first)")
-        if self.language not in STOP_SEQUENCES:
-            raise ValueError(f"language={self.language!r} is not supported; choose one of {sorted(STOP_SEQUENCES)}")
+        check_language(self.language)
+
+    @property
+    def language_record(self) -> Language:
+        """The record of `language`: its stop sequences, chat prefixes and program builders."""
+        return check_language(self.language)
 
     @property
     def stop_sequences(self) -> list[str]:
         """The default stop sequences of this mode and language."""
-        return list((CHAT_STOP_SEQUENCES if self.mode == "chat" else STOP_SEQUENCES)[self.language])
+        language = self.language_record
+        return list(language.chat_stop_sequences if self.mode == "chat" else language.stop_sequences)
 
     def render(self, prompt: str, tokenizer: PreTrainedTokenizerBase) -> str:
         """The text the model continues: `prompt` itself, or the chat turns ending inside an open code block."""
         if self.mode == "completion":
             return prompt
-        instruction = INSTRUCTION_PREFIX[self.language] if self.instruction_prefix is None else self.instruction_prefix
-        response = RESPONSE_PREFIX[self.language] if self.response_prefix is None else self.response_prefix
+        language = self.language_record
+        instruction = language.instruction_prefix if self.instruction_prefix is None else self.instruction_prefix
+        response = language.response_prefix if self.response_prefix is None else self.response_prefix
         resolve_prompt_mode("chat", tokenizer, getattr(tokenizer, "name_or_path", ""))  # raises without a chat template
         user = f"{instruction}\n{FENCE}\n{prompt.strip()}\n{FENCE}\n"
         turns = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
@@ -106,8 +94,6 @@ class PromptFormat:
     def program(self, prompt: str, answer: str, entry_point: str | None = None) -> str | None:
         """The program to test for `answer` (generated after `render(prompt)`, cut at the stop sequences);
         None when the answer has no code."""
-        if self.language == "verilog":
-            return verilog_program(prompt + answer if self.mode == "completion" else code_in_answer(answer))
-        if self.mode == "completion":
-            return prompt + answer if answer.strip() else None
-        return python_program(prompt, answer, entry_point)
+        language = self.language_record
+        build = language.chat_program if self.mode == "chat" else language.completion_program
+        return build(prompt, answer, entry_point)

@@ -7,10 +7,10 @@ only), and it imports nothing else from `trl_ib`: the trainer and the tools use 
 """
 
 from .estimator import pass_at_k_m, pass_at_k_m_table, resolve_m
-from .execution import BACKENDS, ExecutionResult, Limits, Sample, SandboxError, run_samples
+from .execution import LANGUAGES, ExecutionResult, Limits, Sample, SandboxError, run_samples
 from .scoring import Scores, score
 
 __all__ = [
-    "BACKENDS", "ExecutionResult", "Limits", "Sample", "SandboxError", "Scores",
+    "LANGUAGES", "ExecutionResult", "Limits", "Sample", "SandboxError", "Scores",
     "pass_at_k_m", "pass_at_k_m_table", "resolve_m", "run_samples", "score",
 ]

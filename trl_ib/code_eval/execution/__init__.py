@@ -1,4 +1,4 @@
-"""Sandboxed execution of model-generated programs: one backend per language and a parallel runner.
+"""Sandboxed execution of model-generated programs: one backend per language (`languages.py`) and a parallel runner.
 
     from trl_ib.code_eval.execution import Sample, run_samples
     results = run_samples([Sample(program, test, entry_point)], language="python", timeout=3.0)
@@ -12,20 +12,21 @@ and never takes a worker or another sample's result down with it.
 import numbers
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from . import python, verilog
+from .languages import LANGUAGES, Backend, Language, check_language
 from .sandbox import ExecutionResult, Limits, SandboxError, bwrap_available
 
 
 __all__ = [
-    "BACKENDS",
+    "LANGUAGES",
+    "Backend",
     "ExecutionResult",
+    "Language",
     "Limits",
     "Sample",
     "SandboxError",
@@ -33,14 +34,6 @@ __all__ = [
     "default_num_workers",
     "run_samples",
 ]
-
-# language -> a context manager (entered once per `run_samples` call) holding an object with
-# `run_sample(program, test, entry_point, timeout, limits) -> ExecutionResult`, safe to call from threads
-BACKENDS: dict[str, Callable[[], AbstractContextManager]] = {
-    "python": python.ForkServers,
-    "verilog": lambda: nullcontext(verilog),
-}
-
 
 MAX_TIMEOUT_S = 1e6  # seconds per sample (11.6 days); beyond, deadlines overflow the platform's time_t
 
@@ -106,8 +99,7 @@ def run_samples(
         ValueError, TypeError: a bad argument, before anything runs.
         SandboxError: the sandbox cannot run programs here (e.g. a fresh Python server does not start).
     """
-    if language not in BACKENDS:
-        raise ValueError(f"language={language!r} is not supported; choose one of {sorted(BACKENDS)}")
+    record = check_language(language)
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not 0 < timeout <= MAX_TIMEOUT_S:
         raise ValueError(f"timeout={timeout!r} is invalid; give the wall-clock seconds per sample, > 0 and <= {MAX_TIMEOUT_S:g}")
     if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 1):
@@ -136,7 +128,7 @@ def run_samples(
             stacklevel=2,
         )
     results: list[ExecutionResult | None] = [None] * len(samples)
-    with BACKENDS[language]() as backend, ThreadPoolExecutor(max_workers=num_workers) as pool:
+    with record.backend() as backend, ThreadPoolExecutor(max_workers=num_workers) as pool:
         futures = {
             pool.submit(backend.run_sample, sample.program, sample.test, sample.entry_point, timeout, limits): index
             for index, sample in enumerate(samples)

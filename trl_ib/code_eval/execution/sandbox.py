@@ -48,7 +48,7 @@ and RLIMIT_CPU, not by shares; nothing isolates the sample from the host kernel'
 namespaces, dropped capabilities, no nested user namespaces and that filter.
 
 Without bubblewrap the run is isolated by rlimits and the process group only, and a one-time `RuntimeWarning`
-says what is not isolated.
+says what is not isolated. docs/SANDBOX.md gathers all of this with the backends' verdict rules on one page.
 """
 
 import errno
@@ -205,14 +205,38 @@ def _inner_args(disk_bytes: int, view: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
-# (audit arch, syscalls refused, socket and socketpair) per architecture. Refused: what parks memory outside
-# every process's address space (so outside RLIMIT_AS) and outside the tmpfs (SysV shared memory, message
-# queues and semaphores, memfd files), and what outlives a sample inside its server's namespaces, shared with
-# the next sample (kernel keyrings: add_key, request_key, keyctl; POSIX message queues: mq_*).
+# Classic BPF as seccomp runs it (linux/bpf_common.h, linux/seccomp.h, linux/audit.h): an instruction is
+# (code, jump if true, jump if false, k); the code ORs a class with its modes.
+BPF_LD, BPF_W, BPF_ABS = 0x00, 0x00, 0x20  # load the 32-bit word at offset k of struct seccomp_data
+BPF_JMP, BPF_JEQ, BPF_JGE, BPF_K = 0x05, 0x10, 0x30, 0x00  # jump on accumulator == k / >= k
+BPF_RET = 0x06  # return k
+SECCOMP_DATA_NR, SECCOMP_DATA_ARCH, SECCOMP_DATA_ARG0 = 0, 4, 16  # offsets: syscall number, audit arch, args[0]
+SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000  # ERRNO: the errno in the low 16 bits
+AUDIT_ARCH_X86_64, AUDIT_ARCH_AARCH64 = 0xC000003E, 0xC00000B7
+X32_SYSCALL_BIT = 0x40000000  # numbers at or above it are x32's (x86_64); no native syscall is that high
+
+# Refused: what parks memory outside every process's address space (so outside RLIMIT_AS) and outside the tmpfs
+# (SysV shared memory, message queues and semaphores, memfd files), and what outlives a sample inside its server's
+# namespaces, shared with the next sample (kernel keyrings: add_key, request_key, keyctl; POSIX message queues:
+# mq_*). socket and socketpair are checked by family.
+_REFUSED = [
+    "shmget", "msgget", "semget", "memfd_create", "memfd_secret", "add_key", "request_key", "keyctl",
+    "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
+]  # fmt: skip
+_SOCKET_CALLS = ["socket", "socketpair"]
+# machine -> (audit arch, syscall numbers: arch/x86/entry/syscalls/syscall_64.tbl, include/uapi/asm-generic/unistd.h)
 _SYSCALLS = {
-    "x86_64": (0xC000003E, [29, 68, 64, 319, 447, 248, 249, 250, *range(240, 246)], [41, 53]),
-    "aarch64": (0xC00000B7, [194, 186, 190, 279, 447, 217, 218, 219, *range(180, 186)], [198, 199]),
-}
+    "x86_64": (AUDIT_ARCH_X86_64, {
+        "shmget": 29, "msgget": 68, "semget": 64, "memfd_create": 319, "memfd_secret": 447, "add_key": 248,
+        "request_key": 249, "keyctl": 250, "mq_open": 240, "mq_unlink": 241, "mq_timedsend": 242,
+        "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245, "socket": 41, "socketpair": 53,
+    }),
+    "aarch64": (AUDIT_ARCH_AARCH64, {
+        "shmget": 194, "msgget": 186, "semget": 190, "memfd_create": 279, "memfd_secret": 447, "add_key": 217,
+        "request_key": 218, "keyctl": 219, "mq_open": 180, "mq_unlink": 181, "mq_timedsend": 182,
+        "mq_timedreceive": 183, "mq_notify": 184, "mq_getsetattr": 185, "socket": 198, "socketpair": 199,
+    }),
+}  # fmt: skip
 # Socket families a sample may open: Unix sockets (the fork server's verdict channel) and IP, which reaches
 # nothing but the sandbox's own loopback. Every other family is refused: AF_VSOCK is not network-namespaced
 # (it reaches the hypervisor and this VM's vsock ports), AF_NETLINK, AF_PACKET, and families added later.
@@ -221,20 +245,22 @@ _SOCKET_FAMILIES = [socket.AF_UNIX, socket.AF_INET, socket.AF_INET6]
 
 @cache
 def seccomp_filter() -> bytes | None:
-    """A classic-BPF seccomp program (`bwrap --seccomp`): EPERM for the refused syscalls of `_SYSCALLS`, for
+    """A classic-BPF seccomp program (`bwrap --seccomp`): EPERM for the syscalls named in `_REFUSED`, for
     `socket`/`socketpair` of a family not in `_SOCKET_FAMILIES` and for every syscall of another ABI (i386,
     x32: other numbers), everything else allowed; None on other architectures."""
     if platform.machine() not in _SYSCALLS:
         return None
-    arch, refused, socket_calls = _SYSCALLS[platform.machine()]
-    load, equal, at_least, answer = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
-    # (code, jump if true, jump if false, k); jumps name a label, resolved to forward offsets below.
-    program = [(load, 0, 0, 4), (equal, 0, "deny", arch), (load, 0, 0, 0), (at_least, "deny", 0, 0x40000000)]
-    program += [(equal, "deny", 0, number) for number in refused]
-    program += [(equal, "socket", 0, number) for number in socket_calls]
-    program += [(answer, 0, 0, 0x7FFF0000), "socket", (load, 0, 0, 16)]  # ALLOW; args[0], the family (low word)
+    arch, numbers = _SYSCALLS[platform.machine()]
+    load, answer = BPF_LD | BPF_W | BPF_ABS, BPF_RET | BPF_K
+    equal, at_least = BPF_JMP | BPF_JEQ | BPF_K, BPF_JMP | BPF_JGE | BPF_K
+    # Jumps name a label, resolved to forward offsets below.
+    program = [(load, 0, 0, SECCOMP_DATA_ARCH), (equal, 0, "deny", arch), (load, 0, 0, SECCOMP_DATA_NR)]
+    program += [(at_least, "deny", 0, X32_SYSCALL_BIT)]
+    program += [(equal, "deny", 0, numbers[name]) for name in _REFUSED]
+    program += [(equal, "socket", 0, numbers[name]) for name in _SOCKET_CALLS]
+    program += [(answer, 0, 0, SECCOMP_RET_ALLOW), "socket", (load, 0, 0, SECCOMP_DATA_ARG0)]  # the family (low word)
     program += [(equal, "allow", 0, family) for family in _SOCKET_FAMILIES]
-    program += ["deny", (answer, 0, 0, 0x00050000 | errno.EPERM), "allow", (answer, 0, 0, 0x7FFF0000)]
+    program += ["deny", (answer, 0, 0, SECCOMP_RET_ERRNO | errno.EPERM), "allow", (answer, 0, 0, SECCOMP_RET_ALLOW)]
     labels, instructions = {}, []
     for item in program:
         if isinstance(item, str):

@@ -4,7 +4,7 @@ A problem's `test` holds the testbench and the reference module; the testbench c
 (`TopModule`/`top_module`) with the reference and ends with `$display("Mismatches: %1d in %1d samples", ...)`.
 A sample passes when that line reports zero mismatches.
 
-One sandbox per sample (see `sandbox.py`) runs `_DRIVER` with the interpreter of this process: it writes
+One sandbox per sample (see `sandbox.py`) runs `_verilog_driver.py` with the interpreter of this process: it writes
 design.sv and testbench.sv into the sandbox's private tmpfs and preprocesses the design alone (`iverilog -E`),
 so its `ifdef`s cannot see the testbench's macros (VerilogEval v2 testbenches `define OK); that text is all
 the later steps see of the design. It refuses a preprocessed design that still holds a directive other than
@@ -30,55 +30,15 @@ import re
 import secrets
 import sys
 import threading
+from importlib import resources
 
 from . import sandbox
 
 
 _MISMATCH_FORMAT = '"Mismatches: '
 
-_DRIVER = r"""
-import marshal, os, re, secrets, subprocess, sys
-design, testbench, top, nonce, iverilog, vvp = marshal.loads(sys.stdin.buffer.read())
-for name, source in (("design.sv", design), ("testbench.sv", testbench)):
-    with open(name, "wb") as file:
-        file.write(source)
-
-
-def refuse(what, message):
-    os.write(2, f"{nonce} {what}: {message}\n".encode())
-    os._exit(0)
-
-
-def step(what, argv):
-    done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        first_error = (done.stdout.decode("utf-8", "replace").strip().splitlines() or ["(no message)"])[0]
-        refuse(what, first_error + "\n" + done.stdout.decode("utf-8", "replace"))
-
-
-# The design is preprocessed alone, and that text is what both compiles see: its `ifdef`s cannot test the
-# testbench's macros (VerilogEval v2 testbenches `define OK), so the full run compiles the design checked alone.
-step("compile error", [iverilog, "-g2012", "-E", "-o", "design.pp.sv", "design.sv"])
-os.replace("design.pp.sv", "design.sv")  # its lines keep their numbers (dropped lines stay as blank ones)
-with open("design.sv", encoding="utf-8", errors="replace") as file:
-    code = re.sub(r'"(?:\\.|[^"\\\n])*"|//[^\n]*|/\*.*?\*/', " ", file.read(), flags=re.S)  # no strings, comments
-directive = re.search(r"`\s*(\w*)", re.sub(r"`(timescale|default_nettype|resetall|celldefine|endcelldefine)\b", "", code))
-if directive:  # e.g. a macro that pastes an `ifdef together: only inert directives may survive preprocessing
-    refuse("compile error", f"the preprocessed design still holds the directive `{directive.group(1)}")
-task = re.search(r"\$(finish|stop|fatal|exit)\w*", code)
-if task:  # the testbench reports in a `final` block, which runs on any $finish: a design must not end the run
-    refuse("the design ends the simulation", task.group(0))
-step("compile error", [iverilog, "-g2012", *top, "-o", "sim.vvp", "testbench.sv", "design.sv"])
-step("the design does not stand alone", [iverilog, "-g2012", "-t", "null", "design.sv"])
-os.remove("design.sv")
-os.remove("testbench.sv")
-hidden = os.path.join(os.getcwd(), secrets.token_hex(16))
-os.mkdir(hidden, 0o700)
-os.rename("sim.vvp", os.path.join(hidden, "sim.vvp"))
-os.chmod(hidden, 0o100)  # traverse only: the program is reachable by its unknown name alone
-os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # stdin held this request, testbench and nonce included
-os.execv(vvp, [vvp, "-n", os.path.join(hidden, "sim.vvp")])
-"""
+# The driver script, handed to the sandboxed interpreter as `-c` text (it cannot import trl_ib there).
+_DRIVER = resources.files(__package__).joinpath("_verilog_driver.py").read_text(encoding="utf-8")
 
 
 _PROBE_DESIGN = "module TopModule(output out);\n  assign out = 1;\nendmodule\n"
@@ -120,26 +80,36 @@ def _forget_probe() -> None:
 check_sandbox.cache_clear = _forget_probe
 
 
-def run_sample(program: str, test: str, entry_point: str | None, timeout: float, limits: sandbox.Limits):
-    """Compile `program` with the testbench `test` and simulate it.
+class IcarusVerilog:
+    """The Verilog backend for one `run_samples` call: `run_sample` with a fresh sandbox per sample (no state to
+    free, so entering and leaving it do nothing)."""
 
-    Args:
-        program: the candidate design source.
-        test: testbench + reference module; must print `"Mismatches: %1d in %1d samples"`.
-        entry_point: the testbench's top module (`iverilog -s`), or None to let iverilog pick the roots.
-        timeout: wall-clock seconds for compilation and simulation together.
-        limits: rlimits, tmpfs size and output truncation.
+    def __enter__(self) -> "IcarusVerilog":
+        return self
 
-    Returns:
-        `sandbox.ExecutionResult`; "failed: compile error: ..." when iverilog rejects the design,
-        "failed: the design does not stand alone: ..." when it only elaborates with the testbench around it,
-        and "failed: N mismatches in M samples" when the simulation disagrees with the reference.
+    def __exit__(self, *exc_info) -> None:
+        pass
 
-    Raises:
-        sandbox.SandboxError: the sandbox cannot run a known-good design here (checked once per process).
-    """
-    check_sandbox()
-    return _run(program, test, entry_point, timeout, limits)
+    def run_sample(self, program: str, test: str, entry_point: str | None, timeout: float, limits: sandbox.Limits):
+        """Compile `program` with the testbench `test` and simulate it.
+
+        Args:
+            program: the candidate design source.
+            test: testbench + reference module; must print `"Mismatches: %1d in %1d samples"`.
+            entry_point: the testbench's top module (`iverilog -s`), or None to let iverilog pick the roots.
+            timeout: wall-clock seconds for compilation and simulation together.
+            limits: rlimits, tmpfs size and output truncation.
+
+        Returns:
+            `sandbox.ExecutionResult`; "failed: compile error: ..." when iverilog rejects the design,
+            "failed: the design does not stand alone: ..." when it only elaborates with the testbench around it,
+            and "failed: N mismatches in M samples" when the simulation disagrees with the reference.
+
+        Raises:
+            sandbox.SandboxError: the sandbox cannot run a known-good design here (checked once per process).
+        """
+        check_sandbox()
+        return _run(program, test, entry_point, timeout, limits)
 
 
 def _run(program: str, test: str, entry_point: str | None, timeout: float, limits: sandbox.Limits):

@@ -22,6 +22,8 @@ _CITATION = """\
 }
 """
 
+_LICENSE = "MIT"  # ib-ft's (pyproject.toml), which this module runs on
+
 _DESCRIPTION = """\
 Pass@k^(m) generalizes pass@k: a problem counts as solved at (k, m) when at least m of k samples pass its
 tests. m = 1 is the usual pass@k, m = k asks for all k samples to pass. It is estimated without bias from
@@ -87,7 +89,9 @@ class PassAtKM(evaluate.Metric):
                 {"predictions": datasets.Sequence(datasets.Value("string")), "references": datasets.Value("string")}
             ),
             homepage="https://github.com/openai/human-eval",
+            codebase_urls=["https://pypi.org/project/ib-ft/"],
             reference_urls=["https://arxiv.org/abs/2107.03374"],
+            license=_LICENSE,
         )
 
     def _compute(

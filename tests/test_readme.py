@@ -1,0 +1,69 @@
+"""The README's promises that code can check: its quickstart runs as written (on a tiny model), and its table of the
+IB fields names IBLoraConfig's fields with their defaults."""
+
+import gzip
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from datasets import Dataset
+from tiny_models import tiny_llama, train_tokenizer
+
+from peft_ib.config import IB_FIELDS
+from trl_ib.evaluation import main as ib_ft_eval
+
+README = (Path(__file__).parents[1] / "README.md").read_text()
+HUB_MODEL = "deepseek-ai/deepseek-coder-7b-instruct-v1.5"
+
+
+def section(title: str) -> str:
+    start = README.index(f"\n## {title}\n")
+    return README[start : README.index("\n## ", start + 1)]
+
+
+def code_blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.slow
+def test_quickstart_runs_as_written(tmp_path, monkeypatch):
+    """The quickstart's Python, then its `ib-ft eval` line, with the Hub model swapped for a tiny one saved to disk
+    and a four-row dataset. Two changes a CPU needs: `use_cpu=True` (SFTConfig defaults to bf16, which TRL refuses
+    on a machine without a GPU unless told to use the CPU), and overrides appended to the eval line that keep it
+    short."""
+    model_dir = tmp_path / "model"
+    tokenizer = train_tokenizer(model_dir)
+    tiny_llama(vocab_size=len(tokenizer)).save_pretrained(model_dir)
+    monkeypatch.chdir(tmp_path)
+    [python] = code_blocks(section("Quickstart"), "python")
+    dataset = Dataset.from_list([{"prompt": "def add(a, b):\n", "completion": "    return a + b\n"}] * 4)
+    namespace = {"dataset": dataset}
+    assert python.count("SFTConfig(output_dir") == 1
+    exec(python.replace(HUB_MODEL, str(model_dir)).replace("SFTConfig(output_dir", "SFTConfig(use_cpu=True, output_dir"), namespace)
+    adapter = json.loads((tmp_path / "out" / "ib-lora" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "IBLORA" and adapter["ib_dim"] == 256 and adapter["r"] == 32
+    assert namespace["trainer"].state.global_step > 0
+
+    [bash] = code_blocks(section("Quickstart"), "bash")
+    argv = shlex.split(bash.replace("\\\n", " ").split("#")[0])
+    assert argv[:2] == ["ib-ft", "eval"]
+    problems = tmp_path / "HumanEval.jsonl.gz"
+    problem = {"task_id": "t/0", "prompt": "def f():\n", "test": "def check(c):\n    assert c() == 1\n", "entry_point": "f"}
+    problems.write_bytes(gzip.compress((json.dumps(problem) + "\n").encode()))
+    argv = [arg.replace(HUB_MODEL, str(model_dir)).replace("HumanEval.jsonl.gz", str(problems)) for arg in argv[2:]]
+    ib_ft_eval(argv + ["--max_new_tokens", "4", "--output_dir", str(tmp_path / "eval")])
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert sorted(results["pass_at_k_m"]) == ["pass@10^(1)", "pass@10^(10)", "pass@1^(1)"]
+    assert results["args"]["adapter_path"] == "out/ib-lora" and results["num_samples"] == [10]
+
+
+def test_the_ib_field_table_matches_the_config():
+    rows = re.findall(r"^\| `(ib_\w+)`(?:, `(ib_\w+)`)? \| `([^`]*)`(?:, `([^`]*)`)? \|", section("PEFT: an IB-LoRA adapter"), re.M)
+    table = {}
+    for first, second, first_default, second_default in rows:
+        table[first] = first_default
+        if second:
+            table[second] = second_default
+    assert table == {f.name: repr(f.default).replace("'", '"') for f in IB_FIELDS}
