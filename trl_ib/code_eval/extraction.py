@@ -27,7 +27,9 @@ Rules (what a human grader would accept decides; a case a grader could read two 
   the longest run of lines that parses. Prose between parts of the code (an import, a prose line, the `def`;
   prose before a constant) and a tail cut mid-statement by the token limit fall between runs. Any error the
   parser raises (SyntaxError, RecursionError and MemoryError on very deep expressions, ValueError on null bytes
-  or lone surrogates) only ends a run. Mixed tabs and spaces are refused where Python refuses them (TabError
+  or lone surrogates) only ends a run; a line that alone is too deep to parse is in no run, and the search stops
+  after 20 times the code's length (at least 2 * 10**5 characters) has been parsed, so a degenerate answer
+  (300 lines of `x(`: 0.2 s here) cannot stall scoring. Mixed tabs and spaces are refused where Python refuses them (TabError
   ends the run): what the lines mean depends on a tab width the answer does not state.
 - Sanitizing, over the statements of all runs: imports (and `try:` blocks that only import, with fallbacks
   that import, define, assign names or pass) are kept; so is every function, class and module-level
