@@ -10,7 +10,8 @@ an answer that closes the block at once and opens another one later gives the co
 Both return None when the answer holds no code: the evaluator reports "failed: no code in the answer". A Python
 answer that holds text but no code that parses becomes `failing_program(...)`, a program whose only statement
 raises with the reason ("failed: the answer holds no code that parses (SyntaxError: ...)"): nothing the host
-could not parse reaches the sandbox, where it might compile (the host's recursion limit is not the sandbox's).
+could not parse reaches the sandbox, where it might compile and run unsanitized (`compile` takes `x = -...-1`
+with 2989 minus signs, one more than `ast.parse` does, and the host's recursion limit may differ).
 
 Rules (what a human grader would accept decides; a case a grader could read two ways is refused):
 
@@ -29,8 +30,8 @@ Rules (what a human grader would accept decides; a case a grader could read two 
   parser raises (SyntaxError, RecursionError and MemoryError on very deep expressions, ValueError on null bytes
   or lone surrogates) only ends a run; a line that alone is too deep to parse is in no run, and the search stops
   after 20 times the code's length (at least 2 * 10**5 characters) has been parsed, so a degenerate answer
-  (300 lines of `x(`: 0.2 s here) cannot stall scoring. Mixed tabs and spaces are refused where Python refuses them (TabError
-  ends the run): what the lines mean depends on a tab width the answer does not state.
+  (300 lines of `x(`: 0.2 s here) cannot stall scoring. Mixed tabs and spaces are refused where Python
+  refuses them (TabError ends the run): what the lines mean depends on a tab width the answer does not state.
 - Sanitizing, over the statements of all runs: imports (and `try:` blocks that only import, with fallbacks
   that import, define, assign names or pass) are kept; so is every function, class and module-level
   statement that defines or fills a name the entry point reaches (the global names each definition uses,
@@ -222,14 +223,16 @@ def _fills(node: ast.stmt, own: set[str]) -> set[str]:
     if isinstance(node, _DEFINITIONS):
         return {node.name}
     if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
-        roots = [_target_roots(target, own) for target in (node.targets if isinstance(node, ast.Assign) else [node.target])]
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        roots = [_target_roots(target, own) for target in targets]
         return set() if None in roots else set().union(*roots)
     if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Attribute):
         root = _root(node.value.func.value)
         return {root} if root in own else set()
     if isinstance(node, (ast.For, ast.While, ast.If)):
         names = _target_roots(node.target, set()) if isinstance(node, ast.For) else set()
-        inner = [_fills(s, own) for s in node.body + node.orelse if not isinstance(s, (ast.Pass, ast.Break, ast.Continue))]
+        skipped = (ast.Pass, ast.Break, ast.Continue)
+        inner = [_fills(s, own) for s in node.body + node.orelse if not isinstance(s, skipped)]
         return set() if names is None or not all(inner) else names.union(*inner)
     return set()
 
@@ -255,7 +258,8 @@ def _global_names(statement: _Statement) -> set[str]:
     while tables:
         table = tables.pop()
         top = table.get_type() == "module"
-        names |= {symbol.get_name() for symbol in table.get_symbols() if symbol.is_referenced() and (top or symbol.is_global())}
+        symbols = table.get_symbols()
+        names |= {symbol.get_name() for symbol in symbols if symbol.is_referenced() and (top or symbol.is_global())}
         tables += table.get_children()
     return names
 
