@@ -119,6 +119,15 @@ def test_build_programs_turns_any_exception_into_the_samples_verdict(monkeypatch
     ]  # fmt: skip
 
 
+def test_a_verilog_answer_that_cannot_be_read_becomes_a_design_of_one_comment(monkeypatch):
+    def unreadable(prompt, answer, entry_point):
+        raise MemoryError("boom\n`include \"x\"")  # the reason cannot add a line to the design
+
+    monkeypatch.setitem(LANGUAGES, "verilog", dataclasses.replace(LANGUAGES["verilog"], chat_program=unreadable))
+    programs = build_programs(["module TopModule();"], [["anything"]], PromptFormat("chat", "verilog"))
+    assert programs == [['// the answer could not be read (MemoryError: boom `include "x")\n']]
+
+
 FRAGMENTS = [
     "import math", "from __future__ import annotations", "import random", "random.randint = lambda a, b: 0",
     "print('stray')", "def hyp(a, b):", "    return math.hypot(a, b)", "    return (a +", "```", "```python",
