@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from peft_ib import IBLoraConfig, export_lora
+from hub_server import HubServer, Repo
 from tiny_models import tiny_llama, train_tokenizer
 from trl_ib import cli, evaluation
 
@@ -33,6 +35,7 @@ PROBLEMS = [
 ]  # fmt: skip
 # "UU" cuts 3 of the 5 greedy completions of this adapter early, so both sides' stop handling is compared
 STOP_SEQUENCES, MAX_NEW_TOKENS = ["\ndef ", "UU"], 16
+HUB_ID = "user/ib-lora"  # the IB-LoRA folder on the local Hub stand-in, for `peft=` given a Hub id
 # target_delimiter "" and contexts without trailing whitespace: lm-eval scores (context, choice) as they are
 CHOICES = [
     {"context": "def add(a, b):", "choices": ["\n    return a + b", "\n    return a * b"], "label": 0},
@@ -97,12 +100,29 @@ def harness_args(root, adapter) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def route(workspace):
-    """The per-request outputs of `ib-ft lm-eval` (a fresh interpreter, as a user runs it) on the IB-LoRA folder: {"tiny_gen": [completion, ...] in
-    problem order, "tiny_mc": [(context, choice, loglikelihood), ...]}, read from lm-eval's `--log_samples` files."""
+def hub(workspace):
+    """A local Hub serving the IB-LoRA folder as `HUB_ID`."""
+    server = HubServer(("127.0.0.1", 0))
+    repo = server.repos[HUB_ID] = Repo()
+    repo.branches["main"] = repo.commit(None, {p.name: p.read_bytes() for p in (workspace / "ib-lora").iterdir()})
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def route(workspace, hub):
+    """The per-request outputs of `ib-ft lm-eval` (a fresh interpreter, as a user runs it) on the IB-LoRA adapter,
+    given as a Hub id: {"tiny_gen": [completion, ...] in problem order, "tiny_mc": [(context, choice,
+    loglikelihood), ...]}, read from lm-eval's `--log_samples` files."""
     output = workspace / "route"
-    command = [sys.executable, "-m", "trl_ib.cli", "lm-eval", *harness_args(workspace, workspace / "ib-lora")]
-    subprocess.run([*command, "--output_path", str(output), "--log_samples"], check=True, capture_output=True, timeout=300)
+    command = [sys.executable, "-m", "trl_ib.cli", "lm-eval", *harness_args(workspace, HUB_ID)]
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(workspace / "hf_home"), "HF_HUB_DISABLE_XET": "1"}
+    subprocess.run(
+        [*command, "--output_path", str(output), "--log_samples"], check=True, capture_output=True, timeout=500, env=env
+    )
+    assert f"GET /{HUB_ID}/resolve/main/adapter_model.safetensors" in " ".join(hub.requests)
     (run_dir,) = output.iterdir()
     samples = {}
     for task in ("tiny_gen", "tiny_mc"):
@@ -145,7 +165,7 @@ def test_route_gives_our_loglikelihoods(workspace, route):
 
 
 @pytest.mark.slow
-def test_route_and_ib_ft_eval_give_the_same_greedy_completions(workspace, route, capsys):
+def test_route_and_ib_ft_eval_give_the_same_greedy_completions(workspace, route):
     """ib-ft eval (completion mode, greedy, the same stop sequences and token budget) and `ib-ft lm-eval` on the
     same IB-LoRA adapter and prompts: 5 of 5 completions identical, 3 of them cut by a stop sequence."""
     output = workspace / "ib_ft_eval"
@@ -160,14 +180,15 @@ def test_route_and_ib_ft_eval_give_the_same_greedy_completions(workspace, route,
     completions = [row["completion"] for row in rows]
     assert completions == route["tiny_gen"]
     tokenizer = AutoTokenizer.from_pretrained(workspace / "base")
-    cut = [len(tokenizer(text)["input_ids"]) < MAX_NEW_TOKENS - 1 for text in completions]
-    assert sum(cut) == 3, completions
+    # well under the token budget: generation ended at a stop sequence
+    stopped = [len(tokenizer(text)["input_ids"]) < MAX_NEW_TOKENS - 1 for text in completions]
+    assert sum(stopped) == 3, completions
 
 
 @pytest.mark.slow
 def test_exported_lora_in_hflm_matches_the_route(workspace, route):
     """(a) The `ib-ft export` output given to HFLM as `peft=`: the same loglikelihoods and greedy completions as the
-    IB-LoRA folder through the route; the base alone gives other loglikelihoods."""
+    IB-LoRA adapter through the route; the base alone gives other loglikelihoods."""
     def run(lm):
         pairs = [(context, choice) for context, choice, _ in route["tiny_mc"]]
         scores = lm.loglikelihood([Instance("loglikelihood", {}, pair, index) for index, pair in enumerate(pairs)])
@@ -176,7 +197,8 @@ def test_exported_lora_in_hflm_matches_the_route(workspace, route):
         return [value for value, _ in scores], lm.generate_until(requests)
 
     base_dir = str(workspace / "base")
-    loglikelihoods, completions = run(HFLM(pretrained=base_dir, peft=str(workspace / "lora"), device="cpu", batch_size=1))
+    exported = HFLM(pretrained=base_dir, peft=str(workspace / "lora"), device="cpu", batch_size=1)
+    loglikelihoods, completions = run(exported)
     assert loglikelihoods == [value for *_, value in route["tiny_mc"]]
     assert completions == route["tiny_gen"]
     base_loglikelihoods, _ = run(HFLM(pretrained=base_dir, device="cpu", batch_size=1))
@@ -189,7 +211,7 @@ def test_raw_ib_lora_folder_fails_in_stock_lm_eval(workspace):
     README's warning."""
     result = subprocess.run(
         [sys.executable, "-m", "lm_eval", *harness_args(workspace, workspace / "ib-lora")],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True, text=True, timeout=500, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
     assert result.returncode != 0
     assert "KeyError: 'IBLORA'" in result.stderr
