@@ -68,6 +68,17 @@ def test_adapter_card_body(config):
     assert "![" not in text  # plots are only embedded when write_adapter_card drew them
 
 
+def test_adapter_card_says_how_to_evaluate_elsewhere(config):
+    """The lm-eval routes, with this adapter's base and repo filled in: `ib-ft lm-eval` on the folder, stock lm-eval
+    on the export, and the error the folder gives stock lm-eval."""
+    text = adapter_card(config, repo_id="user/ib").text
+    section = text[text.index("## How to evaluate this adapter elsewhere") : text.index("## Information-bottleneck")]
+    assert "`KeyError: 'IBLORA'`" in section
+    assert 'pip install "ib-ft[lm-eval]"' in section
+    assert f"ib-ft lm-eval --model hf --model_args pretrained={BASE},peft=user/ib --tasks <tasks>" in section
+    assert f"lm_eval --model hf --model_args pretrained={BASE},peft=lora-export --tasks <tasks>" in section
+
+
 def test_adapter_card_without_training_or_eval(config):
     card = adapter_card(config, tags="one")  # a single tag may come as a string, as TRL passes tags
     assert card.data.tags == [*TAGS, "one", f"base_model:adapter:{BASE}"]

@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "eval": ("trl_ib.evaluation", "generate samples and score Pass@k^(m) in the sandbox"),
     "memorization": ("trl_ib.memorization", "Min-K% Prob memorization scores of a dataset"),
     "export": ("peft_ib.export", "write an IB-LoRA adapter as a plain LoRA adapter for serving"),
+    "lm-eval": ("trl_ib.lm_eval_route", "lm-evaluation-harness's CLI, with IB-LoRA adapters loadable (peft=...)"),
     "demo": ("trl_ib.demo.run", "LoRA FT vs IB-FT on SmolLM2-135M-Instruct, end to end on CPU"),
 }
 
