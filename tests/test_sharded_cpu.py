@@ -1,0 +1,105 @@
+"""Sharded training on CPU, 2 processes over gloo: DeepSpeed ZeRO-3 and FSDP2, IB-LoRA and the plain-LoRA control.
+
+Each run asserts that its parameters really were sharded (a test on an unsharded model would pass vacuously), and
+compares with one process on the same global batch, weights and noise:
+- ZeRO-3 through the user path: `accelerate launch --config_file examples/accelerate/zero3_cpu.yaml` of `ib-ft train`
+  (tests/sharded_probe.py observes it), a zero.Init load from a model saved with save_pretrained, threshold 0;
+- FSDP2 and ZeRO-3 in a plain loop (tests/sharded_worker.py under torchrun): one rank's batch fully masked at step 2.
+The noise: logvar is clamped to [-31, -30] in the user path (std 3e-7, so z = mu to float tolerance), and the worker
+draws it from one global tensor that each rank slices as one process would.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from peft_ib import export
+from test_cli_train import _free_port, assert_adapter_reloads, train
+from tiny_models import tiny_llama, train_tokenizer
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+# Both arms: same LoRA, lr high enough that 3 steps move the adapter; logvar pinned (see the module docstring).
+TRAIN = ["--dtype", "float32", "--max_steps", "3", "--report_to", "none", "--logging_steps", "1",
+         "--per_device_train_batch_size", "4", "--ib_dim", "16", "--lora_r", "4", "--lora_dropout", "0",
+         "--learning_rate", "1e-2", "--ib_logvar_min", "-31", "--ib_logvar_max", "-30", "--save_strategy", "no"]
+
+
+@pytest.fixture(scope="module")
+def saved_base(tmp_path_factory) -> Path:
+    """A tiny Llama and its tokenizer, saved with save_pretrained (the path ZeRO-3 loads under zero.Init)."""
+    base = tmp_path_factory.mktemp("base")
+    tokenizer = train_tokenizer(base)
+    tiny_llama(vocab_size=len(tokenizer)).save_pretrained(base)
+    return base
+
+
+def step_logs(logs: list[dict]) -> list[dict]:
+    return [log for log in logs if "loss" in log]
+
+
+@pytest.mark.parametrize("peft_type", ["iblora", "lora"])
+def test_zero3_user_path_matches_one_process(saved_base, tmp_path, peft_type):
+    flags = ["--model_name_or_path", str(saved_base), "--peft_type", peft_type, *TRAIN]
+    out, probe = tmp_path / "zero3", tmp_path / "probe"
+    probe.mkdir()
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               "examples/accelerate/zero3_cpu.yaml", "--main_process_port", str(_free_port()),
+               "tests/sharded_probe.py", "train", *flags, "--output_dir", str(out), "--ddp_backend", "gloo"]
+    result = subprocess.run(command, env={**ENV, "PROBE_OUT": str(probe)}, cwd=ROOT, capture_output=True, text=True,
+                            timeout=480)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    # Sharded: after step 1 every parameter, frozen base, LoRA and IB encoders alike, is a (0,) partition of the whole.
+    for rank in ranks:
+        shapes = rank["shapes"]
+        assert any("lora_A" in name for name in shapes) and any("lm_head" in name for name in shapes)
+        assert any("lora_ib_encoders" in name for name in shapes) == (peft_type == "iblora")
+        assert all(local == [0] and math.prod(whole) > 0 for local, whole in shapes.values()), shapes
+
+    # One process, the same global batch (2 micro-batches of 4 = 2 ranks x 4 rows), weights and noise.
+    reference = train([*flags, "--output_dir", str(tmp_path / "ref"), "--gradient_accumulation_steps", "2"])
+    sharded, single = step_logs(ranks[0]["logs"]), step_logs(reference.state.log_history)
+    assert [log["step"] for log in sharded] == [1, 2, 3] and all(math.isfinite(log["loss"]) for log in sharded)
+    keys = ["loss", "ce", "ib_kl", "ib_ce"] if peft_type == "iblora" else ["loss"]
+    assert sharded[0]["loss"] > (sharded[0]["ce"] if peft_type == "iblora" else 0)  # the IB penalty is in the loss
+    for key in keys:
+        assert sharded[0][key] == pytest.approx(single[0][key], rel=1e-5), key
+
+    # What the Trainer saved is exactly what was trained (gathered from the partitions), close to one process's
+    # 3 steps, and a stock-PEFT load gives it back.
+    saved = load_file(out / "adapter_model.safetensors")
+    trained = load_file(probe / "trained.safetensors")
+    single_state = get_peft_model_state_dict(reference.model)
+    assert saved.keys() == trained.keys() == single_state.keys()
+    assert any("lora_ib_encoders" in key for key in saved) == (peft_type == "iblora")
+    for key, value in saved.items():
+        torch.testing.assert_close(value, trained[key], rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(value, single_state[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert max(value.abs().max() for key, value in saved.items() if "lora_B" in key) > 1e-3  # trained, not init
+    if peft_type == "iblora":
+        assert_adapter_reloads(out)
+        lora = tmp_path / "exported"
+        export.main(["--adapter", str(out), "--output", str(lora)])  # `ib-ft export`
+        assert json.loads((lora / "adapter_config.json").read_text())["peft_type"] == "LORA"
+        exported = load_file(lora / "adapter_model.safetensors")
+        assert exported.keys() == {key for key in saved if "lora_ib_encoders" not in key}
+        for key, value in exported.items():
+            torch.testing.assert_close(value, saved[key], rtol=0, atol=0)
+    else:
+        assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
+        loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(saved_base), out)
+        for key, value in get_peft_model_state_dict(loaded).items():
+            torch.testing.assert_close(value, saved[key], rtol=0, atol=0)
