@@ -103,3 +103,45 @@ def test_zero3_user_path_matches_one_process(saved_base, tmp_path, peft_type):
         loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(saved_base), out)
         for key, value in get_peft_model_state_dict(loaded).items():
             torch.testing.assert_close(value, saved[key], rtol=0, atol=0)
+
+
+def assert_stock_peft_loads(adapter: Path, base: Path, expected: dict[str, torch.Tensor]) -> None:
+    """The adapter loads with stock PEFT onto `base`, with exactly the `expected` adapter state."""
+    loaded = get_peft_model_state_dict(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter))
+    assert loaded.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_fsdp2_and_zero3_loops_match_one_process_with_a_fully_masked_rank(tmp_path):
+    """tests/sharded_worker.py: 3 steps of each engine x adapter, rank 1 without a supervised token at step 2."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "tests/sharded_worker.py", str(tmp_path)]
+    result = subprocess.run(command, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=480)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for engine in ("fsdp2", "zero3"):
+        for peft_type in ("iblora", "lora"):
+            run = tmp_path / f"{engine}-{peft_type}"
+            report = json.loads(Path(f"{run}.json").read_text())
+            shapes = report["local_and_whole_shapes"]
+            assert any("lora_ib_encoders" in name for name in shapes) == (peft_type == "iblora")
+            for name, (local, whole) in shapes.items():  # every parameter sharded: half of dim 0, or a (0,) partition
+                assert local == ([whole[0] // 2, *whole[1:]] if engine == "fsdp2" else [0]), (engine, name)
+            # Global per-token loss, ce, ib_kl, ib_ce at each step: sharded == one process on the whole batch.
+            assert len(report["sharded"]) == 3
+            for sharded, single in zip(report["sharded"], report["single"]):
+                assert all(math.isfinite(x) for x in sharded)
+                assert sharded == pytest.approx(single, rel=1e-5, abs=1e-6), (engine, peft_type)
+            assert (report["sharded"][0][2] > 0) == (peft_type == "iblora")
+            # The rank without a supervised token contributes exactly nothing (loss; KL and ce_ib sums per IB block).
+            assert report["masked_rank_terms"] == [0.0] * (5 if peft_type == "iblora" else 1)
+            trained = load_file(f"{run}-trained.safetensors")
+            single = load_file(f"{run}-single.safetensors")
+            assert trained.keys() == single.keys()
+            for key, value in trained.items():  # whole (the encoders too) and trained as one process trains
+                torch.testing.assert_close(value, single[key], rtol=1e-4, atol=1e-5, msg=key)
+            assert_stock_peft_loads(run / "adapter", tmp_path / "base", trained)
+            if peft_type == "iblora":
+                export.main(["--adapter", str(run / "adapter"), "--output", str(tmp_path / f"{engine}-exported")])
+                assert_stock_peft_loads(tmp_path / f"{engine}-exported", tmp_path / "base",
+                                        {k: v for k, v in trained.items() if "lora_ib_encoders" not in k})
