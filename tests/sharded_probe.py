@@ -1,7 +1,7 @@
 """`ib-ft train` with an observer, for tests/test_sharded_cpu.py: `accelerate launch ... tests/sharded_probe.py train
 ...` runs exactly `python -m trl_ib.cli train ...` and writes, to the directory $PROBE_OUT:
 
-- `rank<r>.json`: each parameter's local and whole shape after step 1 (so a test sees that it was sharded) and the
+- `rank<r>.json`: each parameter's local and whole shape after step 1 (ZeRO-3 partition or FSDP2 DTensor shard) (so a test sees that it was sharded) and the
   log history;
 - `trained.safetensors` (rank 0): the adapter state at the end of training, gathered from the ZeRO-3 partitions
   with PEFT's own key names, to compare with what the Trainer saved.
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from peft import get_peft_model_state_dict
 from safetensors.torch import save_file
+from torch.distributed.tensor import DTensor
 from transformers import Trainer, TrainerCallback
 
 from peft_ib.model import full_shape
@@ -28,12 +29,13 @@ class Probe(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == 1:
-            self.shapes = {name: [list(p.shape), list(full_shape(p))] for name, p in self.trainer.model.named_parameters()}
+            self.shapes = {name: [list(p.to_local().shape if isinstance(p, DTensor) else p.shape), list(full_shape(p))]
+                           for name, p in self.trainer.model.named_parameters()}
 
     def on_train_end(self, args, state, control, **kwargs):
         model = self.trainer.model
         rank = self.trainer.args.process_index
-        gather = nullcontext()
+        gather = nullcontext()  # FSDP: the GPU test compares the saved adapter with the reloaded one only
         if self.trainer.is_deepspeed_enabled:
             import deepspeed
 

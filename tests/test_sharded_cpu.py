@@ -15,18 +15,21 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
+from accelerate.utils import DistributedType
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from peft_ib import export
 from test_cli_train import _free_port, assert_adapter_reloads, train
+from trl_ib.ib_sft_trainer import check_distributed_run
 from tiny_models import tiny_llama, train_tokenizer
 
-pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -49,6 +52,7 @@ def step_logs(logs: list[dict]) -> list[dict]:
     return [log for log in logs if "loss" in log]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("peft_type", ["iblora", "lora"])
 def test_zero3_user_path_matches_one_process(saved_base, tmp_path, peft_type):
     flags = ["--model_name_or_path", str(saved_base), "--peft_type", peft_type, *TRAIN]
@@ -113,6 +117,7 @@ def assert_stock_peft_loads(adapter: Path, base: Path, expected: dict[str, torch
         torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.slow
 def test_fsdp2_and_zero3_loops_match_one_process_with_a_fully_masked_rank(tmp_path):
     """tests/sharded_worker.py: 3 steps of each engine x adapter, rank 1 without a supervised token at step 2."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
@@ -145,3 +150,52 @@ def test_fsdp2_and_zero3_loops_match_one_process_with_a_fully_masked_rank(tmp_pa
                 export.main(["--adapter", str(run / "adapter"), "--output", str(tmp_path / f"{engine}-exported")])
                 assert_stock_peft_loads(tmp_path / f"{engine}-exported", tmp_path / "base",
                                         {k: v for k, v in trained.items() if "lora_ib_encoders" not in k})
+
+
+@pytest.mark.parametrize("env, peft_type, message", [
+    ({"WORLD_SIZE": "2"}, "iblora", r"^2 processes were launched \(WORLD_SIZE=2\), but the Trainer runs each as a run "
+     r"of its own .* pass --ddp_backend gloo"),
+    ({"ACCELERATE_USE_FSDP": "true"}, "lora", r"^The accelerate config asks for FSDP, but accelerate runs this launch "
+     r"as NO on cpu .* examples/accelerate/zero3_cpu.yaml"),
+])
+def test_launches_that_would_train_wrongly_are_refused(tmp_path, monkeypatch, env, peft_type, message):
+    """What `accelerate launch` sets in each process's environment, beside a Trainer that would not act on it: the
+    IB trainer and the plain-LoRA control of `ib-ft train` refuse before the first step."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        train(["--max_steps", "1", "--output_dir", str(tmp_path), "--report_to", "none", "--peft_type", peft_type])
+    assert not (tmp_path / "adapter_config.json").exists()
+
+
+def test_engines_that_would_save_no_adapter_are_refused_and_the_shipped_configs_save_it():
+    """ZeRO-3 without the 16-bit gather saves an empty adapter; FSDP with a sharded state dict, none at all."""
+    fsdp = SimpleNamespace(state_dict_type="StateDictType.SHARDED_STATE_DICT")
+    trainer = SimpleNamespace(args=SimpleNamespace(world_size=2), accelerator=SimpleNamespace(
+        distributed_type=DistributedType.FSDP, state=SimpleNamespace(deepspeed_plugin=None, fsdp_plugin=fsdp)))
+    with pytest.raises(ValueError, match=r"^FSDP with fsdp_state_dict_type StateDictType.SHARDED_STATE_DICT: "
+                                         r"Trainer.save_model writes no adapter .* FULL_STATE_DICT"):
+        check_distributed_run(trainer)
+    fsdp.state_dict_type = "StateDictType.FULL_STATE_DICT"
+    check_distributed_run(trainer)
+    fsdp_config = yaml.safe_load((ROOT / "examples/accelerate/fsdp.yaml").read_text())["fsdp_config"]
+    assert fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+    plugin = SimpleNamespace(zero_stage=3, deepspeed_config={"zero_optimization": {"stage": 3}})
+    trainer = SimpleNamespace(args=SimpleNamespace(world_size=2), accelerator=SimpleNamespace(
+        distributed_type=DistributedType.DEEPSPEED, state=SimpleNamespace(deepspeed_plugin=plugin, fsdp_plugin=None)))
+    with pytest.raises(ValueError, match=r"stage3_gather_16bit_weights_on_model_save=false: the Trainer would save an "
+                                         r"empty adapter"):
+        check_distributed_run(trainer)
+    plugin.deepspeed_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    check_distributed_run(trainer)
+    accelerate_config = yaml.safe_load((ROOT / "examples/accelerate/zero3.yaml").read_text())
+    assert accelerate_config["deepspeed_config"]["zero3_save_16bit_model"] is True
+    cpu_json = json.loads((ROOT / "examples/accelerate/zero3_cpu.json").read_text())["zero_optimization"]
+    assert cpu_json["stage3_gather_16bit_weights_on_model_save"] is True
+    assert cpu_json["stage3_param_persistence_threshold"] == 0  # else a tiny model is never sharded
+
+
+def test_peft_type_flag_names_its_values(tmp_path):
+    with pytest.raises(ValueError, match=r"^peft_type='ia3': must be one of 'iblora', 'lora'\.$"):
+        train(["--output_dir", str(tmp_path), "--peft_type", "ia3"])

@@ -264,8 +264,8 @@ class IBSFTTrainer(SFTTrainer):
 def check_distributed_run(trainer: Trainer) -> None:
     """
     Refuse, before the first step, a launch that would not train as one sharded or data-parallel run: several
-    processes the Trainer does not join, an FSDP config accelerate does not apply, a ZeRO-3 run that would save an
-    empty adapter. Called by IBSFTTrainer, and by `ib-ft train` for its plain-LoRA control.
+    processes the Trainer does not join, an FSDP config accelerate does not apply, an FSDP or ZeRO-3 run that would
+    save no adapter or an empty one. Called by IBSFTTrainer, and by `ib-ft train` for its plain-LoRA control.
     """
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and trainer.args.world_size == 1:
@@ -283,6 +283,13 @@ def check_distributed_run(trainer: Trainer) -> None:
             "and the processes would not be synchronized. On CPU use examples/accelerate/zero3_cpu.yaml (ZeRO-3) "
             "or --use_cpu true with --ddp_backend gloo (data parallel); FSDP2 on CPU runs under torchrun with "
             "fully_shard, outside the Trainer (tests/sharded_worker.py)."
+        )
+    fsdp = trainer.accelerator.state.fsdp_plugin
+    if fsdp is not None and "FULL_STATE_DICT" not in str(fsdp.state_dict_type):
+        raise ValueError(
+            f"FSDP with fsdp_state_dict_type {fsdp.state_dict_type}: Trainer.save_model writes no adapter at the end "
+            "of training (only sharded checkpoints). Set fsdp_state_dict_type: FULL_STATE_DICT in the accelerate "
+            "YAML (examples/accelerate/fsdp.yaml)."
         )
     plugin = trainer.accelerator.state.deepspeed_plugin
     if plugin is not None and plugin.zero_stage == 3:
