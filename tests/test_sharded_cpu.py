@@ -9,6 +9,7 @@ The noise: logvar is clamped to [-31, -30] in the user path (std 3e-7, so z = mu
 draws it from one global tensor that each rank slices as one process would.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from tiny_models import tiny_llama, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+DEEPSPEED_MISSING = "ZeRO-3 needs deepspeed: DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed==0.19.8 (README)"
 # Both arms: same LoRA, lr high enough that 3 steps move the adapter; logvar pinned (see the module docstring).
 TRAIN = ["--dtype", "float32", "--max_steps", "3", "--report_to", "none", "--logging_steps", "1",
          "--per_device_train_batch_size", "4", "--ib_dim", "16", "--lora_r", "4", "--lora_dropout", "0",
@@ -55,6 +57,7 @@ def step_logs(logs: list[dict]) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("peft_type", ["iblora", "lora"])
 def test_zero3_user_path_matches_one_process(saved_base, tmp_path, peft_type):
+    assert importlib.util.find_spec("deepspeed"), DEEPSPEED_MISSING
     flags = ["--model_name_or_path", str(saved_base), "--peft_type", peft_type, *TRAIN]
     out, probe = tmp_path / "zero3", tmp_path / "probe"
     probe.mkdir()
@@ -120,6 +123,7 @@ def assert_stock_peft_loads(adapter: Path, base: Path, expected: dict[str, torch
 @pytest.mark.slow
 def test_fsdp2_and_zero3_loops_match_one_process_with_a_fully_masked_rank(tmp_path):
     """tests/sharded_worker.py: 3 steps of each engine x adapter, rank 1 without a supervised token at step 2."""
+    assert importlib.util.find_spec("deepspeed"), DEEPSPEED_MISSING
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(_free_port()), "tests/sharded_worker.py", str(tmp_path)]
     result = subprocess.run(command, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=480)
