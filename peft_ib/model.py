@@ -165,9 +165,11 @@ class _RowTiledLogProbs(torch.autograd.Function):
         h_ib, weight, bias, targets = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
         with whole_parameters(weight, bias) as (weight, bias), torch.enable_grad():
-            leaves = [None if x is None else x.detach().requires_grad_(need) for x, need in zip((h_ib, weight, bias), needs)]
+            leaves = [None if x is None else x.detach().requires_grad_(need)
+                      for x, need in zip((h_ib, weight, bias), needs)]
+            h, weight, bias = leaves
             for i, rows in _row_tiles(weight, len(targets)):
-                log_probs = _tile_log_probs(leaves[0][i:i + rows], leaves[1], leaves[2], targets[i:i + rows], *ctx.logit_args)
+                log_probs = _tile_log_probs(h[i:i + rows], weight, bias, targets[i:i + rows], *ctx.logit_args)
                 if log_probs.requires_grad:
                     log_probs.backward(grad[i:i + rows])
         grads = [None if x is None or not need else (x.grad if x.grad is not None else torch.zeros_like(x))

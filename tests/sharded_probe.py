@@ -1,8 +1,9 @@
-"""`ib-ft train` with an observer, for tests/test_sharded_cpu.py: `accelerate launch ... tests/sharded_probe.py train
-...` runs exactly `python -m trl_ib.cli train ...` and writes, to the directory $PROBE_OUT:
+"""`ib-ft train` with an observer, for tests/test_sharded_cpu.py and test_sharded_gpu.py: `accelerate launch ...
+tests/sharded_probe.py train ...` runs exactly `python -m trl_ib.cli train ...` and writes, to the directory
+$PROBE_OUT:
 
-- `rank<r>.json`: each parameter's local and whole shape after step 1 (ZeRO-3 partition or FSDP2 DTensor shard) (so a test sees that it was sharded) and the
-  log history;
+- `rank<r>.json`: each parameter's local and whole shape after step 1 (a ZeRO-3 partition, an FSDP2 DTensor shard:
+  so a test sees that it was sharded) and the log history;
 - `trained.safetensors` (rank 0): the adapter state at the end of training, gathered from the ZeRO-3 partitions
   with PEFT's own key names, to compare with what the Trainer saved.
 """

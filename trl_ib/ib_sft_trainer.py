@@ -276,7 +276,8 @@ def check_distributed_run(trainer: Trainer) -> None:
             "with accelerate's GPU configs (examples/accelerate/)."
         )
     distributed_type = trainer.accelerator.distributed_type
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true") and distributed_type != DistributedType.FSDP:
+    fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+    if fsdp_asked and distributed_type != DistributedType.FSDP:
         raise ValueError(
             f"The accelerate config asks for FSDP, but accelerate runs this launch as {distributed_type.value} on "
             f"{trainer.args.device.type} (accelerate applies FSDP on accelerators only): nothing would be sharded "
