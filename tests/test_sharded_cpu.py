@@ -4,7 +4,7 @@ Each run asserts that its parameters really were sharded (a test on an unsharded
 compares with one process on the same global batch, weights and noise:
 - ZeRO-3 through the user path: `accelerate launch --config_file examples/accelerate/zero3_cpu.yaml` of `ib-ft train`
   (tests/sharded_probe.py observes it), a zero.Init load from a model saved with save_pretrained, threshold 0;
-- FSDP2 and ZeRO-3 in a plain loop (tests/sharded_worker.py under torchrun): one rank's batch fully masked at step 2.
+- FSDP2 and ZeRO-3 in a plain loop (tests/sharded_worker.py under torchrun): one rank's batch fully masked at step 1.
 The noise: logvar is clamped to [-31, -30] in the user path (std 3e-7, so z = mu to float tolerance), and the worker
 draws it from one global tensor that each rank slices as one process would.
 """
@@ -122,7 +122,8 @@ def assert_stock_peft_loads(adapter: Path, base: Path, expected: dict[str, torch
 
 @pytest.mark.slow
 def test_fsdp2_and_zero3_loops_match_one_process_with_a_fully_masked_rank(tmp_path):
-    """tests/sharded_worker.py: 3 steps of each engine x adapter, rank 1 without a supervised token at step 2."""
+    """tests/sharded_worker.py: 3 steps of each engine x adapter, rank 1 without a supervised token at step 1 (with
+    an early return in the IB branch, ZeRO-3 aborts there: a gloo collective mismatch on lm_head's gather)."""
     assert importlib.util.find_spec("deepspeed"), DEEPSPEED_MISSING
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(_free_port()), "tests/sharded_worker.py", str(tmp_path)]
