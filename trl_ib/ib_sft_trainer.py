@@ -285,14 +285,14 @@ def check_distributed_run(trainer: Trainer) -> None:
             "or --use_cpu true with --ddp_backend gloo (data parallel); FSDP2 on CPU runs under torchrun with "
             "fully_shard, outside the Trainer (tests/sharded_worker.py)."
         )
-    fsdp = trainer.accelerator.state.fsdp_plugin
+    fsdp = getattr(trainer.accelerator.state, "fsdp_plugin", None)  # set only under FSDP
     if fsdp is not None and "FULL_STATE_DICT" not in str(fsdp.state_dict_type):
         raise ValueError(
             f"FSDP with fsdp_state_dict_type {fsdp.state_dict_type}: Trainer.save_model writes no adapter at the end "
             "of training (only sharded checkpoints). Set fsdp_state_dict_type: FULL_STATE_DICT in the accelerate "
             "YAML (examples/accelerate/fsdp.yaml)."
         )
-    plugin = trainer.accelerator.state.deepspeed_plugin
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
     if plugin is not None and plugin.zero_stage == 3:
         zero = plugin.deepspeed_config.get("zero_optimization", {})
         if not zero.get("stage3_gather_16bit_weights_on_model_save", False):
