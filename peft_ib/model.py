@@ -20,7 +20,7 @@ import torch
 from peft import LoraModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.distributed.tensor import DTensor
 
 from .config import IBLoraConfig
 from .hub import install_card_hook
@@ -95,33 +95,102 @@ def block_output(output) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
+def full_shape(param: torch.Tensor) -> torch.Size:
+    """The shape of the whole parameter: a ZeRO-3 partition holds a flat slice (its `ds_shape` is the whole shape);
+    an FSDP2 DTensor's `shape` is already the global one."""
+    return getattr(param, "ds_shape", None) or param.shape
+
+
+@contextmanager
+def whole_parameters(weight: torch.Tensor, bias: torch.Tensor | None):
+    """
+    Yields (weight, bias) whole on this rank: ZeRO-3 partitions are gathered for the duration (DeepSpeed's
+    GatheredParameters, a collective), frozen FSDP2 DTensor shards all-gathered into plain tensors; anything else as it
+    is. Every rank must enter it the same number of times, whatever its batch holds.
+    """
+    params = [p for p in (weight, bias) if p is not None]
+    partitioned = [p for p in params if getattr(p, "ds_status", None) is not None and p.ds_status.name != "AVAILABLE"]
+    if partitioned:
+        import deepspeed  # only reached with ZeRO-3 parameters, so deepspeed is installed
+
+        with deepspeed.zero.GatheredParameters(partitioned):
+            yield weight, bias
+        return
+    if any(isinstance(p, DTensor) for p in params):
+        if any(p.requires_grad for p in params):
+            raise NotImplementedError(
+                "The output layer is an FSDP2-sharded DTensor outside its module's forward and is trainable: ce_ib "
+                "cannot route its gradient. Freeze it, or shard it with the root module (fully_shard(model) last)."
+            )
+        yield tuple(p.full_tensor() if isinstance(p, DTensor) else p for p in (weight, bias))  # bias may be None
+        return
+    yield weight, bias
+
+
 def _target_log_probs(lm_head, h_ib, targets, softcap, logit_scale, fused=None) -> torch.Tensor:
     """
     (S,) log p(target | h_ib) under the model's output layer, h_ib (S, H); chunked, so no (S, vocab) tensor, except
     when LoRA targets the output layer itself. `fused(lm_head, h_ib, targets, softcap, logit_scale)`, when given, is
     a kernel that computes the same without logits tiles in memory (IBSFTTrainer hands in TRL's where it is fast).
+    Every rank of a sharded run calls the output layer here, even with S = 0, so the collectives stay matched.
     """
     if isinstance(lm_head, BaseTunerLayer) and not lm_head.merged:
         # `lm_head.weight` is then the frozen base weight alone: run the layer, adapter included as in the model's own
-        # logits, on the S supervised rows.
-        return _tile_log_probs(lm_head, h_ib.to(lm_head.weight.dtype), targets, softcap, logit_scale)
+        # logits, on the S supervised rows (one module call, so ZeRO-3's hooks gather it once on every rank).
+        return _logits_log_probs(lm_head(h_ib.to(lm_head.weight.dtype)), targets, softcap, logit_scale)
     if fused is not None:
         return fused(lm_head, h_ib, targets, softcap, logit_scale)
-    # Row tiles recomputed in backward keep the memory bound, one (rows, vocab) tile at a time.
-    if not len(targets):
-        return h_ib.sum(-1)  # (0,), still connected to the graph
-    rows = max(1, CE_TILE_ELEMENTS // lm_head.weight.shape[0])
-    h_ib = h_ib.to(lm_head.weight.dtype)
-    return torch.cat([
-        checkpoint(_tile_log_probs, lm_head, h_ib[i:i + rows], targets[i:i + rows], softcap, logit_scale,
-                   use_reentrant=False)
-        for i in range(0, len(targets), rows)
-    ])
+    return _RowTiledLogProbs.apply(h_ib, lm_head.weight, lm_head.bias, targets, softcap, logit_scale)
 
 
-def _tile_log_probs(lm_head, h_ib, targets, softcap, logit_scale) -> torch.Tensor:
+class _RowTiledLogProbs(torch.autograd.Function):
+    """
+    log p(target | h_ib) in row tiles of cross_entropy, one (rows, vocab) tile in memory at a time, recomputed in
+    backward (as activation checkpointing would). The output layer's weight is read directly, made whole once per
+    pass by `whole_parameters`, as TRL's fused LM head does under ZeRO-3: a fixed count of collectives on every rank.
+    """
+
+    @staticmethod
+    def forward(ctx, h_ib, weight, bias, targets, softcap, logit_scale):
+        ctx.save_for_backward(h_ib, weight, bias, targets)
+        ctx.logit_args = (softcap, logit_scale)
+        with whole_parameters(weight, bias) as (weight, bias):
+            return torch.cat([h_ib.new_zeros(0, dtype=torch.float32)] + [
+                _tile_log_probs(h_ib[i:i + rows], weight, bias, targets[i:i + rows], softcap, logit_scale)
+                for i, rows in _row_tiles(weight, len(targets))
+            ])
+
+    @staticmethod
+    def backward(ctx, grad):
+        h_ib, weight, bias, targets = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
+        with whole_parameters(weight, bias) as (weight, bias), torch.enable_grad():
+            leaves = [None if x is None else x.detach().requires_grad_(need)
+                      for x, need in zip((h_ib, weight, bias), needs)]
+            h, weight, bias = leaves
+            for i, rows in _row_tiles(weight, len(targets)):
+                log_probs = _tile_log_probs(h[i:i + rows], weight, bias, targets[i:i + rows], *ctx.logit_args)
+                if log_probs.requires_grad:
+                    log_probs.backward(grad[i:i + rows])
+        grads = [None if x is None or not need else (x.grad if x.grad is not None else torch.zeros_like(x))
+                 for x, need in zip(leaves, needs)]
+        return *grads, None, None, None
+
+
+def _row_tiles(weight, num_rows: int):
+    """(start, rows) of the row tiles of `num_rows` rows, each (rows, vocab) tile at most CE_TILE_ELEMENTS logits."""
+    rows = max(1, CE_TILE_ELEMENTS // full_shape(weight)[0])
+    return [(i, rows) for i in range(0, num_rows, rows)]
+
+
+def _tile_log_probs(h_ib, weight, bias, targets, softcap, logit_scale) -> torch.Tensor:
     """(rows,) log p(target | h_ib) from the full (rows, vocab) logits of h_ib (rows, H)."""
-    logits = lm_head(h_ib).float() * logit_scale  # (rows, vocab)
+    return _logits_log_probs(nn.functional.linear(h_ib.to(weight.dtype), weight, bias), targets, softcap, logit_scale)
+
+
+def _logits_log_probs(logits, targets, softcap, logit_scale) -> torch.Tensor:
+    """(rows,) log p(target) from logits (rows, vocab), scaled and soft-capped as the model's own logits."""
+    logits = logits.float() * logit_scale
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
     return -nn.functional.cross_entropy(logits, targets, reduction="none")
@@ -172,7 +241,8 @@ class IBLoraModel(LoraModel):
         config = self.peft_config[adapter_name]  # accepted by _check_new_adapter_config
         _, blocks = find_decoder_blocks(model, config.ib_blocks_path)
         layers = config.resolve_ib_layers(len(blocks))
-        hidden_size = model.get_output_embeddings().weight.shape[1]
+        # From the whole shape: under zero.Init every loaded parameter is already a (0,) partition.
+        hidden_size = full_shape(model.get_output_embeddings().weight)[1]
         encoders = nn.ModuleDict()
         for index in layers:
             ref = next(blocks[index].parameters())

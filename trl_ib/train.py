@@ -14,13 +14,14 @@ from pathlib import Path
 
 from datasets import load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-from trl import ModelConfig, ScriptArguments, TrlParser
+from trl import ModelConfig, ScriptArguments, SFTTrainer, TrlParser
 
 from peft_ib import IBLoraConfig
+from peft_ib.export import to_lora_config
 
 from . import builtin
 from .ib_sft_config import IBSFTConfig
-from .ib_sft_trainer import IBSFTTrainer
+from .ib_sft_trainer import IBSFTTrainer, check_distributed_run
 
 # The paper's datasets (OriGen, Evol-CodeAlpaca-V1) as the official code reads them.
 PAPER_COLUMNS = ("Instruction", "Response")
@@ -37,10 +38,18 @@ def to_prompt_completion(dataset, prompt_column: str = PAPER_COLUMNS[0], complet
     )
 
 
+PEFT_TYPES = ("iblora", "lora")
+
+
 @dataclass
 class IBArguments:
     """The IB encoder fields of IBLoraConfig, as flags (ib_alpha / ib_beta are IBSFTConfig flags)."""
 
+    peft_type: str = field(
+        default="iblora",
+        metadata={"help": "'iblora': IB-FT (IBSFTTrainer); 'lora': the plain-LoRA control, trl's SFTTrainer with the "
+                  "same LoRA settings and no IB encoders (the ib_* flags are then unused)."},
+    )
     ib_layers: str = field(
         default="0.625",
         metadata={"help": "A relative depth in (0, 1] ('0.625'), a block index ('19') or a list ('10,19')."},
@@ -64,6 +73,8 @@ class IBArguments:
 
     def __post_init__(self):
         # Validate now, while parsing, so a typo fails in seconds rather than after the data and model have loaded.
+        if self.peft_type not in PEFT_TYPES:
+            raise ValueError(f"peft_type={self.peft_type!r}: must be one of {', '.join(map(repr, PEFT_TYPES))}.")
         IBLoraConfig(
             ib_layers=self.parsed_ib_layers(), ib_dim=self.ib_dim, ib_kl_mask=self.ib_kl_mask,
             ib_final_norm=self.ib_final_norm, ib_logvar_min=self.ib_logvar_min, ib_logvar_max=self.ib_logvar_max,
@@ -141,10 +152,11 @@ def load_data(script_args: ScriptArguments, ib_args: IBArguments):
 
 def run(script_args: ScriptArguments, training_args: IBSFTConfig, model_args: ModelConfig, ib_args: IBArguments):
     train_dataset, eval_dataset = load_data(script_args, ib_args)
+    # The same built-in base and adapter initialization on every process, and in every run with this seed.
+    set_seed(training_args.seed)
     if model_args.model_name_or_path is None:
         texts = [row["prompt"] + row["completion"] for row in train_dataset]
         tokenizer = builtin.train_tokenizer(texts)
-        set_seed(training_args.seed)  # the same base on every process, and in every run with this seed
         model = builtin.tiny_llama(vocab_size=len(tokenizer))
         # This base exists nowhere else: save it beside the adapter (recorded as the adapter's base) so the adapter
         # can be loaded and evaluated later.
@@ -160,20 +172,27 @@ def run(script_args: ScriptArguments, training_args: IBSFTConfig, model_args: Mo
             model_args.model_name_or_path, revision=model_args.model_revision, dtype=model_args.dtype or "auto",
             attn_implementation=model_args.attn_implementation,
         )
-    trainer = IBSFTTrainer(
+    peft_config = build_peft_config(model_args, ib_args, training_args)
+    if ib_args.peft_type == "lora":  # the control: the same LoRA, no IB encoders, TRL's own trainer
+        trainer_class, peft_config = SFTTrainer, to_lora_config(peft_config)
+    else:
+        trainer_class = IBSFTTrainer
+    trainer = trainer_class(
         model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
         processing_class=tokenizer,
-        peft_config=build_peft_config(model_args, ib_args, training_args),
+        peft_config=peft_config,
     )
+    if trainer_class is SFTTrainer:
+        check_distributed_run(trainer)  # IBSFTTrainer checks this itself
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.create_model_card(dataset_name=script_args.dataset_name)
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(training_args.output_dir)
-    trainer.accelerator.print(f"IB-LoRA adapter saved to {training_args.output_dir}")
+    trainer.accelerator.print(f"{'LoRA' if ib_args.peft_type == 'lora' else 'IB-LoRA'} adapter saved to {training_args.output_dir}")
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
     return trainer
