@@ -150,7 +150,7 @@ class IBLoraConfig(LoraConfig):
 
 
 IB_FIELDS = tuple(f for f in fields(IBLoraConfig) if f.name.startswith("ib_"))
-"""The IB fields IBLoraConfig adds to LoraConfig, in declaration order (the CLI flags and the Hub card use them)."""
+"""The IB fields IBLoraConfig adds to LoraConfig, in declaration order (`ib-ft train` makes its flags from them)."""
 
 
 def _args_block(ib_fields) -> str:

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ from transformers import AutoModelForCausalLM
 import peft_ib  # noqa: F401  (registers the IBLORA type with PEFT)
 from peft_ib import find_ib_model
 from trl_ib import cli
-from trl_ib.train import load_data, make_parser, run
+from peft_ib.config import IB_FIELDS
+from trl_ib import IBSFTConfig
+from trl_ib.train import IBArguments, load_data, make_parser, run
 
 FAST = ["--report_to", "none", "--logging_steps", "1", "--per_device_train_batch_size", "4", "--ib_dim", "16",
         "--lora_r", "4", "--save_strategy", "no"]
@@ -184,3 +187,18 @@ def test_data_parallel_two_processes_on_cpu(tmp_path):
     # 2 processes x 4 rows per step over the 96 built-in examples: 3 steps are a quarter epoch (one process: 1/8).
     assert logs[-1]["epoch"] == pytest.approx(0.25)
     assert_adapter_reloads(out)
+
+
+def test_ib_flags_are_the_configs_fields_with_its_defaults_and_help():
+    """`ib-ft train`'s IB flags come from IBLoraConfig (one source): same names, defaults and help; ib_layers is
+    given as text; ib_alpha / ib_beta are IBSFTConfig's flags."""
+    flags = {f.name: f for f in fields(IBArguments)}
+    for config_field in IB_FIELDS:
+        if config_field.name in ("ib_alpha", "ib_beta"):
+            assert config_field.name not in flags and config_field.name in IBSFTConfig.__dataclass_fields__
+            continue
+        flag = flags[config_field.name]
+        expected = str(config_field.default) if config_field.name == "ib_layers" else config_field.default
+        assert flag.default == expected
+        assert flag.metadata["help"].startswith(config_field.metadata["help"])
+    assert sorted(set(flags) - {f.name for f in IB_FIELDS}) == ["completion_column", "peft_type", "prompt_column"]

@@ -9,14 +9,16 @@ Flags are those of trl's ScriptArguments (dataset), ModelConfig (model and LoRA:
 --ib_target_kl) and IBArguments below (the IB encoders).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
+from typing import Literal, get_origin
 
 from datasets import load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import ModelConfig, ScriptArguments, SFTTrainer, TrlParser
 
 from peft_ib import IBLoraConfig
+from peft_ib.config import IB_FIELDS
 from peft_ib.export import to_lora_config
 
 from . import builtin
@@ -39,31 +41,33 @@ def to_prompt_completion(dataset, prompt_column: str = PAPER_COLUMNS[0], complet
 
 
 PEFT_TYPES = ("iblora", "lora")
+# IBSFTConfig has its own ib_alpha / ib_beta flags (None: the adapter's values); the other IB fields are flags here.
+ENCODER_FIELDS = tuple(f for f in IB_FIELDS if f.name not in ("ib_alpha", "ib_beta"))
+
+
+def _as_flag(config_field):
+    """(name, type, field) of an IBLoraConfig field as a command-line flag: its default and help, as a str where the
+    config takes several types (ib_layers) or a fixed set of values, which IBLoraConfig itself then validates."""
+    name, default, help_ = config_field.name, config_field.default, config_field.metadata["help"]
+    if name == "ib_layers":
+        default, help_ = str(default), help_ + " As a flag: '0.625', '19' or a list '10,19'."
+    flag_type = str if name == "ib_layers" or get_origin(config_field.type) is Literal else config_field.type
+    return name, flag_type, field(default=default, metadata={"help": help_})
+
+
+IBEncoderArguments = make_dataclass("IBEncoderArguments", [_as_flag(f) for f in ENCODER_FIELDS])
 
 
 @dataclass
-class IBArguments:
-    """The IB encoder fields of IBLoraConfig, as flags (ib_alpha / ib_beta are IBSFTConfig flags)."""
+class IBArguments(IBEncoderArguments):
+    """The IB encoder fields of IBLoraConfig as flags (names, defaults and help from the config), the adapter type
+    and the column mapping of the data."""
 
     peft_type: str = field(
         default="iblora",
         metadata={"help": "'iblora': IB-FT (IBSFTTrainer); 'lora': the plain-LoRA control, trl's SFTTrainer with the "
                   "same LoRA settings and no IB encoders (the ib_* flags are then unused)."},
     )
-    ib_layers: str = field(
-        default="0.625",
-        metadata={"help": "A relative depth in (0, 1] ('0.625'), a block index ('19') or a list ('10,19')."},
-    )
-    ib_dim: int = field(default=256, metadata={"help": "Bottleneck dimension D."})
-    ib_kl_mask: str = field(default="attention", metadata={"help": "'attention', 'response' or 'all'."})
-    ib_final_norm: bool = field(default=False, metadata={"help": "Pass h_ib through the final norm before lm_head."})
-    ib_input_norm: str = field(
-        default=IBLoraConfig.__dataclass_fields__["ib_input_norm"].default,
-        metadata={"help": "'rms': the encoder reads h / rms(h); 'none': h itself (the paper's code)."},
-    )
-    ib_logvar_min: float = field(default=-4.0, metadata={"help": "Lower clamp of logvar."})
-    ib_logvar_max: float = field(default=4.0, metadata={"help": "Upper clamp of logvar."})
-    ib_blocks_path: str | None = field(default=None, metadata={"help": "Dotted path to the decoder block list."})
     prompt_column: str | None = field(
         default=None,
         metadata={"help": "With completion_column: map rows to prompt = row[prompt_column] + '\\n' (paper's format). "
@@ -75,11 +79,11 @@ class IBArguments:
         # Validate now, while parsing, so a typo fails in seconds rather than after the data and model have loaded.
         if self.peft_type not in PEFT_TYPES:
             raise ValueError(f"peft_type={self.peft_type!r}: must be one of {', '.join(map(repr, PEFT_TYPES))}.")
-        IBLoraConfig(
-            ib_layers=self.parsed_ib_layers(), ib_dim=self.ib_dim, ib_kl_mask=self.ib_kl_mask,
-            ib_final_norm=self.ib_final_norm, ib_logvar_min=self.ib_logvar_min, ib_logvar_max=self.ib_logvar_max,
-            ib_input_norm=self.ib_input_norm,
-        )
+        IBLoraConfig(**self.encoder_settings())
+
+    def encoder_settings(self) -> dict:
+        """The IBLoraConfig keyword arguments these flags give (ib_layers parsed)."""
+        return {f.name: getattr(self, f.name) for f in ENCODER_FIELDS} | {"ib_layers": self.parsed_ib_layers()}
 
     def parsed_ib_layers(self) -> int | float | list[int]:
         # A flag is a string; a YAML config gives an int, a float or a list as such.
@@ -113,16 +117,9 @@ def build_peft_config(model_args: ModelConfig, ib_args: IBArguments, training_ar
         modules_to_save=model_args.lora_modules_to_save,
         use_rslora=model_args.use_rslora,
         use_dora=model_args.use_dora,
-        ib_layers=ib_args.parsed_ib_layers(),
-        ib_dim=ib_args.ib_dim,
         ib_alpha=defaults["ib_alpha"].default if training_args.ib_alpha is None else training_args.ib_alpha,
         ib_beta=defaults["ib_beta"].default if training_args.ib_beta is None else training_args.ib_beta,
-        ib_logvar_min=ib_args.ib_logvar_min,
-        ib_logvar_max=ib_args.ib_logvar_max,
-        ib_kl_mask=ib_args.ib_kl_mask,
-        ib_final_norm=ib_args.ib_final_norm,
-        ib_input_norm=ib_args.ib_input_norm,
-        ib_blocks_path=ib_args.ib_blocks_path,
+        **ib_args.encoder_settings(),
     )
 
 
