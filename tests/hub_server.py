@@ -18,6 +18,7 @@ exceptions. Every request line is recorded in `HubServer.requests`. Authenticati
 """
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
@@ -54,7 +55,7 @@ class HubError(Exception):
 
 
 class HubServer(ThreadingHTTPServer):
-    """`HubServer(("127.0.0.1", 0))`, then `serve_forever()` in a thread; `url` is the value for HF_ENDPOINT."""
+    """`with serving(HubServer(("127.0.0.1", 0))) as hub:`; `hub.url` is the value for HF_ENDPOINT."""
 
     daemon_threads = True
 
@@ -120,6 +121,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not head:
             self.wfile.write(payload)
+
+
+@contextlib.contextmanager
+def serving(server: HubServer):
+    """Run `server` in a daemon thread for the duration of the block, then shut it down and close its socket."""
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def create_repo(hub: HubServer, body: bytes) -> tuple:

@@ -10,11 +10,10 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer
+from hub_server import HubServer, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 TAGS = ["ib-lora", "information-bottleneck", "peft", "trl", "sft", "my-tag", "base_model:adapter:user/tiny-base"]
@@ -102,11 +101,8 @@ print(json.dumps({
 
 @pytest.fixture(scope="module")
 def hub():
-    server = HubServer(("127.0.0.1", 0))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(HubServer(("127.0.0.1", 0))) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
 import torch
@@ -22,7 +21,7 @@ from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from peft_ib import IBLoraConfig, export_lora
-from hub_server import HubServer, Repo
+from hub_server import HubServer, Repo, serving
 from tiny_models import tiny_llama, train_tokenizer
 from trl_ib import cli, evaluation
 
@@ -105,10 +104,8 @@ def hub(workspace):
     server = HubServer(("127.0.0.1", 0))
     repo = server.repos[HUB_ID] = Repo()
     repo.branches["main"] = repo.commit(None, {p.name: p.read_bytes() for p in (workspace / "ib-lora").iterdir()})
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(server):
+        yield server
 
 
 @pytest.fixture(scope="module")
