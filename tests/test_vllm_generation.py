@@ -13,12 +13,16 @@ from tiny_models import CHAT_TEMPLATE, tiny_llama, train_tokenizer
 
 from trl_ib import builtin
 from peft_ib import IBLoraConfig
+from trl_ib.code_eval.extraction import cut_at_stop
 from trl_ib.generation import generate_samples
 from trl_ib.prompting import PromptFormat
 from trl_ib.vllm_generation import INSTALL_HINT, generate_samples_vllm, lora_rank
 
 PROMPTS = ["def add(a, b):\n", "Write a function that returns the sum of a list.\n", "module top(input a", "def mul("]
-STOPS = ["\n\n", "endmodule"]
+# Stops the tiny random model writes: "QQ" and "|%" in completion mode; in chat mode every answer starts with "P"
+# right after the prompt's closing "\n", so "\nP" spans the prompt boundary there and must not stop (new tokens only).
+STOPS = ["QQ", "|%", "\nP"]
+SAMPLED_STOPS = ["\x06", "dd", "urn"]  # frequent in its samples at temperature 1
 MAX_NEW_TOKENS, MAX_LENGTH = 24, 512  # a chat prompt takes ~300 tokens of the tiny tokenizer
 
 
@@ -77,7 +81,13 @@ def test_greedy_completions_equal_generate_samples(served, mode, adapter_name):
     assert completions == expected
     assert [len(group) for group in completions] == [2] * len(PROMPTS) and all(a == b for a, b in completions)
     assert sum(len(group[0]) for group in completions) > 20  # not all cut to nothing
-    if adapter_name is not None:  # the adapter is applied: it changes what the base model answers
+    if adapter_name is None:  # the stops cut some completions, and only in the new text
+        uncut = generate_samples_vllm(llm, tokenizer, PROMPTS, 1, 0.0, 1.0, MAX_NEW_TOKENS, [], prompt_format)
+        assert [[cut_at_stop(group[0], STOPS)] * 2 for group in uncut] == completions
+        assert sum(group[0] != cut[0] for group, cut in zip(uncut, completions)) >= 1
+        if mode == "chat":
+            assert all(group[0].startswith("P") for group in completions) and completions[1][0] == "P"
+    else:  # the adapter is applied: it changes what the base model answers
         base = generate_samples_vllm(llm, tokenizer, PROMPTS, 1, 0.0, 1.0, MAX_NEW_TOKENS, STOPS, prompt_format)
         assert [group[:1] for group in completions] != base
 
@@ -85,13 +95,17 @@ def test_greedy_completions_equal_generate_samples(served, mode, adapter_name):
 @pytest.mark.vllm
 def test_sampling_is_seeded_per_request_and_cut_at_stops(served):
     _, tokenizer, _, llm = served
-    args = (llm, tokenizer, PROMPTS, 5, 1.0, 0.95, MAX_NEW_TOKENS, STOPS)
+    args = (llm, tokenizer, PROMPTS, 5, 1.0, 0.95, MAX_NEW_TOKENS, SAMPLED_STOPS)
     first, again, other = (generate_samples_vllm(*args, seed=seed) for seed in (0, 0, 1))
     assert first == again and first != other
     assert [len(group) for group in first] == [5] * len(PROMPTS) and len({s for g in first for s in g}) > len(PROMPTS)
-    assert not any(stop in sample for group in first for sample in group for stop in STOPS)
+    # the same seeded draws without stops, cut afterwards, are the completions; and the stops did cut some
+    uncut = generate_samples_vllm(llm, tokenizer, PROMPTS, 5, 1.0, 0.95, MAX_NEW_TOKENS, [], seed=0)
+    assert [[cut_at_stop(sample, SAMPLED_STOPS) for sample in group] for group in uncut] == first
+    assert sum(a != b for group, cut in zip(uncut, first) for a, b in zip(group, cut)) >= 5
     # request i draws with seed `seed + i`: the last prompt alone, at seed 3, gives its samples of seed 0
-    assert generate_samples_vllm(llm, tokenizer, PROMPTS[3:], 5, 1.0, 0.95, MAX_NEW_TOKENS, STOPS, seed=3) == first[3:]
+    assert generate_samples_vllm(llm, tokenizer, PROMPTS[3:], 5, 1.0, 0.95, MAX_NEW_TOKENS, SAMPLED_STOPS, seed=3) == (
+        first[3:])  # fmt: skip
 
 
 @pytest.mark.vllm
@@ -124,3 +138,20 @@ def test_adapter_ranks_and_unsupported_adapter_types(tmp_path):
     assert (lora_rank(tmp_path / "lora"), lora_rank(tmp_path / "ib")) == (8, 4)
     with pytest.raises(ValueError, match=r"holds a IA3 adapter; the vLLM backend serves LoRA and IB-LoRA"):
         lora_rank(tmp_path / "ia3")
+
+
+def test_decoding_defaults_are_those_generate_applies(tmp_path):
+    from transformers import GenerationConfig
+
+    from trl_ib.vllm_generation import _generate_defaults
+
+    GenerationConfig(top_k=7, min_p=0.1, repetition_penalty=1.2, do_sample=True).save_pretrained(tmp_path / "set")
+    GenerationConfig(bos_token_id=1).save_pretrained(tmp_path / "unset")
+    (tmp_path / "none").mkdir()
+    folders = [str(tmp_path / name) for name in ("set", "unset", "none")]
+    assert [_generate_defaults(folder, sampling=True) for folder in folders] == [
+        {"repetition_penalty": 1.2, "top_k": 7, "min_p": 0.1},
+        {"repetition_penalty": 1.0, "top_k": 50, "min_p": 0.0},
+        {"repetition_penalty": 1.0, "top_k": 50, "min_p": 0.0},
+    ]
+    assert _generate_defaults(folders[0], sampling=False) == {"repetition_penalty": 1.2}

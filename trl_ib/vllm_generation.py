@@ -6,8 +6,10 @@
 - stop sequences matched in the new text only (vLLM's `stop` looks at the output, never the prompt), and the new
   tokens decoded by our tokenizer (skip_special_tokens) and cut with `cut_at_stop`;
 - greedy decoding (temperature 0) decodes each prompt once and repeats the completion n times;
-- sampling draws from the distribution `generate` samples from: temperature, top_p, and the top_k `generate` would
-  apply (the model's generation_config, else transformers' default 50), which vLLM does not apply by itself.
+- decoding uses what `generate` takes from the model's generation_config (else transformers' defaults) beside our
+  arguments, which vLLM does not apply by itself to explicit `SamplingParams`: repetition_penalty, and when sampling
+  top_k (default 50) and min_p. Other generation_config entries (no_repeat_ngram_size, typical_p, ...) are not
+  mirrored.
 
 Adapters: a plain LoRA adapter folder is served as it is, an IB-LoRA adapter as the plain LoRA it exports to
 (`peft_ib.export_lora`, written to a temporary folder for the call), both through vLLM's `LoRARequest`.
@@ -87,13 +89,19 @@ def _adapter_config(lora_path: str | os.PathLike) -> PeftConfig:
     return config
 
 
-def _hf_top_k(model_path: str) -> int:
-    """The top_k `generate` samples with for the model in `model_path`: its generation_config's, else the default."""
+def _generate_defaults(model_path: str, sampling: bool) -> dict:
+    """What `generate` takes from the model's generation_config (else transformers' defaults) beside our arguments,
+    as vLLM `SamplingParams` fields: repetition_penalty always, top_k and min_p when sampling."""
     try:
-        top_k = GenerationConfig.from_pretrained(model_path).top_k
+        config = GenerationConfig.from_pretrained(model_path)
     except OSError:  # no generation_config.json
-        top_k = None
-    return GenerationConfig._get_default_generation_params()["top_k"] if top_k is None else top_k
+        config = GenerationConfig()
+    defaults = {**GenerationConfig._get_default_generation_params(), "min_p": None}
+    value = {name: defaults[name] if getattr(config, name) is None else getattr(config, name)
+             for name in ("repetition_penalty", "top_k", "min_p")}  # fmt: skip
+    if not sampling:
+        return {"repetition_penalty": value["repetition_penalty"]}
+    return {**value, "min_p": value["min_p"] or 0.0}
 
 
 def generate_samples_vllm(
@@ -108,7 +116,6 @@ def generate_samples_vllm(
     prompt_format: PromptFormat = PromptFormat(),
     lora_path: str | os.PathLike | None = None,
     seed: int = 0,
-    top_k: int | None = None,
     progress: bool = False,
     **llm_kwargs,
 ) -> list[list[str]]:
@@ -121,7 +128,6 @@ def generate_samples_vllm(
             `generate_samples`.
         lora_path: a saved LoRA or IB-LoRA adapter folder to generate with; None for the base model.
         seed: request i samples with seed `seed + i`, so a problem's samples do not depend on the others.
-        top_k: None takes the top_k `generate` would use (see the module docstring); -1 disables it.
 
     Returns:
         completions[problem][sample], shape (len(prompts), num_samples); text only, no special tokens.
@@ -144,14 +150,11 @@ def generate_samples_vllm(
     requests = [TokensPrompt(prompt_token_ids=ids)
                 for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
     copies = num_samples if temperature > 0 else 1  # greedy: one decode per prompt stands for all n samples
-    if temperature > 0 and top_k is None:
-        top_k = _hf_top_k(llm.llm_engine.model_config.model)
+    decoding = {"temperature": temperature, "top_p": top_p} if temperature > 0 else {"temperature": 0.0}
+    decoding.update(_generate_defaults(llm.llm_engine.model_config.model, sampling=temperature > 0))
     sampling = [
-        vllm.SamplingParams(
-            n=copies, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
-            top_k=top_k if temperature > 0 else -1, seed=seed + index, max_tokens=max_new_tokens,
-            stop=stop_sequences or None,
-        )
+        vllm.SamplingParams(n=copies, seed=seed + index, max_tokens=max_new_tokens, stop=stop_sequences or None,
+                            **decoding)
         for index in range(len(requests))
     ]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="ib-ft-lora-") as scratch:
