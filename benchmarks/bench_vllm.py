@@ -16,13 +16,15 @@ comes from `generate_samples`' left-padded batch.
 
 Speed: sampled n = `--num_samples` at T 0.8, top_p 0.95, on `--speed_problems` prompts, `--speed_tokens` new
 tokens: the plain generate loop of bench_generate.py, `generate_samples` (batch 16) and `generate_samples_vllm`,
-each `--repeats` times, alternated (forward, then backward order), after one short warm-up call per engine.
+each `--repeats` times, alternated (forward, then backward order), after one short warm-up call per engine; vLLM
+built without LoRA support here (the parity part's LLM has it).
 Tokens are those of the returned completions (cut at the stop sequence), tokenized alike for every arm.
 
 Writes benchmarks/results/bench_vllm.json; the tables printed last are the ones in benchmarks/README.md.
 """
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -104,15 +106,15 @@ def main():
     problems = list(read_problems().values())
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     scratch = tempfile.mkdtemp(prefix="bench-vllm-")
-    adapters = {"base": None, "random plain LoRA": random_lora(path, f"{scratch}/random_lora")}
-    if args.ib_adapter:
-        adapters["IB-LoRA adapter, served as its export"] = args.ib_adapter
-    rank = max(lora_rank(adapter) for adapter in adapters.values() if adapter is not None)
-    llm = make_llm(path, max_lora_rank=rank, dtype="float32", max_model_len=2048)
     result = {"setup": {"model": args.model, "prompt_mode": prompt_format.mode, "machine": platform.processor(),
                         "load_average_at_start": os.getloadavg()}, "args": vars(args)}  # fmt: skip
 
     if args.part in ("all", "parity"):
+        adapters = {"base": None, "random plain LoRA": random_lora(path, f"{scratch}/random_lora")}
+        if args.ib_adapter:
+            adapters["IB-LoRA adapter, served as its export"] = args.ib_adapter
+        rank = max(lora_rank(adapter) for adapter in adapters.values() if adapter is not None)
+        llm = make_llm(path, max_lora_rank=rank, dtype="float32", max_model_len=2048)
         prompts = [problem["prompt"] for problem in problems[: args.parity_problems]]
         texts = [prompt_format.render(prompt, tokenizer) for prompt in prompts]
         rows, differences = [], []
@@ -140,7 +142,11 @@ def main():
             })  # fmt: skip
         result["parity"], result["parity_differences"] = rows, differences
 
+        del llm  # its LoRA layers would slow the speed part's requests, which have no adapter
+        gc.collect()
+
     if args.part in ("all", "speed"):
+        llm = make_llm(path, dtype="float32", max_model_len=2048)
         prompts = [problem["prompt"] for problem in problems[: args.speed_problems]]
         texts = [prompt_format.render(prompt, tokenizer) for prompt in prompts]
         n, tokens_out = args.num_samples, args.speed_tokens
