@@ -4,6 +4,7 @@ The tests marked `vllm` need vLLM, which lives in its own environment (docs/VLLM
 and run there with `python -m pytest -m vllm tests/test_vllm_generation.py`. The others run everywhere.
 """
 
+import json
 import sys
 
 import pytest
@@ -103,9 +104,10 @@ def test_sampling_is_seeded_per_request_and_cut_at_stops(served):
     uncut = generate_samples_vllm(llm, tokenizer, PROMPTS, 5, 1.0, 0.95, MAX_NEW_TOKENS, [], seed=0)
     assert [[cut_at_stop(sample, SAMPLED_STOPS) for sample in group] for group in uncut] == first
     assert sum(a != b for group, cut in zip(uncut, first) for a, b in zip(group, cut)) >= 5
-    # request i draws with seed `seed + i`: the last prompt alone, at seed 3, gives its samples of seed 0
-    assert generate_samples_vllm(llm, tokenizer, PROMPTS[3:], 5, 1.0, 0.95, MAX_NEW_TOKENS, SAMPLED_STOPS, seed=3) == (
-        first[3:])  # fmt: skip
+    # a prompt's draws are seeded by (seed, its problem index): the last prompt alone gives its samples of the call
+    alone = (llm, tokenizer, PROMPTS[3:], 5, 1.0, 0.95, MAX_NEW_TOKENS, SAMPLED_STOPS)
+    assert generate_samples_vllm(*alone, seed=0, problem_indices=[3]) == first[3:]
+    assert generate_samples_vllm(*alone, seed=0) != first[3:]  # as problem 0 it draws other samples
 
 
 @pytest.mark.vllm
@@ -155,3 +157,59 @@ def test_decoding_defaults_are_those_generate_applies(tmp_path):
         {"repetition_penalty": 1.0, "top_k": 50, "min_p": 0.0},
     ]
     assert _generate_defaults(folders[0], sampling=False) == {"repetition_penalty": 1.2}
+
+
+def eval_flags(root, output, *extra):
+    """`ib-ft eval` on 6 problems of the tiny model, its completions cut by the tiny model's frequent stops."""
+    problems = root / "problems.jsonl"
+    if not problems.exists():
+        rows = [{"task_id": f"p/{i}", "prompt": prompt, "test": "def check(c):\n    assert False\n", "entry_point": "f"}
+                for i, prompt in enumerate(PROMPTS + ["def f():\n", "def g(x):\n"])]  # fmt: skip
+        problems.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return ["--model_name_or_path", str(root / "model"), "--dataset", str(problems), "--k", "1", "--timeout", "1",
+            "--num_workers", "1", "--max_new_tokens", str(MAX_NEW_TOKENS), "--batch_size", "4", "--output_dir",
+            str(output), "--prompt_mode", "completion", *extra]  # fmt: skip
+
+
+def eval_rows(output):
+    rows = [json.loads(line) for line in (output / "samples.jsonl").read_text().splitlines()]
+    return [(row["task_id"], row["sample"], row["completion"]) for row in rows]
+
+
+@pytest.mark.vllm
+def test_ib_ft_eval_backend_vllm_equals_hf_and_resumes(served, tmp_path):
+    """`ib-ft eval --backend vllm`: greedy completions equal `--backend hf`'s (an IB-LoRA adapter served as its
+    export); sampled, a run torn after its first call resumes to the samples of an uninterrupted one."""
+    from trl_ib.evaluation import main
+
+    root = served[0]
+    llm_kwargs = ["--vllm_kwargs", json.dumps({"dtype": "float32", "max_model_len": MAX_LENGTH})]
+    greedy = ["--num_samples", "2", "--temperature", "0", "--adapter_path", str(root / "ib"), "--stop_sequences", *STOPS]
+    main(eval_flags(root, tmp_path / "hf", *greedy))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+        main(eval_flags(root, tmp_path / "vllm", *greedy, "--backend", "vllm", *llm_kwargs))
+        assert eval_rows(tmp_path / "vllm") == eval_rows(tmp_path / "hf")
+        sampled = ["--num_samples", "3", "--temperature", "1.0", "--backend", "vllm", *llm_kwargs]
+        main(eval_flags(root, tmp_path / "whole", *sampled))
+        whole = eval_rows(tmp_path / "whole")
+        torn = tmp_path / "torn"
+        torn.mkdir()
+        (torn / "generation.json").write_text((tmp_path / "whole" / "generation.json").read_text())
+        first_call = [json.dumps(dict(zip(("task_id", "sample", "completion"), row))) for row in whole[:12]]
+        (torn / "samples.jsonl").write_text("\n".join(first_call) + '\n{"task_id": "p/4", "sam')
+        main(eval_flags(root, torn, *sampled))
+    assert eval_rows(torn) == whole and len({row[2] for row in whole}) > 6
+
+
+def test_backend_vllm_without_vllm_names_the_route(monkeypatch, tmp_path):
+    from trl_ib.evaluation import main
+
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    tokenizer = train_tokenizer(tmp_path / "model")
+    tiny_llama(vocab_size=len(tokenizer)).save_pretrained(tmp_path / "model")
+    with pytest.raises(ImportError) as error:
+        main(eval_flags(tmp_path, tmp_path / "out", "--num_samples", "1", "--backend", "vllm"))
+    assert str(error.value) == INSTALL_HINT
+    with pytest.raises(ValueError, match=r"vllm_kwargs='\[1\]': give a JSON object of vllm.LLM arguments"):
+        main(eval_flags(tmp_path, tmp_path / "out", "--num_samples", "1", "--vllm_kwargs", "[1]"))

@@ -40,6 +40,9 @@ from .prompting import PROMPT_MODES, PromptFormat, check_prompt_mode, resolve_pr
 __all__ = ["EvalArguments", "build_programs", "load_model", "load_problems", "main"]
 
 
+BACKENDS = ("hf", "vllm")
+
+
 @dataclass
 class EvalArguments:
     model_name_or_path: str = field(
@@ -89,7 +92,22 @@ class EvalArguments:
         default=None,
         metadata={"help": "Completions end before the first of these; default: per language and prompt mode."},
     )
-    batch_size: int = field(default=16, metadata={"help": "Sequences generated per forward pass."})
+    batch_size: int = field(
+        default=16,
+        metadata={"help": "hf: sequences generated per forward pass; vllm: problems per vLLM call (each call's "
+                  "samples are appended to samples.jsonl)."},
+    )
+    backend: str = field(
+        default="hf",
+        metadata={"help": "What generates the samples: hf (transformers' generate, data parallel under accelerate "
+                  "launch) or vllm (one process; vLLM lives in its own environment: docs/VLLM.md).",
+                  "choices": list(BACKENDS)},
+    )
+    vllm_kwargs: str = field(
+        default="{}",
+        metadata={"help": "With --backend vllm: a JSON object of vllm.LLM arguments, e.g. "
+                  "'{\"tensor_parallel_size\": 2, \"dtype\": \"bfloat16\"}'."},
+    )
     timeout: float = field(default=3.0, metadata={"help": "Wall-clock seconds each sample may run."})
     num_workers: int | None = field(default=None, metadata={"help": "Samples run in parallel; default: CPUs."})
     output_dir: str = field(
@@ -102,6 +120,15 @@ class EvalArguments:
     seed: int = field(default=0, metadata={"help": "Random seed for sampling."})
 
     def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r}: choose one of {', '.join(map(repr, BACKENDS))}")
+        try:
+            llm_kwargs = json.loads(self.vllm_kwargs) if isinstance(self.vllm_kwargs, str) else self.vllm_kwargs
+        except json.JSONDecodeError as error:
+            raise ValueError(f"vllm_kwargs={self.vllm_kwargs!r} is not JSON ({error})") from None
+        if not isinstance(llm_kwargs, dict):
+            raise ValueError(f"vllm_kwargs={self.vllm_kwargs!r}: give a JSON object of vllm.LLM arguments")
+        self.vllm_kwargs = json.dumps(llm_kwargs, sort_keys=True)
         if self.num_samples < max(self.k):
             raise ValueError(f"num_samples={self.num_samples} is smaller than max(k)={max(self.k)}; need n >= k")
         for m in self.m:
@@ -196,7 +223,7 @@ def load_problems(
 GENERATION_FIELDS = (
     "model_name_or_path", "adapter_path", "dataset", "dataset_split", "prompt_column", "num_problems", "language",
     "prompt_mode", "instruction_prefix", "response_prefix", "num_samples", "temperature", "top_p", "max_new_tokens",
-    "stop_sequences", "batch_size", "seed",
+    "stop_sequences", "batch_size", "seed", "backend", "vllm_kwargs",
 )  # fmt: skip
 
 
@@ -286,8 +313,22 @@ def main(argv: list[str]) -> None:
         ))  # fmt: skip
     state.wait_for_everyone()
 
-    model, tokenizer = load_model(args.model_name_or_path, args.adapter_path)
-    model.to(state.device)
+    if args.backend == "vllm":
+        from .vllm_generation import lora_rank, make_llm, vllm_sample_batches
+
+        if state.num_processes > 1:
+            raise ValueError(
+                f"--backend vllm runs in one process, and {state.num_processes} were launched: run it without "
+                "accelerate launch (vLLM spreads one model over GPUs itself: --vllm_kwargs "
+                "'{\"tensor_parallel_size\": N}'), or use --backend hf for data parallel generation"
+            )
+        model_path = resolve_model(args.model_name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        rank = None if args.adapter_path is None else lora_rank(args.adapter_path)
+        llm = make_llm(model_path, max_lora_rank=rank, seed=args.seed, **json.loads(args.vllm_kwargs))
+    else:
+        model, tokenizer = load_model(args.model_name_or_path, args.adapter_path)
+        model.to(state.device)
     prompt_mode = resolve_prompt_mode(args.prompt_mode, tokenizer, args.model_name_or_path)
     prompt_format = PromptFormat(prompt_mode, args.language, args.instruction_prefix, args.response_prefix)
     stop_sequences = prompt_format.stop_sequences if args.stop_sequences is None else args.stop_sequences
@@ -297,11 +338,15 @@ def main(argv: list[str]) -> None:
         + (f"; {state.num_processes} processes" if state.num_processes > 1 else "")
     )
     new_rows = []
-    batches = sample_batches(
-        model, tokenizer, prompts, args.num_samples, args.temperature, args.top_p, args.max_new_tokens,
-        stop_sequences, args.batch_size, prompt_format, progress=state.is_main_process, seed=args.seed, done=done,
-        rank=state.process_index, world_size=state.num_processes,
-    )  # fmt: skip
+    sampling = (prompts, args.num_samples, args.temperature, args.top_p, args.max_new_tokens, stop_sequences,
+                args.batch_size, prompt_format)  # fmt: skip
+    if args.backend == "vllm":
+        batches = vllm_sample_batches(llm, tokenizer, *sampling, args.adapter_path, args.seed, done, progress=True)
+    else:
+        batches = sample_batches(
+            model, tokenizer, *sampling, progress=state.is_main_process, seed=args.seed, done=done,
+            rank=state.process_index, world_size=state.num_processes,
+        )  # fmt: skip
     for rows in batches:
         append_samples(samples_path, rows, task_ids)
         new_rows += rows

@@ -17,17 +17,20 @@ Adapters: a plain LoRA adapter folder is served as it is, an IB-LoRA adapter as 
 vLLM is optional and lives in its own environment (its pins conflict with ours; docs/VLLM.md has the route).
 """
 
+import contextlib
 import itertools
 import os
 import tempfile
 import typing
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 from peft import PeftConfig, PeftType
+from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from .code_eval.extraction import cut_at_stop
+from .generation import batch_seed
 from .prompting import PromptFormat
 
 INSTALL_HINT = (
@@ -89,6 +92,19 @@ def _adapter_config(lora_path: str | os.PathLike) -> PeftConfig:
     return config
 
 
+@contextlib.contextmanager
+def served_lora(lora_path: str | os.PathLike | None):
+    """The folder vLLM serves for `lora_path`: a LoRA adapter as it is, an IB-LoRA adapter exported to LoRA in a
+    temporary folder (removed after the block); None for None."""
+    if lora_path is None or _adapter_config(lora_path).peft_type == PeftType.LORA:
+        yield None if lora_path is None else Path(lora_path)
+        return
+    from peft_ib import export_lora
+
+    with tempfile.TemporaryDirectory(prefix="ib-ft-lora-") as scratch:
+        yield export_lora(lora_path, scratch)
+
+
 def _generate_defaults(model_path: str, sampling: bool) -> dict:
     """What `generate` takes from the model's generation_config (else transformers' defaults) beside our arguments,
     as vLLM `SamplingParams` fields: repetition_penalty always, top_k and min_p when sampling."""
@@ -117,6 +133,7 @@ def generate_samples_vllm(
     lora_path: str | os.PathLike | None = None,
     seed: int = 0,
     progress: bool = False,
+    problem_indices: Sequence[int] | None = None,
     **llm_kwargs,
 ) -> list[list[str]]:
     """Sample `num_samples` completions per prompt with vLLM, each cut before its first stop sequence.
@@ -127,7 +144,9 @@ def generate_samples_vllm(
         prompts, num_samples, temperature, top_p, max_new_tokens, stop_sequences, prompt_format: as in
             `generate_samples`.
         lora_path: a saved LoRA or IB-LoRA adapter folder to generate with; None for the base model.
-        seed: request i samples with seed `seed + i`, so a problem's samples do not depend on the others.
+        seed, problem_indices: prompt i samples with the seed `batch_seed(seed, problem_indices[i])` (default
+            indices 0, 1, ...), so a problem's samples do not depend on which other prompts share the call (a
+            resumed or chunked run gives the same samples) and runs with different seeds draw independently.
 
     Returns:
         completions[problem][sample], shape (len(prompts), num_samples); text only, no special tokens.
@@ -152,23 +171,56 @@ def generate_samples_vllm(
     copies = num_samples if temperature > 0 else 1  # greedy: one decode per prompt stands for all n samples
     decoding = {"temperature": temperature, "top_p": top_p} if temperature > 0 else {"temperature": 0.0}
     decoding.update(_generate_defaults(llm.llm_engine.model_config.model, sampling=temperature > 0))
+    problem_indices = range(len(requests)) if problem_indices is None else problem_indices
     sampling = [
-        vllm.SamplingParams(n=copies, seed=seed + index, max_tokens=max_new_tokens, stop=stop_sequences or None,
-                            **decoding)
-        for index in range(len(requests))
+        vllm.SamplingParams(n=copies, seed=batch_seed(seed, index), max_tokens=max_new_tokens,
+                            stop=stop_sequences or None, **decoding)
+        for index in problem_indices
     ]  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="ib-ft-lora-") as scratch:
-        lora_request = None
-        if lora_path is not None:
-            served = Path(lora_path)
-            if _adapter_config(lora_path).peft_type != PeftType.LORA:  # IB-LoRA: served as the LoRA it exports to
-                from peft_ib import export_lora
-
-                served = export_lora(lora_path, scratch)
-            lora_request = LoRARequest(served.name or "adapter", next(_lora_ids), str(served))
+    with served_lora(lora_path) as served:
+        lora_request = None if served is None else LoRARequest(served.name or "adapter", next(_lora_ids), str(served))
         outputs = llm.generate(requests, sampling, use_tqdm=progress, lora_request=lora_request)
     return [
         [cut_at_stop(tokenizer.decode(sample.token_ids, skip_special_tokens=True), stop_sequences)
          for sample in output.outputs for _ in range(num_samples // copies)]
         for output in outputs
     ]  # fmt: skip
+
+
+def vllm_sample_batches(
+    llm,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    num_samples: int,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    max_new_tokens: int = 512,
+    stop_sequences: Sequence[str] | None = None,
+    batch_size: int = 16,
+    prompt_format: PromptFormat = PromptFormat(),
+    lora_path: str | os.PathLike | None = None,
+    seed: int = 0,
+    done: Collection[tuple[int, int]] = (),
+    progress: bool = False,
+) -> Iterator[list[tuple[int, int, str]]]:
+    """`trl_ib.generation.sample_batches` on vLLM, for `ib-ft eval --backend vllm`: problems b*batch_size ..
+    (b+1)*batch_size-1 go to vLLM in one call (all their samples), skipping those whose samples are all in `done`;
+    each problem's samples are seeded by (seed, its index), so resuming does not change them.
+
+    Yields:
+        [(problem, sample, completion), ...] per call.
+    """
+    done = set(done)
+    todo = [index for index in range(len(prompts)) if not all((index, s) in done for s in range(num_samples))]
+    bar = tqdm(total=len(todo) * num_samples, unit="sample", desc="generating (vLLM)", disable=not progress)
+    with served_lora(lora_path) as served, bar:
+        for first in range(0, len(prompts), batch_size):
+            indices = [index for index in todo if first <= index < first + batch_size]
+            if not indices:
+                continue
+            completions = generate_samples_vllm(
+                llm, tokenizer, [prompts[index] for index in indices], num_samples, temperature, top_p,
+                max_new_tokens, stop_sequences, prompt_format, served, seed, problem_indices=indices,
+            )  # fmt: skip
+            bar.update(len(indices) * num_samples)
+            yield [(index, sample, text) for index, group in zip(indices, completions) for sample, text in enumerate(group)]
