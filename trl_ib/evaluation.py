@@ -254,10 +254,15 @@ def read_done_samples(output_dir: str, generation: dict, task_ids: list) -> dict
     return done
 
 
+def sample_lines(rows: list[tuple[int, int, str]], task_ids: list) -> str:
+    """samples.jsonl lines (before scoring) of (problem, sample, completion) rows."""
+    return "".join(json.dumps({"task_id": task_ids[i], "sample": s, "completion": c}) + "\n" for i, s, c in rows)
+
+
 def append_samples(path: str, rows: list[tuple[int, int, str]], task_ids: list) -> None:
     """Append one batch's (problem, sample, completion) rows to samples.jsonl, under a lock (data parallel ranks
     write to the same file), flushed before returning."""
-    text = "".join(json.dumps({"task_id": task_ids[i], "sample": s, "completion": c}) + "\n" for i, s, c in rows)
+    text = sample_lines(rows, task_ids)
     with open(path, "a") as file:
         fcntl.flock(file, fcntl.LOCK_EX)
         file.write(text)
@@ -307,10 +312,8 @@ def main(argv: list[str]) -> None:
     if state.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
         write_atomically(os.path.join(args.output_dir, "generation.json"), json.dumps(generation, indent=2))
-        rows = sorted(done.items())  # without a torn last line, so that new rows start on a line of their own
-        write_atomically(samples_path, "".join(
-            json.dumps({"task_id": task_ids[i], "sample": s, "completion": c}) + "\n" for (i, s), c in rows
-        ))  # fmt: skip
+        # without a torn last line, so that new rows start on a line of their own
+        write_atomically(samples_path, sample_lines([(i, s, c) for (i, s), c in sorted(done.items())], task_ids))
     state.wait_for_everyone()
 
     if args.backend == "vllm":
