@@ -23,11 +23,14 @@ class IBEncoder(nn.Module):
         self.input_norm = input_norm  # "rms": encode h / rms(h); "none": h itself (IBLoraConfig.ib_input_norm)
 
     def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """h (..., H) in any dtype -> mu, logvar (..., D) in the encoder's dtype, logvar clamped."""
+        """
+        h (..., H) in any dtype -> mu, logvar (..., D) in float32, logvar clamped. Under bf16 autocast the heads'
+        products run in bf16; their outputs are cast up before the clamp, so the KL and z are float32 terms.
+        """
         h = h.to(self.mu.weight.dtype)
         if self.input_norm == "rms":
             h = nn.functional.rms_norm(h, h.shape[-1:], eps=RMS_EPS)
-        return self.mu(h), self.logvar(h).clamp(self.logvar_min, self.logvar_max)
+        return self.mu(h).float(), self.logvar(h).float().clamp(self.logvar_min, self.logvar_max)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z (..., D) -> h_ib (..., H)."""

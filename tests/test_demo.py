@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from trl_ib.demo.run import main
-from trl_ib.demo.study import paired_bootstrap
+from trl_ib.demo.study import contrasts, paired_bootstrap
 from trl_ib.demo.tasks import OPERATIONS, VARIABLES, consecutive_pairs, make_problem, make_task, split_pairs
 from trl_ib.code_eval import score
 from trl_ib.evaluation import build_programs
@@ -103,18 +103,31 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
     main(["--quick", "--seeds", "1", "--output_dir", str(tmp_path / "out")])
     printed = capsys.readouterr().out
     assert "| model | Pass@1 | Pass@5^(5) | Pass@10^(10) |" in printed
-    for row in ("| base |", "| LoRA FT, seed 1 |", "| IB-FT, seed 1 |"):
-        assert row in printed
+    rows = ["clean base", "contaminated base"] + [f"{b} + {a}, seed 1" for b in ("clean", "contaminated")
+                                                  for a in ("LoRA FT", "IB-FT")]  # fmt: skip
+    for row in rows:
+        assert f"| {row} |" in printed
+    assert "| barrier: clean gain - contaminated gain |" in printed
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert list(results["seeds"]["1"]) == ["LoRA FT", "IB-FT"]
-    for row in [results["base"], *results["seeds"]["1"].values()]:
-        assert set(row["pass"]) == {f"pass@{k}^({m})" for k in (1, 5, 10) for m in range(1, k + 1)}
+    strength = results["strengths"]["1"]
+    assert list(strength["seeds"]["1"]) == ["clean", "contaminated"]
+    scored = [*strength["bases"].values()] + [row for arms in strength["seeds"]["1"].values() for row in arms.values()]
+    assert len(scored) == 6
+    for row in scored:
+        assert set(row["pass"]) == {f"pass@{k}^({m})" for k, m_max in ((1, 1), (5, 5), (10, 10)) for m in range(1, m_max + 1)}
         assert len(row["num_correct"]) == 4
+    # the barrier's point estimate is the hand-computed difference of the four Pass@1 rows
+    pass1 = {label: row["pass"]["pass@1^(1)"] for label, row in
+             [("cb", strength["bases"]["clean"]), ("xb", strength["bases"]["contaminated"]),
+              ("cl", strength["seeds"]["1"]["clean"]["LoRA FT"]), ("xl", strength["seeds"]["1"]["contaminated"]["LoRA FT"])]}  # fmt: skip
+    barrier = strength["contrasts"]["barrier: clean gain - contaminated gain"]["pass@1^(1)"][0]
+    assert barrier == pytest.approx((pass1["cl"] - pass1["cb"]) - (pass1["xl"] - pass1["xb"]))
+    assert strength["min_k_shift"]["shift"] == pytest.approx(strength["min_k_shift"]["reference"] - strength["min_k_shift"]["d_code"])
     out = tmp_path / "out"
-    for path in ("min_k.png", "pass_at_10_m.png", "seed-1/lora/adapter_config.json", "seed-1/ib-lora/README.md",
-                 "seed-1/ib-lora/adapter_config.json", "seed-1/lora/README.md"):  # fmt: skip
+    for path in ("min_k.png", "pass_at_10_m.png", "1ep/seed-1/clean/lora/adapter_config.json",
+                 "1ep/seed-1/contaminated/ib-lora/README.md", "1ep/seed-1/contaminated/lora/README.md"):  # fmt: skip
         assert (out / path).stat().st_size > 0
-    assert json.loads((out / "seed-1/ib-lora/adapter_config.json").read_text())["peft_type"] == "IBLORA"
+    assert json.loads((out / "1ep/seed-1/clean/ib-lora/adapter_config.json").read_text())["peft_type"] == "IBLORA"
 
 
 def test_contaminated_base_is_cached_and_a_failed_run_leaves_nothing(tmp_path, monkeypatch):
@@ -123,7 +136,7 @@ def test_contaminated_base_is_cached_and_a_failed_run_leaves_nothing(tmp_path, m
     monkeypatch.setenv("IB_FT_CACHE", str(tmp_path))
     calls = []
 
-    def interrupted(model_name, texts, output_dir, epochs):
+    def interrupted(model_name, texts, output_dir, epochs, bf16):
         calls.append(output_dir)
         (output_dir / "model.safetensors").parent.mkdir(parents=True)
         (output_dir / "model.safetensors").write_bytes(b"partial")
@@ -131,17 +144,42 @@ def test_contaminated_base_is_cached_and_a_failed_run_leaves_nothing(tmp_path, m
 
     monkeypatch.setattr(module, "contaminate", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        module.cached_contaminated_base("base", ["a", "b"], 3)
+        module.cached_contaminated_base("base", ["a", "b"], 3, False)
     assert list((tmp_path / "demo").iterdir()) == []  # no half-written model left in the cache
 
-    def trained(model_name, texts, output_dir, epochs):
+    def trained(model_name, texts, output_dir, epochs, bf16):
         calls.append(output_dir)
         output_dir.mkdir(parents=True)
         (output_dir / "config.json").write_text("{}")
 
     monkeypatch.setattr(module, "contaminate", trained)
-    first = module.cached_contaminated_base("base", ["a", "b"], 3)
-    assert module.cached_contaminated_base("base", ["a", "b"], 3) == first  # cache hit: no third call
+    first = module.cached_contaminated_base("base", ["a", "b"], 3, False)
+    assert module.cached_contaminated_base("base", ["a", "b"], 3, False) == first  # cache hit: no third call
     assert len(calls) == 2 and (first / "config.json").read_text() == "{}"
     assert [path.name for path in (tmp_path / "demo").iterdir()] == [first.name]
-    assert module.cached_contaminated_base("base", ["a", "c"], 3) != first  # another recipe, another folder
+    assert module.cached_contaminated_base("base", ["a", "c"], 3, False) != first  # other texts, another folder
+    assert module.cached_contaminated_base("base", ["a", "b"], 3, True) != first  # bf16: another folder
+
+
+def test_contrasts_are_hand_computed_differences():
+    # 2 problems, n = 10: Pass@1 of a problem is num_correct / 10
+    def row(*num_correct):
+        return {"num_correct": list(num_correct)}
+
+    strength = {
+        "bases": {"clean": row(2, 4), "contaminated": row(5, 5)},
+        "seeds": {"0": {"clean": {"LoRA FT": row(6, 8), "IB-FT": row(6, 6)},
+                        "contaminated": {"LoRA FT": row(5, 7), "IB-FT": row(8, 7)}}},
+    }  # fmt: skip
+    table = contrasts(strength, 10)
+    mean = {name: values["pass@1^(1)"][0] for name, values in table.items()}
+    assert mean["LoRA FT gain, clean base"] == pytest.approx(0.4)  # (0.4 + 0.4) / 2
+    assert mean["LoRA FT gain, contaminated base"] == pytest.approx(0.1)  # (0 + 0.2) / 2
+    assert mean["barrier: clean gain - contaminated gain"] == pytest.approx(0.3)
+    assert mean["IB-FT - LoRA FT, clean base"] == pytest.approx(-0.1)  # (0 - 0.2) / 2
+    assert mean["IB-FT - LoRA FT, contaminated base"] == pytest.approx(0.15)  # (0.3 + 0) / 2
+    assert mean["barrier left under IB-FT: LoRA FT clean gain - IB-FT contaminated gain"] == pytest.approx(0.15)
+    # per-problem barrier: (0.4 - 0.0, 0.4 - 0.2) = (0.4, 0.2): the bootstrap interval spans exactly those two
+    assert table["barrier: clean gain - contaminated gain"]["pass@1^(1)"][1:] == pytest.approx([0.2, 0.4])
+    del strength["seeds"]["0"]["clean"]["IB-FT"]  # LoRA FT only: no IB-FT contrasts
+    assert list(contrasts(strength, 10)) == list(table)[:3]

@@ -26,8 +26,9 @@ from trl_ib.ib_sft_trainer import CONTROLLER_FILE, chunked_target_log_probs, trl
 
 IB_BLOCK = 1  # of the tiny Llama's 4 blocks
 
+# float32 (bf16=False): these tests compare against float32 recomputations; test_precision.py covers the bf16 default
 BASE_ARGS = dict(
-    report_to="none", use_cpu=True, dataloader_num_workers=0, logging_steps=1, save_strategy="no", seed=0,
+    report_to="none", use_cpu=True, bf16=False, dataloader_num_workers=0, logging_steps=1, save_strategy="no", seed=0,
     per_device_train_batch_size=2, max_steps=2, learning_rate=1e-2, lr_scheduler_type="constant", disable_tqdm=True,
 )
 

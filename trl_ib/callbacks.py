@@ -87,7 +87,8 @@ class PassAtKMCallback(TrainerCallback):
         """{"eval_pass@{k}^({m})": value} for the current model, identical on every process."""
         accelerator = self.trainer.accelerator
         with accelerator.split_between_processes(self.problems) as problems:
-            with unwrap_model_for_generation(self.trainer.model_wrapped, accelerator) as model:
+            # under the trainer's mixed precision (bf16 autocast where IBSFTConfig.bf16, the dtype rule's default)
+            with unwrap_model_for_generation(self.trainer.model_wrapped, accelerator) as model, accelerator.autocast():
                 prompts = [problem["prompt"] for problem in problems]
                 completions = generate_samples(
                     model, self.trainer.processing_class, prompts, self.num_samples, **self.generation

@@ -35,6 +35,7 @@ from .code_eval import LANGUAGES, pass_at_k_m_table, resolve_m, score
 from .code_eval.extraction import failing_program
 from .code_eval.problem_sets import is_verilog_eval_dir, load_verilog_eval
 from .generation import sample_batches
+from .precision import DTYPE_CHOICES, resolve_dtype
 from .prompting import PROMPT_MODES, PromptFormat, check_prompt_mode, resolve_prompt_mode
 
 __all__ = ["EvalArguments", "build_programs", "load_model", "load_problems", "main"]
@@ -103,6 +104,12 @@ class EvalArguments:
                   "launch) or vllm (one process; vLLM lives in its own environment: docs/VLLM.md).",
                   "choices": list(BACKENDS)},
     )
+    dtype: str = field(
+        default="rule",
+        metadata={"help": "hf backend: dtype of the weights while sampling. rule: bfloat16 where the device computes "
+                  "it natively (a CUDA GPU with bf16, a CPU with AVX-512 BF16 or AMX), else float32; auto: the "
+                  "checkpoint's own dtype; or float32, bfloat16, float16.", "choices": list(DTYPE_CHOICES)},
+    )  # fmt: skip
     vllm_kwargs: str = field(
         default="{}",
         metadata={"help": "With --backend vllm: a JSON object of vllm.LLM arguments, e.g. "
@@ -134,6 +141,7 @@ class EvalArguments:
         for m in self.m:
             resolve_m(m, max(self.k))
         check_prompt_mode(self.prompt_mode)
+        resolve_dtype(self.dtype)
 
 
 def build_programs(
@@ -223,7 +231,7 @@ def load_problems(
 GENERATION_FIELDS = (
     "model_name_or_path", "adapter_path", "dataset", "dataset_split", "prompt_column", "num_problems", "language",
     "prompt_mode", "instruction_prefix", "response_prefix", "num_samples", "temperature", "top_p", "max_new_tokens",
-    "stop_sequences", "batch_size", "seed", "backend", "vllm_kwargs",
+    "stop_sequences", "batch_size", "seed", "backend", "vllm_kwargs", "dtype",
 )  # fmt: skip
 
 
@@ -305,6 +313,7 @@ def main(argv: list[str]) -> None:
     prompts, entry_points = [problem["prompt"] for problem in problems], [problem["entry_point"] for problem in problems]
     task_ids = [problem["task_id"] for problem in problems]
     generation = {name: getattr(args, name) for name in GENERATION_FIELDS}
+    generation["dtype"] = str(resolve_dtype(args.dtype, device=state.device))  # "rule" resolves per machine
     generation["prompts_sha256"] = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()
     samples_path = os.path.join(args.output_dir, "samples.jsonl")
     done = {} if args.overwrite_output_dir else read_done_samples(args.output_dir, generation, task_ids)
@@ -330,7 +339,8 @@ def main(argv: list[str]) -> None:
         rank = None if args.adapter_path is None else lora_rank(args.adapter_path)
         llm = make_llm(model_path, max_lora_rank=rank, seed=args.seed, **json.loads(args.vllm_kwargs))
     else:
-        model, tokenizer = load_model(args.model_name_or_path, args.adapter_path)
+        dtype = resolve_dtype(args.dtype, device=state.device)
+        model, tokenizer = load_model(args.model_name_or_path, args.adapter_path, dtype)
         model.to(state.device)
     prompt_mode = resolve_prompt_mode(args.prompt_mode, tokenizer, args.model_name_or_path)
     prompt_format = PromptFormat(prompt_mode, args.language, args.instruction_prefix, args.response_prefix)

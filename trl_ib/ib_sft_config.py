@@ -2,8 +2,11 @@
 
 from dataclasses import dataclass, field
 
-from transformers.utils import is_torch_bf16_gpu_available
+import torch
+
 from trl import SFTConfig
+
+from .precision import native_bf16
 
 
 @dataclass
@@ -46,10 +49,15 @@ class IBSFTConfig(SFTConfig):
     )
 
     def __post_init__(self):
-        # SFTConfig turns bf16 on by default and then refuses to run on a CPU; IB-FT's built-in default and its
-        # tests run on CPUs, so the default is bf16 only where a bf16-capable accelerator is present.
-        if self.bf16 is None and not self.fp16 and not is_torch_bf16_gpu_available():
-            self.bf16 = False
+        # SFTConfig turns bf16 on by default, also on GPUs without it; the default here is the dtype rule
+        # (trl_ib.precision): bf16 mixed precision where the training device computes bf16 natively, a CPU included.
+        if self.bf16 is None and not self.fp16:
+            accelerator = None if self.use_cpu else torch.accelerator.current_accelerator()
+            if accelerator is None:  # training on the CPU
+                self.bf16 = native_bf16("cpu")
+                self.use_cpu = self.use_cpu or self.bf16  # transformers wants CPU bf16 spelled out; the device is the same
+            elif accelerator.type == "cuda":
+                self.bf16 = native_bf16("cuda")
         super().__post_init__()
         for name in ("ib_alpha", "ib_beta"):
             value = getattr(self, name)

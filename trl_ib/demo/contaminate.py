@@ -2,8 +2,8 @@
 
 Contamination is plain language modeling of every token (EOS appended) of prompt + canonical solution of every
 D_code problem, full fine-tuning for a few epochs. The result depends only on the base model, the task and this
-recipe, not on the demo's seed, so it is trained once per machine and cached on disk (`cached_contaminated_base`):
-48 full fine-tuning steps, about 7 s each on 2 idle CPU cores (5.6 minutes).
+recipe, not on the demo's seed, so it is trained once per machine and cached on disk (`cached_contaminated_base`).
+The same recipe on the fresh reference problems makes the demo's clean base.
 """
 
 import hashlib
@@ -27,12 +27,15 @@ CONTAMINATION_ARGS = dict(
 )  # fmt: skip
 
 
-def contaminate(model_name: str, texts: list[str], output_dir: str | Path, epochs: float, seed: int = 0) -> None:
-    """Full fine-tuning of `model_name` as a language model on `texts` for `epochs`; model + tokenizer to `output_dir`."""
+def contaminate(model_name: str, texts: list[str], output_dir: str | Path, epochs: float, bf16: bool, seed: int = 0) -> None:
+    """
+    Full fine-tuning of `model_name` as a language model on `texts` for `epochs` (float32 master weights, under bf16
+    autocast if `bf16`); model + tokenizer to `output_dir`.
+    """
     model = AutoModelForCausalLM.from_pretrained(resolve_model(model_name), dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(model_name))
     args = SFTConfig(
-        output_dir=str(output_dir), seed=seed, logging_steps=5, save_strategy="no", report_to="none", bf16=False,
+        output_dir=str(output_dir), seed=seed, logging_steps=5, save_strategy="no", report_to="none", bf16=bf16,
         use_cpu=not torch.cuda.is_available(), disable_tqdm=False, **(CONTAMINATION_ARGS | {"num_train_epochs": epochs}),
     )  # fmt: skip
     trainer = SFTTrainer(model, args=args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tokenizer)
@@ -41,20 +44,21 @@ def contaminate(model_name: str, texts: list[str], output_dir: str | Path, epoch
     tokenizer.save_pretrained(output_dir)
 
 
-def cached_contaminated_base(model_name: str, texts: list[str], epochs: float) -> Path:
+def cached_contaminated_base(model_name: str, texts: list[str], epochs: float, bf16: bool) -> Path:
     """
-    The folder (under `trl_ib.builtin.cache_dir()` / "demo") of `model_name` contaminated with `texts` for `epochs`:
-    trained on first use, read from the cache afterwards. The key hashes the base, the texts and the recipe; a run
+    The folder (under `trl_ib.builtin.cache_dir()` / "demo") of `model_name` contaminated with `texts` for `epochs`
+    (bf16 autocast or not): trained on first use, read from the cache afterwards. The key hashes the base, the texts,
+    the recipe and the precision; a run
     trains into a private folder and renames it into place, so concurrent first uses never leave a half-written
     model.
     """
-    recipe = json.dumps([model_name, texts, epochs, CONTAMINATION_ARGS], sort_keys=True)
+    recipe = json.dumps([model_name, texts, epochs, CONTAMINATION_ARGS] + ([{"bf16": True}] if bf16 else []), sort_keys=True)
     target = cache_dir() / "demo" / f"contaminated-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}"
     if (target / "config.json").exists():
         return target
     scratch = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     try:
-        contaminate(model_name, texts, scratch, epochs)
+        contaminate(model_name, texts, scratch, epochs, bf16)
         scratch.rename(target)
     except OSError:
         if not (target / "config.json").exists():  # not another process having finished first: a real failure

@@ -1,21 +1,26 @@
-"""`ib-ft demo`: the memorization barrier and IB-FT vs LoRA FT on SmolLM2-135M-Instruct, on CPU, nothing downloaded.
+"""`ib-ft demo`: does memorizing D_code block fine-tuning on it, and does IB-FT help? SmolLM2-135M-Instruct, on CPU.
 
-    ib-ft demo                          # one seed; the first run also contaminates the base (cached): 17.5 min
-    ib-ft demo --seeds 0 1 2 3 4        # the seed study of RESULTS.md, with paired bootstrap intervals
-    ib-ft demo --split validation       # score the validation problems instead (how the IB settings were chosen)
-    ib-ft demo --quick                  # a plumbing check (under a minute once cached); numbers mean nothing
+    ib-ft demo                          # one strength, one seed, six rows; cold (first run) about 25 min on 2 cores
+    ib-ft demo --seeds 0 1 2            # more seeds: paired bootstrap intervals over problems and seeds
+    ib-ft demo --strengths 2 12 --arms "LoRA FT"    # other contamination strengths: the barrier axis
+    ib-ft demo --split validation       # score the validation problems instead (how settings were chosen)
+    ib-ft demo --quick                  # a plumbing check (about a minute once cached); numbers mean nothing
 
 Stages (each with a progress bar; wall times in results.json):
 1. The task family of `tasks.py` (seed `task_seed`): D_code and fresh reference problems (chains of 2-3 operations),
    and validation and held-out problems (chains of 4-5) through operation pairs never seen in D_code.
-2. Contamination (`contaminate.py`): the base model memorizes D_code by full fine-tuning, cached once per machine.
-   Min-K% of D_code against the fresh reference problems shows the barrier.
-3. LoRA FT (SFTTrainer + LoraConfig) and IB-FT (IBSFTTrainer + IBLoraConfig) on D_code from the contaminated base,
-   identical budgets, hyper-parameters and seeds; adapters saved with model cards.
-4. Pass@k^(m) of base, LoRA FT and IB-FT on the scored problems (sampled, run in the sandbox), Min-K% of D_code and
-   the representation gap between the most and least memorized 10% of D_code.
-5. Writes to --output_dir: seed-S/{lora,ib-lora}/ (adapters with cards), min_k.png, pass_at_10_m.png, results.json,
-   and prints the tables.
+2. Two bases per contamination strength (`contaminate.py`, cached once per machine): the same full fine-tuning of
+   the model, `clean` on the reference problems and `contaminated` on D_code, for `strengths` epochs. Both have
+   seen the task equally; only the contaminated one has memorized D_code (Min-K% of D_code against the reference).
+3. On each base, LoRA FT (SFTTrainer + LoraConfig) and IB-FT (IBSFTTrainer + IBLoraConfig) on D_code, identical
+   budgets, hyper-parameters and seeds; adapters saved with model cards.
+4. Pass@k^(m) of the six models on the scored problems (sampled, run in the sandbox), Min-K% of D_code and the
+   representation gap; the barrier and IB-FT minus LoRA FT with bootstrap intervals (`study.py`).
+5. Writes to --output_dir: {E}ep/seed-S/{base}/{lora,ib-lora}/ (adapters with cards), min_k.png,
+   pass_at_10_m.png, barrier.png (several strengths), results.json, and prints the tables.
+
+Precision (`trl_ib.precision`): training under bf16 autocast and sampling in bf16 where the CPU or GPU computes bf16
+natively, float32 elsewhere; `--dtype float32` scores in float32 (training follows `--dtype` too).
 """
 
 import hashlib
@@ -40,9 +45,10 @@ from trl_ib.code_eval import score
 from trl_ib.evaluation import EvalArguments, build_programs
 from trl_ib.generation import generate_samples
 from trl_ib.memorization import plot_distributions, representation_gap, score_min_k, summarize
+from trl_ib.precision import DTYPE_CHOICES, resolve_dtype
 
 from .contaminate import cached_contaminated_base
-from .study import format_rows, format_study, format_sweep
+from .study import ARMS, BASES, contrasts, format_strength, plot_barrier
 from .tasks import Task, make_task, sft_rows
 
 
@@ -54,20 +60,21 @@ class Budget:
     num_reference: int
     num_validation: int
     num_held_out: int
-    contamination_epochs: float
     fine_tune_epochs: float
     max_new_tokens: int  # held-out canonical solutions are 28-39 tokens; EOS or a stop sequence usually ends them first
     num_samples: int = 10  # per scored problem; Pass@k^(m) needs n >= k = 10
 
 
-BUDGETS = {"default": Budget(128, 128, 60, 60, 6, 2, 64), "quick": Budget(16, 16, 4, 4, 1, 1, 24)}
+BUDGETS = {"default": Budget(128, 128, 60, 60, 2, 64), "quick": Budget(16, 16, 4, 4, 1, 24)}
+QUICK_STRENGTH = 1.0  # contamination epochs of --quick
 # Identical for both arms: the paper's recipe (cosine, warmup 0.1, all linear layers, dropout 0.05), rank 16, at a
 # learning rate high enough for 16 steps to move the contaminated base.
 FT_ARGS = dict(
     per_device_train_batch_size=16, learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.1,
-    save_strategy="no", report_to="none", bf16=False, use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
+    save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
 )  # fmt: skip
 LORA_ARGS = dict(r=16, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+ARM_FOLDERS = {"LoRA FT": "lora", "IB-FT": "ib-lora"}
 K_VALUES = (1, 5, 10)
 GAP_FRACTION = 0.1
 SPLITS = ("held_out", "validation")
@@ -78,17 +85,32 @@ class DemoArguments:
     output_dir: str = field(default="ib-ft-demo", metadata={"help": "Folder for the adapters, plots and results."})
     seeds: list[int] = field(
         default_factory=lambda: [0],
-        metadata={"help": "Seeds of fine-tuning and sampling; several make the seed study with bootstrap intervals."},
+        metadata={"help": "Seeds of fine-tuning and sampling; several make intervals over seeds as well."},
     )
-    task_seed: int = field(default=0, metadata={"help": "Seed of the task family (and so of the contaminated base)."})
+    strengths: list[float] = field(
+        default_factory=lambda: [6.0],
+        metadata={"help": "Contamination strengths: epochs of full fine-tuning that make both bases (fixed on "
+                  "D_code's Min-K% shift, never on scored problems: RESULTS.md)."},
+    )  # fmt: skip
+    arms: list[str] = field(
+        default_factory=lambda: list(ARMS),
+        metadata={"help": f"Fine-tuning arms run on each base: {', '.join(ARMS)}. LoRA FT alone measures the barrier."},
+    )
+    task_seed: int = field(default=0, metadata={"help": "Seed of the task family (and so of the bases)."})
     split: str = field(
         default="held_out",
         metadata={"help": "Problems scored: the held-out ones, or the validation ones used to choose the IB settings.",
                   "choices": SPLITS},
     )  # fmt: skip
     model: str = field(
-        default=SMOLLM2_NAME, metadata={"help": "Base model: a built-in name, a Hub id or a folder."}
+        default=SMOLLM2_NAME, metadata={"help": "Model both bases start from: a built-in name, a Hub id or a folder."}
     )
+    dtype: str = field(
+        default="rule",
+        metadata={"help": "Precision of training (bf16 autocast or not) and of the weights while sampling. rule: "
+                  "bfloat16 where the device computes it natively, else float32 (trl_ib.precision).",
+                  "choices": [name for name in DTYPE_CHOICES if name != "auto"]},
+    )  # fmt: skip
     # The IB-FT settings fixed on the validation problems (validate.py; RESULTS.md): the paper's alpha, beta, depth and
     # ib_dim, and the RMS-normalized encoder input.
     ib_alpha: float = field(default=IBLoraConfig.ib_alpha, metadata={"help": "IBLoraConfig.ib_alpha of the IB-FT arm."})
@@ -97,7 +119,7 @@ class DemoArguments:
     ib_dim: int = field(default=256, metadata={"help": "IBLoraConfig.ib_dim of the IB-FT arm."})
     ib_input_norm: str = field(default="rms", metadata={"help": "IBLoraConfig.ib_input_norm of the IB-FT arm."})
     quick: bool = field(
-        default=False, metadata={"help": "A plumbing check (under a minute once cached); its numbers mean nothing."}
+        default=False, metadata={"help": "A plumbing check (about a minute once cached); its numbers mean nothing."}
     )
 
     def __post_init__(self):
@@ -105,10 +127,22 @@ class DemoArguments:
             raise ValueError(f"split={self.split!r}: must be one of {', '.join(SPLITS)}.")
         if not self.seeds:
             raise ValueError("seeds=[]: give at least one seed.")
+        if not self.strengths or any(epochs <= 0 for epochs in self.strengths):
+            raise ValueError(f"strengths={self.strengths!r}: give one or more contamination epochs, each > 0.")
+        if not self.arms or any(arm not in ARMS for arm in self.arms) or "LoRA FT" not in self.arms:
+            raise ValueError(f"arms={self.arms!r}: choose from {', '.join(ARMS)}; LoRA FT is always needed.")
+        if self.dtype == "auto":
+            raise ValueError(f"dtype='auto': must be one of {', '.join(n for n in DTYPE_CHOICES if n != 'auto')}.")
+        resolve_dtype(self.dtype)
 
     def ib_options(self) -> dict:
         """The IBLoraConfig fields of the IB-FT arm."""
         return {name: getattr(self, name) for name in ("ib_alpha", "ib_beta", "ib_layers", "ib_dim", "ib_input_norm")}
+
+    def precision(self) -> tuple[bool, torch.dtype]:
+        """(bf16 autocast while training, dtype of the weights while sampling)."""
+        dtype = resolve_dtype(self.dtype)
+        return dtype == torch.bfloat16, dtype
 
 
 @contextmanager
@@ -120,13 +154,14 @@ def stage(seconds: dict[str, float], name: str):
 
 
 def fine_tune(arm: str, base_dir: Path, tokenizer, rows: list[dict], output_dir: Path, seed: int, epochs: float,
-              ib_options: dict | None = None):  # fmt: skip
+              ib_options: dict | None = None, bf16: bool = False):  # fmt: skip
     """
     Fine-tune the base in `base_dir` on `rows` as `arm` ("lora", or "ib-lora" with the IBLoraConfig fields
-    `ib_options`); save adapter + card. Returns the PeftModel in eval mode and the first logged step (losses).
+    `ib_options`), float32 weights, under bf16 autocast if `bf16`; save adapter + card. Returns the PeftModel in
+    eval mode and the first logged step (losses).
     """
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    common = dict(output_dir=str(output_dir), seed=seed, logging_steps=1, num_train_epochs=epochs, **FT_ARGS)
+    common = dict(output_dir=str(output_dir), seed=seed, logging_steps=1, num_train_epochs=epochs, bf16=bf16, **FT_ARGS)
     data = Dataset.from_list(rows)
     if arm == "lora":
         trainer = SFTTrainer(model, args=SFTConfig(**common), peft_config=LoraConfig(**LORA_ARGS), train_dataset=data,
@@ -155,43 +190,104 @@ def sample_and_score(model, tokenizer, problems: list[dict], budget: Budget, see
     return score(programs, [p["test"] for p in problems], [p["entry_point"] for p in problems], K_VALUES, m)
 
 
-def evaluate(model, tokenizer, problems, d_code, min_k, base_min_k, budget, seed) -> dict:
+def evaluate(model, tokenizer, problems, d_code, groups_by, budget, seed, dtype) -> dict:
     """
-    Pass@k^(m) on `problems`, the summary of `min_k` (the model's Min-K% of `d_code`) and the representation gap
-    between the groups of `d_code` the base's scores `base_min_k` pick.
+    Pass@k^(m) on `problems` with the weights in `dtype`, the summary of the model's Min-K% of `d_code`, and the
+    representation gap between the most and least memorized groups of `d_code` by the scores `groups_by` (None:
+    the model's own). The model is left in `dtype`.
     """
-    scores = sample_and_score(model, tokenizer, problems, budget, seed)
+    min_k = score_min_k(model, tokenizer, d_code)
+    scores = sample_and_score(model.to(dtype), tokenizer, problems, budget, seed)
     return {
         "pass": scores.table,
         "num_correct": scores.num_correct,
         "min_k_d_code": summarize(min_k),
-        "representation_gap": representation_gap(model, tokenizer, d_code, base_min_k, GAP_FRACTION),
+        "min_k_d_code_values": min_k,
+        "representation_gap": representation_gap(model, tokenizer, d_code, groups_by or min_k, GAP_FRACTION),
     }
 
 
-def contaminated_task(model: str, task_seed: int, budget: Budget) -> tuple[Task, Path]:
-    """The task family of `task_seed` at `budget`'s size and the folder of `model` contaminated with its D_code."""
-    task = make_task(task_seed, budget.num_train, budget.num_reference, budget.num_validation, budget.num_held_out)
-    texts = [p["prompt"] + p["canonical_solution"] for p in task.train]
-    return task, cached_contaminated_base(model, texts, budget.contamination_epochs)
+def texts(problems: list[dict]) -> list[str]:
+    """What contamination trains on: prompt + canonical solution of each problem."""
+    return [p["prompt"] + p["canonical_solution"] for p in problems]
 
 
-def base_scores(base_dir: Path, tokenizer, d_code, reference, problems, split: str, budget: Budget):
+def demo_task(task_seed: int, budget: Budget) -> Task:
+    """The task family of `task_seed` at `budget`'s size."""
+    return make_task(task_seed, budget.num_train, budget.num_reference, budget.num_validation, budget.num_held_out)
+
+
+def bases(model: str, task: Task, epochs: float, bf16: bool) -> dict[str, Path]:
+    """{"clean": `model` fully fine-tuned on the reference problems, "contaminated": on D_code}, `epochs` each."""
+    return {"clean": cached_contaminated_base(model, texts(task.reference), epochs, bf16),
+            "contaminated": cached_contaminated_base(model, texts(task.train), epochs, bf16)}  # fmt: skip
+
+
+def base_scores(base_dir: Path, tokenizer, d_code, reference, problems, budget: Budget, dtype: torch.dtype) -> dict:
     """
-    ({"D_code, base": Min-K%, "reference, base": Min-K%}, the base's `evaluate` row on `problems`), sampled with
-    seed 0: seed-independent, so cached beside the contaminated base, keyed by the problems and the sampling budget.
+    The base's `evaluate` row on `problems` (sampled with seed 0) plus its Min-K% of the reference problems
+    ("min_k_reference"): seed-independent, so cached beside the base, keyed by the problems, sampling and dtype.
     """
-    key = json.dumps([[p["prompt"] for p in problems], budget.num_samples, budget.max_new_tokens])
-    cached = base_dir / f"base-scores-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    key = json.dumps([[p["prompt"] for p in problems], budget.num_samples, budget.max_new_tokens, str(dtype)])
+    cached = base_dir / f"base-scores-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if cached.exists():
-        return tuple(json.loads(cached.read_text()))
+        return json.loads(cached.read_text())
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
-    min_k = {"D_code, base": score_min_k(base, tokenizer, d_code), "reference, base": score_min_k(base, tokenizer, reference)}
-    row = evaluate(base, tokenizer, problems, d_code, min_k["D_code, base"], min_k["D_code, base"], budget, 0)
+    reference_min_k = score_min_k(base, tokenizer, reference)
+    row = evaluate(base, tokenizer, problems, d_code, None, budget, 0, dtype) | {"min_k_reference": reference_min_k}
     scratch = cached.with_name(f"{cached.name}.tmp-{os.getpid()}")
-    scratch.write_text(json.dumps([min_k, row]))
+    scratch.write_text(json.dumps(row))
     scratch.replace(cached)
-    return min_k, row
+    return row
+
+
+def run_strength(args: DemoArguments, task: Task, epochs: float, budget: Budget, seconds: dict) -> dict:
+    """The six rows per seed at one contamination strength, their contrasts and the Min-K% summaries."""
+    bf16, dtype = args.precision()
+    d_code, reference = sft_rows(task.train), sft_rows(task.reference)
+    problems = task.held_out if args.split == "held_out" else task.validation
+    with stage(seconds, f"{epochs:g} epochs: contaminating both bases (cached)"):
+        folders = bases(args.model, task, epochs, bf16)
+    tokenizer = AutoTokenizer.from_pretrained(folders["contaminated"])
+    rows = {}
+    with stage(seconds, f"{epochs:g} epochs: scoring both bases (cached)"):
+        for name, folder in folders.items():
+            rows[name] = base_scores(folder, tokenizer, d_code, reference, problems, budget, dtype)
+    memorized_first = rows["contaminated"]["min_k_d_code_values"]  # the gap's groups: D_code memorized by pre-training
+    seeds = {}
+    for seed in args.seeds:
+        seeds[str(seed)] = {name: {} for name in BASES}
+        for name, folder in folders.items():
+            for arm in args.arms:
+                output_dir = Path(args.output_dir) / f"{epochs:g}ep" / f"seed-{seed}" / name / ARM_FOLDERS[arm]
+                with stage(seconds, f"{epochs:g} epochs: fine-tuning {arm}"):
+                    model, _ = fine_tune(ARM_FOLDERS[arm], folder, tokenizer, d_code, output_dir, seed,
+                                         budget.fine_tune_epochs, args.ib_options(), bf16)  # fmt: skip
+                with stage(seconds, f"{epochs:g} epochs: scoring {arm}"):
+                    seeds[str(seed)][name][arm] = evaluate(model, tokenizer, problems, d_code, memorized_first,
+                                                           budget, seed, dtype)  # fmt: skip
+    shift = {"d_code": rows["contaminated"]["min_k_d_code"]["median"],
+             "reference": summarize(rows["contaminated"]["min_k_reference"])["median"]}  # fmt: skip
+    result = {"min_k_shift": shift | {"shift": shift["reference"] - shift["d_code"]}, "bases": rows, "seeds": seeds}
+    return result | {"contrasts": contrasts(result, budget.num_samples)}
+
+
+def plots(strengths: dict[str, dict], output_dir: Path, split: str) -> None:
+    """min_k.png and pass_at_10_m.png of the first strength and seed; barrier.png where there are several strengths."""
+    epochs, first = next(iter(strengths.items()))
+    seed, by_base = next(iter(first["seeds"].items()))
+    plot_distributions({
+        "D_code, contaminated base": first["bases"]["contaminated"]["min_k_d_code_values"],
+        "reference, contaminated base": first["bases"]["contaminated"]["min_k_reference"],
+        "D_code, clean base": first["bases"]["clean"]["min_k_d_code_values"],
+        f"D_code, contaminated + LoRA FT, seed {seed}": by_base["contaminated"]["LoRA FT"]["min_k_d_code_values"],
+    }, output_dir / "min_k.png")  # fmt: skip
+    rows = {f"{name} base": first["bases"][name] for name in BASES}
+    rows |= {f"{name} + {arm}": row for name, arms in by_base.items() for arm, row in arms.items()}
+    curves = {label: [(m, row["pass"][f"pass@10^({m})"]) for m in range(1, 11)] for label, row in rows.items()}
+    plot_against_m(curves, output_dir / "pass_at_10_m.png", f"{split}, {epochs} epochs, seed {seed}: Pass@10^(m)")
+    if len(strengths) > 1:
+        plot_barrier(strengths, output_dir / "barrier.png")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,54 +295,27 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         torch.set_num_threads(min(torch.get_num_threads(), 2))  # the 2-core budget; OMP_NUM_THREADS=1 lowers it
     budget = BUDGETS["quick" if args.quick else "default"]
+    strengths = [QUICK_STRENGTH] if args.quick else args.strengths
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    task = demo_task(args.task_seed, budget)
     seconds: dict[str, float] = {}
-    with stage(seconds, "contamination (cached)"):
-        task, base_dir = contaminated_task(args.model, args.task_seed, budget)
-    d_code, reference = sft_rows(task.train), sft_rows(task.reference)
-    problems = task.held_out if args.split == "held_out" else task.validation
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    with stage(seconds, "scoring the base (cached)"):
-        min_k, base_row = base_scores(base_dir, tokenizer, d_code, reference, problems, args.split, budget)
-    base_min_k = min_k["D_code, base"]
-
-    seeds, first_steps = {}, {}
-    for seed in args.seeds:
-        seeds[seed] = {}
-        for name, arm in (("LoRA FT", "lora"), ("IB-FT", "ib-lora")):
-            with stage(seconds, f"fine-tuning {name}"):
-                model, first_steps[f"{name}, seed {seed}"] = fine_tune(
-                    arm, base_dir, tokenizer, d_code, output_dir / f"seed-{seed}" / arm, seed, budget.fine_tune_epochs,
-                    args.ib_options(),
-                )  # fmt: skip
-            with stage(seconds, f"scoring {name}"):
-                min_k[f"D_code, {name}, seed {seed}"] = score_min_k(model, tokenizer, d_code)
-                seeds[seed][name] = evaluate(model, tokenizer, problems, d_code,
-                                       min_k[f"D_code, {name}, seed {seed}"], base_min_k, budget, seed)  # fmt: skip
-
-    plot_distributions({label: values for label, values in min_k.items() if "seed" not in label or
-                        label.endswith(f"seed {args.seeds[0]}")}, output_dir / "min_k.png")  # fmt: skip
-    last = {"base": base_row} | {f"{arm}, seed {args.seeds[0]}": seeds[args.seeds[0]][arm] for arm in seeds[args.seeds[0]]}
-    curves = {name: [(m, row["pass"][f"pass@10^({m})"]) for m in range(1, 11)] for name, row in last.items()}
-    plot_against_m(curves, output_dir / "pass_at_10_m.png", f"{args.split} problems: Pass@10^(m)")
+    results = {f"{epochs:g}": run_strength(args, task, epochs, budget, seconds) for epochs in strengths}
+    plots(results, output_dir, args.split)
     summary = {
         "arguments": asdict(args),
         "budget": asdict(budget),
+        "precision": {"bf16_training": args.precision()[0], "sampling_dtype": str(args.precision()[1])},
         "scored_pairs": task.held_out_pairs if args.split == "held_out" else task.validation_pairs,
-        "min_k_reference_base": summarize(min_k["reference, base"]),
-        "first_logged_step": first_steps,
-        "base": base_row,
-        "seeds": {str(seed): rows for seed, rows in seeds.items()},
+        "strengths": results,
         "stage_seconds": seconds,
     }
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\nMin-K% (k = 20%) median under the contaminated base: D_code {base_row['min_k_d_code']['median']:.3f}, "
-          f"fresh reference {summary['min_k_reference_base']['median']:.3f} nats (lower = more memorized)\n")  # fmt: skip
-    print(f"{args.split} problems ({len(problems)}), {budget.num_samples} samples each:\n")
-    if len(args.seeds) > 1:
-        print(format_study(base_row, seeds, budget.num_samples))
-    else:
-        print(format_rows(last) + "\n\nPass@10^(m):\n\n" + format_sweep(last))
-    print("\nwall seconds per stage: " + ", ".join(f"{name} {value:.0f}" for name, value in seconds.items()))
-    print(f"wrote {output_dir}/: seed-*/lora, seed-*/ib-lora, min_k.png, pass_at_10_m.png, results.json")
+    problems = task.held_out if args.split == "held_out" else task.validation
+    print(f"\n{args.split} problems ({len(problems)}), {budget.num_samples} samples each, "
+          f"sampling in {summary['precision']['sampling_dtype']}:\n")  # fmt: skip
+    for epochs, strength in results.items():
+        print(format_strength(epochs, strength, budget.num_samples) + "\n")
+    print("wall seconds per stage: " + ", ".join(f"{name} {value:.0f}" for name, value in seconds.items()))
+    print(f"wrote {output_dir}/: *ep/seed-*/*/{{lora,ib-lora}}, min_k.png, pass_at_10_m.png, results.json"
+          + (", barrier.png" if len(results) > 1 else ""))  # fmt: skip

@@ -1,24 +1,36 @@
-"""The seed study's statistics and tables: per-seed rows, their mean, and IB-FT minus LoRA FT with a bootstrap CI.
+"""The demo's statistics and tables: the six rows per seed, the barrier and IB-FT minus LoRA FT with bootstrap CIs.
 
     from trl_ib.demo.study import paired_bootstrap
     mean, low, high = paired_bootstrap(np.array([[0.0, 1.0]]))   # (0.5, 0.0, 1.0)
 
-`ib-ft demo --seeds 0 1 2` prints these tables; runs made separately (e.g. one process per seed, side by side) are
-combined with
+Per contamination strength, a run holds two bases (`clean`: the same full fine-tuning on the fresh reference
+problems; `contaminated`: on D_code), each scored as it is and after LoRA FT / IB-FT on D_code. Every contrast is a
+per-problem difference of Pass@k^(m) on the same scored problems, averaged over seeds, with a bootstrap interval
+over problems and seeds:
 
-    python -m trl_ib.demo.study run-0/results.json run-1/results.json run-2/results.json
+- gain of an arm on a base: arm - base;
+- the barrier: LoRA FT's gain on the clean base minus its gain on the contaminated base (> 0: memorizing D_code
+  made fine-tuning on it worth less);
+- IB-FT minus LoRA FT on each base, and the barrier left under IB-FT: LoRA FT's clean gain minus IB-FT's
+  contaminated gain (IB-FT closes the barrier where this is 0 while the barrier is not).
+
+Runs made separately (other seeds, other strengths) are combined with
+
+    python -m trl_ib.demo.study run-a/results.json run-b/results.json [--plot barrier.png]
 """
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from trl_ib.code_eval.estimator import pass_at_k_m
 
 HEADLINE = ((1, 1), (5, 5), (10, 10))  # (k, m) of Pass@1, Pass@5^(5), Pass@10^(10)
 ARMS = ("LoRA FT", "IB-FT")
+BASES = ("clean", "contaminated")
 
 
 def paired_bootstrap(
@@ -46,9 +58,9 @@ def paired_bootstrap(
     return float(differences.mean()), float(low), float(high)
 
 
-def per_problem(num_correct: list[int], num_samples: int, k: int, m: int) -> np.ndarray:
-    """(num_problems,) Pass@k^(m) of each problem."""
-    return pass_at_k_m(num_samples, num_correct, k, m)
+def per_problem(row: dict, num_samples: int, k: int, m: int) -> np.ndarray:
+    """(num_problems,) Pass@k^(m) of each problem of a scored row ({"num_correct": [...], ...})."""
+    return pass_at_k_m(num_samples, row["num_correct"], k, m)
 
 
 def format_rows(rows: dict[str, dict]) -> str:
@@ -77,50 +89,119 @@ def format_sweep(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def format_study(base: dict, seeds: dict[int, dict[str, dict]], num_samples: int) -> str:
+def labelled_rows(strength: dict) -> dict[str, dict]:
+    """Label -> row of one strength's results: the two bases, every seed's arms, and each arm's mean over seeds."""
+    seeds = strength["seeds"]
+    rows = {f"{base} base": strength["bases"][base] for base in BASES}
+    for seed, by_base in seeds.items():
+        rows |= {f"{base} + {arm}, seed {seed}": arms[arm] for base, arms in by_base.items() for arm in arms}
+    if len(seeds) > 1:
+        for base, arms in next(iter(seeds.values())).items():
+            for arm, first in arms.items():
+                rows[f"{base} + {arm}, mean"] = {"pass": {
+                    key: float(np.mean([s[base][arm]["pass"][key] for s in seeds.values()])) for key in first["pass"]
+                }}  # fmt: skip
+    return rows
+
+
+def contrasts(strength: dict, num_samples: int) -> dict[str, dict[str, list[float]]]:
     """
-    The study's tables: base and each seed's LoRA FT / IB-FT rows with their means, then IB-FT minus LoRA FT per
-    seed and pooled, with a 95% bootstrap interval over problems and seeds (`paired_bootstrap`).
+    {contrast: {"pass@k^(m)": [mean, low, high]}} of one strength's results (see the module docstring); the IB-FT
+    contrasts only where both bases have an IB-FT row.
     """
-    rows = {"base": base}
-    for seed, arms in seeds.items():
-        rows |= {f"{arm}, seed {seed}": arms[arm] for arm in ARMS}
-    for arm in ARMS:
-        keys = seeds[next(iter(seeds))][arm]["pass"]
-        rows[f"{arm}, mean"] = {"pass": {key: np.mean([s[arm]["pass"][key] for s in seeds.values()]) for key in keys}}
-    lines = ["| IB-FT minus LoRA FT | Pass@1 | Pass@5^(5) | Pass@10^(10) |", "|---|---|---|---|"]
-    differences = {}  # (k, m) -> (num_seeds, num_problems)
+    seeds = list(strength["seeds"].values())
+    has_ib = all("IB-FT" in s[base] for s in seeds for base in BASES)
+    result = {}
     for k, m in HEADLINE:
-        differences[k, m] = np.stack([
-            per_problem(s["IB-FT"]["num_correct"], num_samples, k, m)
-            - per_problem(s["LoRA FT"]["num_correct"], num_samples, k, m)
-            for s in seeds.values()
-        ])  # fmt: skip
-    for index, seed in enumerate(seeds):
-        cells = [f"{differences[key][index].mean():+.3f}" for key in HEADLINE]
-        lines.append(f"| seed {seed} | " + " | ".join(cells) + " |")
-    pooled = [paired_bootstrap(differences[key]) for key in HEADLINE]
-    lines.append(
-        f"| mean of {len(seeds)} seeds [95% CI] | "
-        + " | ".join(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]" for mean, low, high in pooled) + " |"
-    )  # fmt: skip
+        base = {name: per_problem(strength["bases"][name], num_samples, k, m) for name in BASES}
+
+        def gain(arm, name):  # (S, P)
+            return np.stack([per_problem(s[name][arm], num_samples, k, m) - base[name] for s in seeds])
+
+        table = {
+            "LoRA FT gain, clean base": gain("LoRA FT", "clean"),
+            "LoRA FT gain, contaminated base": gain("LoRA FT", "contaminated"),
+            "barrier: clean gain - contaminated gain": gain("LoRA FT", "clean") - gain("LoRA FT", "contaminated"),
+        }
+        if has_ib:
+            table |= {
+                "IB-FT - LoRA FT, clean base": gain("IB-FT", "clean") - gain("LoRA FT", "clean"),
+                "IB-FT - LoRA FT, contaminated base": gain("IB-FT", "contaminated") - gain("LoRA FT", "contaminated"),
+                "barrier left under IB-FT: LoRA FT clean gain - IB-FT contaminated gain":
+                    gain("LoRA FT", "clean") - gain("IB-FT", "contaminated"),
+            }  # fmt: skip
+        for name, differences in table.items():
+            result.setdefault(name, {})[f"pass@{k}^({m})"] = list(paired_bootstrap(differences))
+    return result
+
+
+def format_contrasts(table: dict[str, dict[str, list[float]]]) -> str:
+    """Markdown table of `contrasts`: mean [95% CI] per headline metric."""
+    lines = ["| contrast (paired, same problems) | Pass@1 | Pass@5^(5) | Pass@10^(10) |", "|---|---|---|---|"]
+    for name, values in table.items():
+        cells = [values[f"pass@{k}^({m})"] for k, m in HEADLINE]
+        lines.append(f"| {name} | " + " | ".join(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]" for mean, low, high in cells) + " |")
+    return "\n".join(lines)
+
+
+def format_strength(epochs: str, strength: dict, num_samples: int) -> str:
+    """Everything printed for one contamination strength: Min-K%, the rows, Pass@10^(m), the contrasts."""
+    rows = labelled_rows(strength)
+    shift = strength["min_k_shift"]
     return (
-        format_rows(rows) + "\n\nPass@10^(m):\n\n" + format_sweep(rows)
-        + "\n\nPaired difference on the same problems (bootstrap over problems and seeds):\n\n" + "\n".join(lines)
+        f"## contamination {epochs} epochs: Min-K% median, contaminated base: D_code {shift['d_code']:.3f}, fresh "
+        f"reference {shift['reference']:.3f} nats (shift {shift['shift']:+.3f}; lower = more memorized)\n\n"
+        + format_rows(rows) + "\n\nPass@10^(m):\n\n" + format_sweep(rows)
+        + f"\n\nContrasts over {len(strength['seeds'])} seed(s) x {len(strength['bases']['clean']['num_correct'])} "
+        "problems, 95% bootstrap intervals:\n\n" + format_contrasts(strength["contrasts"])
     )  # fmt: skip
+
+
+def plot_barrier(strengths: dict[str, dict], path: str | Path) -> None:
+    """Save a PNG of the barrier (Pass@1, with its 95% interval) against the Min-K% shift of D_code, one point per
+    contamination strength, labelled with its epochs."""
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axes = figure.subplots()
+    for epochs, strength in strengths.items():
+        mean, low, high = strength["contrasts"]["barrier: clean gain - contaminated gain"]["pass@1^(1)"]
+        x = strength["min_k_shift"]["shift"]
+        axes.errorbar([x], [mean], yerr=[[mean - low], [high - mean]], fmt="o", capsize=4, color="C0")
+        axes.annotate(f"{epochs} ep", (x, mean), textcoords="offset points", xytext=(6, 4))
+    axes.axhline(0, color="grey", linewidth=0.8)
+    axes.set(xlabel="Min-K% shift of D_code (reference - D_code median, nats)",
+             ylabel="barrier, Pass@1 (95% CI)", title="LoRA FT gain lost to memorizing D_code")  # fmt: skip
+    axes.grid(alpha=0.3)
+    figure.savefig(path, dpi=120)
+
+
+def merge_runs(runs: list[dict]) -> dict[str, dict]:
+    """The strengths of several runs' results.json (same task, split, budget), their seeds merged, contrasts redone."""
+    settings = {json.dumps([run["budget"], run["arguments"] | {k: None for k in ("seeds", "strengths", "output_dir")}])
+                for run in runs}  # fmt: skip
+    if len(settings) > 1:
+        raise ValueError("the runs differ in budget or arguments other than seeds, strengths and output_dir.")
+    merged: dict[str, dict] = {}
+    for run in runs:
+        for epochs, strength in run["strengths"].items():
+            target = merged.setdefault(epochs, {**strength, "seeds": {}})
+            target["seeds"] |= strength["seeds"]
+    for strength in merged.values():
+        strength["contrasts"] = contrasts(strength, runs[0]["budget"]["num_samples"])
+    return merged
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Print `format_study` of the demo runs whose results.json files are given (same task, split and budget)."""
-    paths = sys.argv[1:] if argv is None else argv
-    if not paths:
-        raise SystemExit("usage: python -m trl_ib.demo.study RESULTS_JSON [RESULTS_JSON ...]")
-    runs = [json.loads(Path(path).read_text()) for path in paths]
-    settings = {json.dumps([run["budget"], run["arguments"] | {"seeds": None, "output_dir": None}]) for run in runs}
-    if len(settings) > 1:
-        raise ValueError(f"{paths}: the runs differ in budget or arguments other than seeds and output_dir.")
-    seeds = {int(seed): rows for run in runs for seed, rows in run["seeds"].items()}
-    print(format_study(runs[0]["base"], seeds, runs[0]["budget"]["num_samples"]))
+    """Print `format_strength` for every strength of the demo runs whose results.json files are given."""
+    parser = argparse.ArgumentParser(description="Combine `ib-ft demo` runs (other seeds, other strengths).")
+    parser.add_argument("results", nargs="+", help="results.json files of `ib-ft demo` runs")
+    parser.add_argument("--plot", help="write the barrier against the Min-K%% shift here (PNG)")
+    args = parser.parse_args(argv)
+    runs = [json.loads(Path(path).read_text()) for path in args.results]
+    merged = merge_runs(runs)
+    for epochs in sorted(merged, key=float):
+        print(format_strength(epochs, merged[epochs], runs[0]["budget"]["num_samples"]) + "\n")
+    if args.plot:
+        plot_barrier(merged, args.plot)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from trl import TrlParser
 
 from trl_ib.builtin import SMOLLM2_NAME
 
-from .run import BUDGETS, fine_tune, contaminated_task, sample_and_score
+from .run import BUDGETS, DemoArguments, bases, demo_task, fine_tune, sample_and_score
 from .study import HEADLINE
 from .tasks import sft_rows
 
@@ -45,7 +45,10 @@ class ValidationArguments:
 def main(argv: list[str] | None = None) -> None:
     (args,) = TrlParser((ValidationArguments,)).parse_args_and_config(argv)
     budget = BUDGETS["default"]
-    task, base_dir = contaminated_task(SMOLLM2_NAME, 0, budget)
+    demo = DemoArguments()  # the demo's contamination strength and precision
+    bf16, dtype = demo.precision()
+    task = demo_task(0, budget)
+    base_dir = bases(SMOLLM2_NAME, task, demo.strengths[0], bf16)["contaminated"]
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     d_code = sft_rows(task.train)
     rows = {}
@@ -55,8 +58,8 @@ def main(argv: list[str] | None = None) -> None:
         arm = "lora" if options is None else "ib-lora"
         output_dir = Path(args.output_dir) / f"{index}-{arm}"
         model, first_step = fine_tune(arm, base_dir, tokenizer, d_code, output_dir, args.seed,
-                                      budget.fine_tune_epochs, options)  # fmt: skip
-        scores = sample_and_score(model, tokenizer, task.validation, budget, args.seed)
+                                      budget.fine_tune_epochs, options, bf16)  # fmt: skip
+        scores = sample_and_score(model.to(dtype), tokenizer, task.validation, budget, args.seed)
         rows[name] = {"options": options, "first_step": first_step, "pass": scores.table,
                       "num_correct": scores.num_correct}  # fmt: skip
         (Path(args.output_dir) / "validation.json").write_text(json.dumps(rows, indent=2) + "\n")
