@@ -105,10 +105,10 @@ class EvalArguments:
                   "choices": list(BACKENDS)},
     )
     dtype: str = field(
-        default="rule",
-        metadata={"help": "hf backend: dtype of the weights while sampling. rule: bfloat16 where the device computes "
-                  "it natively (a CUDA GPU with bf16, a CPU with AVX-512 BF16 or AMX), else float32; auto: the "
-                  "checkpoint's own dtype; or float32, bfloat16, float16.", "choices": list(DTYPE_CHOICES)},
+        default="auto",
+        metadata={"help": "hf backend: dtype of the weights while sampling. auto: the checkpoint's own dtype; rule: "
+                  "bfloat16 where the device computes it natively (a CUDA GPU with bf16, a CPU with AVX-512 BF16 or "
+                  "AMX), else float32; or float32, bfloat16, float16.", "choices": list(DTYPE_CHOICES)},
     )  # fmt: skip
     vllm_kwargs: str = field(
         default="{}",

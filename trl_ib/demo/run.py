@@ -19,8 +19,8 @@ Stages (each with a progress bar; wall times in results.json):
 5. Writes to --output_dir: {E}ep/seed-S/{base}/{lora,ib-lora}/ (adapters with cards), min_k.png,
    pass_at_10_m.png, barrier.png (several strengths), results.json, and prints the tables.
 
-Precision (`trl_ib.precision`): training under bf16 autocast and sampling in bf16 where the CPU or GPU computes bf16
-natively, float32 elsewhere; `--dtype float32` scores in float32 (training follows `--dtype` too).
+Precision (`trl_ib.precision`): training under bf16 autocast where the CPU or GPU computes bf16 natively (`--bf16
+false` turns it off); sampling in float32 unless `--dtype bfloat16` (or `rule`).
 """
 
 import hashlib
@@ -45,7 +45,7 @@ from trl_ib.code_eval import score
 from trl_ib.evaluation import EvalArguments, build_programs
 from trl_ib.generation import generate_samples
 from trl_ib.memorization import plot_distributions, representation_gap, score_min_k, summarize
-from trl_ib.precision import DTYPE_CHOICES, resolve_dtype
+from trl_ib.precision import native_bf16, resolve_dtype
 
 from .contaminate import cached_contaminated_base
 from .study import ARMS, BASES, contrasts, format_strength, plot_barrier
@@ -105,11 +105,16 @@ class DemoArguments:
     model: str = field(
         default=SMOLLM2_NAME, metadata={"help": "Model both bases start from: a built-in name, a Hub id or a folder."}
     )
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "Train (both bases, both arms) under bf16 autocast with float32 master weights. None: the "
+                  "dtype rule, bf16 where the device computes it natively (trl_ib.precision)."},
+    )  # fmt: skip
     dtype: str = field(
-        default="rule",
-        metadata={"help": "Precision of training (bf16 autocast or not) and of the weights while sampling. rule: "
-                  "bfloat16 where the device computes it natively, else float32 (trl_ib.precision).",
-                  "choices": [name for name in DTYPE_CHOICES if name != "auto"]},
+        default="float32",
+        metadata={"help": "Weights while sampling: float32 (default, until bf16's effect on Pass@k is measured: "
+                  "RESULTS.md), bfloat16, or rule (bfloat16 where native).",
+                  "choices": ["float32", "bfloat16", "rule"]},
     )  # fmt: skip
     # The IB-FT settings fixed on the validation problems (validate.py; RESULTS.md): the paper's alpha, beta, depth and
     # ib_dim, and the RMS-normalized encoder input.
@@ -131,9 +136,8 @@ class DemoArguments:
             raise ValueError(f"strengths={self.strengths!r}: give one or more contamination epochs, each > 0.")
         if not self.arms or any(arm not in ARMS for arm in self.arms) or "LoRA FT" not in self.arms:
             raise ValueError(f"arms={self.arms!r}: choose from {', '.join(ARMS)}; LoRA FT is always needed.")
-        if self.dtype == "auto":
-            raise ValueError(f"dtype='auto': must be one of {', '.join(n for n in DTYPE_CHOICES if n != 'auto')}.")
-        resolve_dtype(self.dtype)
+        if self.dtype not in ("float32", "bfloat16", "rule"):
+            raise ValueError(f"dtype={self.dtype!r}: must be one of float32, bfloat16, rule.")
 
     def ib_options(self) -> dict:
         """The IBLoraConfig fields of the IB-FT arm."""
@@ -141,8 +145,7 @@ class DemoArguments:
 
     def precision(self) -> tuple[bool, torch.dtype]:
         """(bf16 autocast while training, dtype of the weights while sampling)."""
-        dtype = resolve_dtype(self.dtype)
-        return dtype == torch.bfloat16, dtype
+        return native_bf16() if self.bf16 is None else self.bf16, resolve_dtype(self.dtype)
 
 
 @contextmanager
