@@ -43,8 +43,9 @@ def test_explicit_dtypes_and_a_bad_one():
 def test_ib_sft_config_bf16_default_is_the_rule_and_overrides_win(tmp_path, monkeypatch, native):
     monkeypatch.setattr("trl_ib.ib_sft_config.native_bf16", lambda device: native)
     monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda: None)  # a CPU-only machine
-    args = IBSFTConfig(output_dir=str(tmp_path), report_to="none")
-    assert (args.bf16, args.use_cpu, args.device.type) == (native, native, "cpu")
+    args = IBSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    assert (args.bf16, args.device.type) == (native, "cpu")
+    assert IBSFTConfig(output_dir=str(tmp_path), report_to="none").bf16 is False  # transformers: CPU bf16 needs use_cpu
     assert IBSFTConfig(output_dir=str(tmp_path), report_to="none", bf16=False).bf16 is False
 
 

@@ -51,11 +51,11 @@ class IBSFTConfig(SFTConfig):
     def __post_init__(self):
         # SFTConfig turns bf16 on by default, also on GPUs without it; the default here is the dtype rule
         # (trl_ib.precision): bf16 mixed precision where the training device computes bf16 natively, a CPU included.
+        # On a CPU, transformers takes bf16 only with use_cpu=True, so without it a CPU-only run stays float32.
         if self.bf16 is None and not self.fp16:
             accelerator = None if self.use_cpu else torch.accelerator.current_accelerator()
             if accelerator is None:  # training on the CPU
-                self.bf16 = native_bf16("cpu")
-                self.use_cpu = self.use_cpu or self.bf16  # transformers wants CPU bf16 spelled out; the device is the same
+                self.bf16 = self.use_cpu and native_bf16("cpu")
             elif accelerator.type == "cuda":
                 self.bf16 = native_bf16("cuda")
         super().__post_init__()
