@@ -1,6 +1,6 @@
 """`ib-ft demo`: does memorizing D_code block fine-tuning on it, and does IB-FT help? SmolLM2-135M-Instruct, on CPU.
 
-    ib-ft demo                          # one strength, one seed, six rows; cold (first run) about 25 min on 2 cores
+    ib-ft demo                          # one strength, one seed, six rows (cold time of this design: not measured yet)
     ib-ft demo --seeds 0 1 2            # more seeds: paired bootstrap intervals over problems and seeds
     ib-ft demo --strengths 2 12 --arms "LoRA FT"    # other contamination strengths: the barrier axis
     ib-ft demo --split validation       # score the validation problems instead (how settings were chosen)
