@@ -2,6 +2,7 @@
 
     python benchmarks/bench_generate.py                          # 4 problems, n = 10, 96 new tokens
     python benchmarks/bench_generate.py --num_problems 20 --max_new_tokens 256
+    python benchmarks/bench_generate.py --precision              # generate_samples in float32 vs bfloat16, sampled
 
 The baseline is what one writes first: one `model.generate` call per prompt with `num_return_sequences=n` (greedy
 `generate` refuses num_return_sequences > 1, so there it gets the n copies of the prompt that num_return_sequences
@@ -15,7 +16,15 @@ Besides the table, the run measures what two other ideas could gain at most: the
 in prefill (prefilling a prompt once for its n samples saves at most that share times (n - 1) / n), and a static KV
 cache (`cache_implementation="static"`) for `generate_samples`.
 
-Writes benchmarks/results/bench_generate.json; the table printed last is the one in benchmarks/README.md.
+`--precision` measures instead `generate_samples` with float32 and with bfloat16 weights, sampled (T 0.8) at 128
+and 256 new tokens, the arms alternated (float32 first at 128, bfloat16 first at 256), and in the same run the
+machine's GEMM throughput in each dtype on the decode-shaped product (batch rows x hidden x intermediate): the
+tokens/s that throughput allows if every decoded token costs 2 FLOPs per weight of the model's linear layers
+(lm_head included), against the computed tokens/s (rows x steps the batches ran, finished rows included) and the
+useful ones (tokens before EOS/padding).
+
+Writes benchmarks/results/bench_generate.json (`--precision`: bench_generate_precision.json); the table printed last
+is the one in benchmarks/README.md.
 """
 
 import argparse
@@ -32,6 +41,8 @@ from trl_ib.builtin import resolve_model
 from trl_ib.code_eval.extraction import cut_at_stop
 from trl_ib.generation import generate_samples
 from trl_ib.prompting import PromptFormat, resolve_prompt_mode
+
+DTYPES = (torch.float32, torch.bfloat16)
 
 
 def plain_loop(model, tokenizer, texts, num_samples, temperature, max_new_tokens, stop_sequences):
@@ -69,6 +80,68 @@ def prefill_seconds(model, tokenizer, texts, num_samples) -> float:
     return time.perf_counter() - start
 
 
+def gemm_gflops(dtype: torch.dtype, rows: int, inner: int, outer: int, seconds: float = 2.0) -> float:
+    """GFLOP/s of (rows x inner) @ (inner x outer) products in `dtype`, repeated for about `seconds`."""
+    a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, outer, dtype=dtype)
+    for _ in range(3):
+        a @ b  # warm-up: the first calls pick kernels
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * rows * inner * outer * count / (time.perf_counter() - start) / 1e9
+
+
+def count_computed_tokens(model) -> list[int]:
+    """A one-item list that counts every token position the model's forward passes compute (prefill and decode)."""
+    counter = [0]
+
+    def hook(module, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        counter[0] += input_ids.numel()
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return counter
+
+
+def precision_rows(model, tokenizer, prompts, prompt_format, n, batch_size, threads):
+    """Rows of the float32 vs bfloat16 table (see the module docstring) and the GEMM throughputs."""
+    config = model.config
+    linear_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    gflops = {str(d): gemm_gflops(d, batch_size, config.hidden_size, config.intermediate_size) for d in DTYPES}
+    computed, rows = count_computed_tokens(model), []
+    for max_new_tokens, order in ((128, DTYPES), (256, DTYPES[::-1])):
+        for dtype in order:
+            model.to(dtype)
+            computed[0] = 0
+            completions, seconds = timed(
+                generate_samples, model, tokenizer, prompts, n, 0.8, 0.95, max_new_tokens, None, batch_size,
+                prompt_format, False, 0,
+            )  # fmt: skip
+            limit = gflops[str(dtype)] * 1e9 / (2 * linear_weights)
+            rows.append({
+                "dtype": str(dtype).removeprefix("torch."), "max_new_tokens": max_new_tokens, "samples": n * len(prompts),
+                "seconds": round(seconds, 1), "useful_tokens_per_s": round(useful_tokens(tokenizer, completions) / seconds, 1),
+                "computed_tokens_per_s": round(computed[0] / seconds, 1), "gemm_limit_tokens_per_s": round(limit, 1),
+                "computed_share_of_limit": round(computed[0] / seconds / limit, 3),
+            })  # fmt: skip
+    for row in rows:
+        reference = next(r for r in rows if r["dtype"] == "float32" and r["max_new_tokens"] == row["max_new_tokens"])
+        row["speedup_vs_float32"] = round(reference["seconds"] / row["seconds"], 2)
+    return rows, {name.removeprefix("torch."): round(value, 1) for name, value in gflops.items()}
+
+
+def useful_tokens(tokenizer, completions: list[list[str]]) -> int:
+    """Tokens of the completions as kept (cut before the stop sequence)."""
+    return sum(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for group in completions for c in group)
+
+
+def markdown(rows: list[dict]) -> str:
+    header = list(rows[0])
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(table + ["| " + " | ".join(str(row[key]) for key in header) + " |" for row in rows])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct", help="a built-in name, Hub id or local folder")
@@ -77,9 +150,11 @@ def main():
     parser.add_argument("--max_new_tokens", type=int, default=96)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: see benchmarks/README.md)")
     parser.add_argument("--batch_size", type=int, default=16, help="generate_samples' rows per generate call")
-    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "bench_generate.json"))
+    parser.add_argument("--precision", action="store_true", help="float32 vs bfloat16 generate_samples instead")
+    parser.add_argument("--output", default=None, help="default: benchmarks/results/bench_generate[_precision].json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    output = Path(args.output or Path(__file__).parent / "results" / f"bench_generate{'_precision' if args.precision else ''}.json")
 
     path = resolve_model(args.model)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
@@ -87,6 +162,17 @@ def main():
     prompts = [problem["prompt"] for problem in list(read_problems().values())[: args.num_problems]]
     texts = [prompt_format.render(prompt, tokenizer) for prompt in prompts]
     stops, n = prompt_format.stop_sequences, args.num_samples
+    setup = (
+        f"{args.model}, {prompt_format.mode} prompts of the first {len(prompts)} HumanEval problems, n = {n}, "
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
+    if args.precision:
+        rows, gflops = precision_rows(model, tokenizer, prompts, prompt_format, n, args.batch_size, args.threads)
+        gemm = f"GEMM GFLOP/s ({args.batch_size} x {model.config.hidden_size} x {model.config.intermediate_size}): {gflops}"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps({"setup": setup, "gemm_gflops": gflops, "rows": rows, "args": vars(args)}, indent=2) + "\n")
+        print(f"{setup}\n{gemm}\n{markdown(rows)}")
+        return
     rows = []
 
     def ours(temperature, batch_size=args.batch_size):
@@ -118,19 +204,13 @@ def main():
         if temperature > 0:
             prefill_share = prefill_seconds(model, tokenizer, texts, n) / base_s
 
-    header = ["variant", "decoding", "samples", "seconds", "samples_per_s", "speedup", "identical_to_baseline"]
-    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    table += ["| " + " | ".join(str(row[key]) for key in header) + " |" for row in rows]
-    setup = (
-        f"{args.model}, {prompt_format.mode} prompts of the first {len(prompts)} HumanEval problems, n = {n}, "
-        f"max_new_tokens = {args.max_new_tokens}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
-    )
+    setup += f", max_new_tokens = {args.max_new_tokens}"
     result = {"setup": setup, "rows": rows, "baseline_prefill_share_sampled": round(prefill_share, 3), "args": vars(args)}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
     print(setup)
     print(f"prefill share of the sampled baseline's time: {prefill_share:.3f} (the most prefill-once could save)")
-    print("\n".join(table))
+    print(markdown(rows))
 
 
 if __name__ == "__main__":

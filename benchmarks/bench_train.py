@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py            # full run: every config below (~12 min on 2 shared CPU cores)
     python benchmarks/bench_train.py --quick    # two small configs (~3 min)
     python benchmarks/bench_train.py --only smollm2-135m-512 smollm2-135m-2048   # the real model's weights (~10 min)
+    python benchmarks/bench_train.py --only smollm2-135m-512 --variants abAB     # float32 vs bf16 autocast
 
 Variants, each in its own subprocess (so that its peak memory is its own), on the same batches in the same order:
   a  plain LoRA, TRL's SFTTrainer                    (LoraConfig r=32 on every linear layer of the blocks)
@@ -10,6 +11,8 @@ Variants, each in its own subprocess (so that its peak memory is its own), on th
   c  the peer baseline: a re-implementation of the official code's approach (docs/METHOD.md, "How this
      implementation differs from the official code"), `PeerIBModel` below: all hidden states requested, full-vocab IB
      and task logits over the whole sequence, every row padded to the max length, KL averaged over every position.
+  A, B  a and b under bf16 autocast (`bf16=True`: float32 master weights and optimizer, matmuls in bf16, the IB
+     terms in float32), through the trainer's `accelerator.autocast()` as its training loop applies it.
 Models are Llama-style, built from a LlamaConfig (random weights, nothing downloaded), fp32; the smollm2-135m configs
 load SmolLM2-135M-Instruct's real weights (the built-in base, `trl_ib.builtin.resolve_model`) instead. Rows are
 prompt/completion pairs of mixed lengths; a and b are collated by TRL's collator (dynamic padding, loss on the
@@ -295,13 +298,16 @@ def build_trainer(config: BenchConfig, variant: str, rows: list[dict], output_di
     from trl_ib.ib_sft_config import IBSFTConfig
     from trl_ib.ib_sft_trainer import IBSFTTrainer
 
+    import torch
+
+    bf16 = variant.isupper()
     common = dict(
         output_dir=output_dir, per_device_train_batch_size=config.batch, max_length=config.seq, learning_rate=1e-4,
-        bf16=False, report_to="none", logging_strategy="no", save_strategy="no", seed=0, gradient_checkpointing=True,
+        bf16=bf16, use_cpu=bf16 and not torch.cuda.is_available(), report_to="none", logging_strategy="no", save_strategy="no", seed=0, gradient_checkpointing=True,
         completion_only_loss=True, dataloader_num_workers=0,
     )
     dataset = Dataset.from_list(rows)
-    if variant == "a":
+    if variant.lower() == "a":
         trainer = SFTTrainer(build_llama(config), args=SFTConfig(**common), train_dataset=dataset,
                              processing_class=tokenizer(), peft_config=lora_config(LoraConfig))
     else:
@@ -371,7 +377,8 @@ def run_worker(config: BenchConfig, variant: str, commands, replies, threads: in
 
             def forward_backward(batch):
                 num_items = trainer._get_num_items_in_batch([batch], device)
-                return trainer.training_step(model, batch, num_items)
+                with trainer.accelerator.autocast():  # what the training loop's prepared model runs under
+                    return trainer.training_step(model, batch, num_items)
 
         counts = [batch_counts(b) for b in batches]
         if device.type == "cuda":
@@ -465,11 +472,16 @@ def run_config(config: BenchConfig, variants: str, started: float, threads: int)
         return {v: w.finish() for v, w in workers.items()}
 
 
+def paired_ratio(variants: dict, x: str, y: str, times: str = "step_times_s") -> float:
+    """Median over timed steps of x's time over y's on the same batch."""
+    return statistics.median(tx / ty for tx, ty in zip(variants[x][times], variants[y][times]))
+
+
 def summarize(config: BenchConfig, runs: dict[str, dict]) -> dict:
     """Median step time, peak memory and FLOPs per variant; ratios to a; the floor f and the targets."""
     result = {"config": asdict(config), "batch": config.batch, "variants": {}}
     for variant, run in runs.items():
-        flops = [step_flops(config, c, variant) for c in run["counts"]]
+        flops = [step_flops(config, c, variant.lower()) for c in run["counts"]]
         result["variants"][variant] = {
             **{k: run[k] for k in ("step_times_s", "step_cpu_times_s", "warmup_times_s", "peak_memory_bytes",
                                    "memory_before_steps_bytes", "trainable_params", "device", "threads")},
@@ -480,13 +492,10 @@ def summarize(config: BenchConfig, runs: dict[str, dict]) -> dict:
     v = result["variants"]
     # Each timed step of b (and c) ran on the same batch as a's, right before or after it: the median of these paired
     # ratios cancels most of the drift of a shared machine. The ratio of median step times is kept alongside.
-    time_ratio = {k: statistics.median(t / ta for t, ta in zip(v[k]["step_times_s"], v["a"]["step_times_s"]))
-                  for k in v}
+    time_ratio = {k: paired_ratio(v, k, "a") for k in v}
     # The same over the process's CPU time: with one thread per variant, time spent descheduled on a busy machine
     # (the wall-time ratios' main noise) does not count.
-    result["cpu_time_ratio"] = {
-        k: statistics.median(t / ta for t, ta in zip(v[k]["step_cpu_times_s"], v["a"]["step_cpu_times_s"])) for k in v
-    }
+    result["cpu_time_ratio"] = {k: paired_ratio(v, k, "a", "step_cpu_times_s") for k in v}
     result["time_ratio_of_medians"] = {k: v[k]["median_step_s"] / v["a"]["median_step_s"] for k in v}
     memory_ratio = {k: v[k]["peak_memory_bytes"] / v["a"]["peak_memory_bytes"] for k in v}
     # What training adds to the process (CPU: peak RSS minus the RSS once model, data and optimizer are built)
@@ -502,6 +511,11 @@ def summarize(config: BenchConfig, runs: dict[str, dict]) -> dict:
         time_ok=time_ratio["b"] <= 1 + 1.25 * (floor - 1) + 0.02,
         memory_ok=memory_ratio["b"] <= 1.05 if config.seq >= 2048 else None,
     )
+    if {"A", "B"} <= set(v):  # bf16 autocast: its speedup over float32, and IB-FT's cost over LoRA within bf16
+        result["bf16"] = {"speedup_a": paired_ratio(v, "a", "A"), "speedup_b": paired_ratio(v, "b", "B"),
+                          "time_ratio_B_over_A": paired_ratio(v, "B", "A"), "step_s_A": v["A"]["median_step_s"],
+                          "memory_ratio_A_over_a": v["A"]["peak_memory_bytes"] / v["a"]["peak_memory_bytes"]}  # fmt: skip
+        result["bf16"]["time_ok"] = result["bf16"]["time_ratio_B_over_A"] <= result["time_target"]
     return result
 
 
@@ -523,6 +537,13 @@ def print_table(results: list[dict], seven_b_floor: float) -> None:
             f"{mem_ok:>4} | {added['b']:>5.3f} {added.get('c', float('nan')):>5.2f} | "
             f"{r['flops_ratio_c'] or float('nan'):>5.2f}"
         )
+    for r in results:
+        if "bf16" in r:
+            bf16 = r["bf16"]
+            print(f"{r['config']['name']:<17} bf16 autocast: A {bf16['step_s_A']:.2f} s/step, speedup a/A "
+                  f"{bf16['speedup_a']:.2f}x, b/B {bf16['speedup_b']:.2f}x; B/A {bf16['time_ratio_B_over_A']:.3f} "
+                  f"(target {r['time_target']:.3f}: {'ok' if bf16['time_ok'] else 'MISS'}); peak memory A/a "
+                  f"{bf16['memory_ratio_A_over_a']:.3f}")  # fmt: skip
     print(f"(cpu b/a, c/a: the paired step-time ratios over process CPU time; +b/a, +c/a: peak memory added by "
           f"training steps, over a's; fc = FLOPs(c) / FLOPs(a); f of a real 7B Llama at seq 2048, same accounting: "
           f"{seven_b_floor:.3f})")
@@ -611,7 +632,7 @@ def main() -> None:
             "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                         "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                         "load_average_at_end": os.getloadavg()},
-            "settings": {"lora_r": LORA_R, "ib_depth": IB_DEPTH, "dtype": "float32", "activation_checkpointing": True,
+            "settings": {"lora_r": LORA_R, "ib_depth": IB_DEPTH, "dtype": "float32; A, B: bf16 autocast", "activation_checkpointing": True,
                          "threads_per_variant": args.threads},
             "seven_b_floor_f": floor_7b,
             "wall_s": time.time() - started,
