@@ -19,9 +19,9 @@ cache (`cache_implementation="static"`) for `generate_samples`.
 `--precision` measures instead `generate_samples` with float32 and with bfloat16 weights, sampled (T 0.8) at 128
 and 256 new tokens, the arms alternated (float32 first at 128, bfloat16 first at 256), and in the same run the
 machine's GEMM throughput in each dtype on the decode-shaped product (batch rows x hidden x intermediate): the
-tokens/s that throughput allows if every decoded token costs 2 FLOPs per weight of the model's linear layers
-(lm_head included), against the computed tokens/s (rows x steps the batches ran, finished rows included) and the
-useful ones (tokens before EOS/padding).
+tokens/s that throughput allows if every token position costs 2 FLOPs per weight of the model's linear layers
+(lm_head included), against the computed tokens/s (every position the forward passes ran: the prompts' prefill and
+each decoding step of every row, finished rows included) and the useful ones (tokens of the completions as kept).
 
 Writes benchmarks/results/bench_generate.json (`--precision`: bench_generate_precision.json); the table printed last
 is the one in benchmarks/README.md.
@@ -116,7 +116,7 @@ def precision_rows(model, tokenizer, prompts, prompt_format, n, batch_size, thre
             computed[0] = 0
             completions, seconds = timed(
                 generate_samples, model, tokenizer, prompts, n, 0.8, 0.95, max_new_tokens, None, batch_size,
-                prompt_format, False, 0,
+                prompt_format, True, 0,
             )  # fmt: skip
             limit = gflops[str(dtype)] * 1e9 / (2 * linear_weights)
             rows.append({

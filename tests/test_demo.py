@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from trl_ib.demo.run import main
-from trl_ib.demo.study import contrasts, paired_bootstrap
+from trl_ib.demo.study import contrasts, merge_runs, paired_bootstrap
 from trl_ib.demo.tasks import OPERATIONS, VARIABLES, consecutive_pairs, make_problem, make_task, split_pairs
 from trl_ib.code_eval import score
 from trl_ib.evaluation import build_programs
@@ -183,3 +183,30 @@ def test_contrasts_are_hand_computed_differences():
     assert table["barrier: clean gain - contaminated gain"]["pass@1^(1)"][1:] == pytest.approx([0.2, 0.4])
     del strength["seeds"]["0"]["clean"]["IB-FT"]  # LoRA FT only: no IB-FT contrasts
     assert list(contrasts(strength, 10)) == list(table)[:3]
+
+
+def test_merge_runs_combines_seeds_and_strengths_and_refuses_other_settings():
+    def row(*num_correct):
+        return {"num_correct": list(num_correct)}
+
+    def run(epochs, seed, arms, clean, contaminated, **arguments):
+        strength = {"bases": {"clean": row(2, 4), "contaminated": row(5, 5)}, "min_k_shift": {"shift": 0.1},
+                    "seeds": {seed: {"clean": {arm: clean for arm in arms},
+                                     "contaminated": {arm: contaminated for arm in arms}}}}  # fmt: skip
+        return {"budget": {"num_samples": 10}, "strengths": {epochs: strength},
+                "arguments": {"task_seed": 0, "seeds": [int(seed)], "strengths": [float(epochs)], "arms": arms,
+                              "output_dir": f"run-{epochs}-{seed}"} | arguments}  # fmt: skip
+
+    both = ["LoRA FT", "IB-FT"]
+    merged = merge_runs([run("6", "0", both, row(6, 8), row(5, 7)), run("6", "1", both, row(4, 4), row(5, 5)),
+                         run("2", "0", ["LoRA FT"], row(9, 9), row(6, 6))])  # fmt: skip
+    assert sorted(merged) == ["2", "6"] and sorted(merged["6"]["seeds"]) == ["0", "1"]
+    barrier = {epochs: merged[epochs]["contrasts"]["barrier: clean gain - contaminated gain"]["pass@1^(1)"][0]
+               for epochs in merged}  # fmt: skip
+    # 6 epochs: seed 0 (0.4, 0.4) - (0.0, 0.2), seed 1 (0.2, 0.0) - (0.0, 0.0): mean of 0.4, 0.2, 0.2, 0.0
+    assert barrier["6"] == pytest.approx(0.2)
+    assert barrier["2"] == pytest.approx(((0.7 - 0.1) + (0.5 - 0.1)) / 2)  # (0.6 + 0.4) / 2 = 0.5
+    assert "IB-FT - LoRA FT, clean base" in merged["6"]["contrasts"]
+    assert "IB-FT - LoRA FT, clean base" not in merged["2"]["contrasts"]  # a LoRA FT-only run: the barrier alone
+    with pytest.raises(ValueError, match="differ in budget or arguments other than seeds"):
+        merge_runs([run("6", "0", both, row(6, 8), row(5, 7)), run("6", "1", both, row(4, 4), row(5, 5), task_seed=1)])

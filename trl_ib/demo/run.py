@@ -1,6 +1,6 @@
 """`ib-ft demo`: does memorizing D_code block fine-tuning on it, and does IB-FT help? SmolLM2-135M-Instruct, on CPU.
 
-    ib-ft demo                          # one strength, one seed, six rows (cold time of this design: not measured yet)
+    ib-ft demo                          # one strength, one seed, six rows (29 min on 2 cores with both bases cached)
     ib-ft demo --seeds 0 1 2            # more seeds: paired bootstrap intervals over problems and seeds
     ib-ft demo --strengths 2 12 --arms "LoRA FT"    # other contamination strengths: the barrier axis
     ib-ft demo --split validation       # score the validation problems instead (how settings were chosen)
@@ -112,8 +112,9 @@ class DemoArguments:
     )  # fmt: skip
     dtype: str = field(
         default="float32",
-        metadata={"help": "Weights while sampling: float32 (default, until bf16's effect on Pass@k is measured: "
-                  "RESULTS.md), bfloat16, or rule (bfloat16 where native).",
+        metadata={"help": "Weights while sampling: float32 (default: bf16 moved no Pass@1 beyond noise but was no "
+                  "faster with the unmerged adapters, benchmarks/README.md), bfloat16, or rule (bfloat16 where "
+                  "native).",
                   "choices": ["float32", "bfloat16", "rule"]},
     )  # fmt: skip
     # The IB-FT settings fixed on the validation problems (validate.py; RESULTS.md): the paper's alpha, beta, depth and

@@ -175,11 +175,14 @@ def plot_barrier(strengths: dict[str, dict], path: str | Path) -> None:
 
 
 def merge_runs(runs: list[dict]) -> dict[str, dict]:
-    """The strengths of several runs' results.json (same task, split, budget), their seeds merged, contrasts redone."""
-    settings = {json.dumps([run["budget"], run["arguments"] | {k: None for k in ("seeds", "strengths", "output_dir")}])
-                for run in runs}  # fmt: skip
+    """
+    The strengths of several runs' results.json (same task, split, budget), their seeds merged, contrasts redone (the
+    IB-FT contrasts of a strength only where every seed has IB-FT rows: a `--arms "LoRA FT"` run adds the barrier).
+    """
+    free = ("seeds", "strengths", "arms", "output_dir")
+    settings = {json.dumps([run["budget"], run["arguments"] | {k: None for k in free}]) for run in runs}
     if len(settings) > 1:
-        raise ValueError("the runs differ in budget or arguments other than seeds, strengths and output_dir.")
+        raise ValueError(f"the runs differ in budget or arguments other than {', '.join(free)}.")
     merged: dict[str, dict] = {}
     for run in runs:
         for epochs, strength in run["strengths"].items():
