@@ -104,7 +104,7 @@ def count_computed_tokens(model) -> list[int]:
     return counter
 
 
-def precision_rows(model, tokenizer, prompts, prompt_format, n, batch_size, threads):
+def precision_rows(model, tokenizer, prompts, prompt_format, n, batch_size):
     """Rows of the float32 vs bfloat16 table (see the module docstring) and the GEMM throughputs."""
     config = model.config
     linear_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
@@ -167,7 +167,7 @@ def main():
         f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
     )
     if args.precision:
-        rows, gflops = precision_rows(model, tokenizer, prompts, prompt_format, n, args.batch_size, args.threads)
+        rows, gflops = precision_rows(model, tokenizer, prompts, prompt_format, n, args.batch_size)
         gemm = f"GEMM GFLOP/s ({args.batch_size} x {model.config.hidden_size} x {model.config.intermediate_size}): {gflops}"
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps({"setup": setup, "gemm_gflops": gflops, "rows": rows, "args": vars(args)}, indent=2) + "\n")

@@ -303,8 +303,8 @@ def build_trainer(config: BenchConfig, variant: str, rows: list[dict], output_di
     bf16 = variant.isupper()
     common = dict(
         output_dir=output_dir, per_device_train_batch_size=config.batch, max_length=config.seq, learning_rate=1e-4,
-        bf16=bf16, use_cpu=bf16 and not torch.cuda.is_available(), report_to="none", logging_strategy="no", save_strategy="no", seed=0, gradient_checkpointing=True,
-        completion_only_loss=True, dataloader_num_workers=0,
+        bf16=bf16, use_cpu=bf16 and not torch.cuda.is_available(), report_to="none", logging_strategy="no",
+        save_strategy="no", seed=0, gradient_checkpointing=True, completion_only_loss=True, dataloader_num_workers=0,
     )
     dataset = Dataset.from_list(rows)
     if variant.lower() == "a":

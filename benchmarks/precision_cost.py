@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_ib.builtin import SMOLLM2_NAME, resolve_model
 from trl_ib.code_eval import score
-from trl_ib.demo.run import ARM_FOLDERS, BUDGETS, DemoArguments, bases, demo_task
+from trl_ib.demo.run import ARM_FOLDERS, BUDGETS, DemoArguments, adapter_dir, bases, demo_task
 from trl_ib.demo.study import paired_bootstrap, per_problem
 from trl_ib.evaluation import EvalArguments, build_programs, load_model
 from trl_ib.generation import generate_samples
@@ -42,7 +42,7 @@ DTYPES = (torch.float32, torch.bfloat16)
 def demo_models(demo_dir: Path):
     """(label, load(), problems, prompt format, max_new_tokens) of the demo's contaminated base and its two arms."""
     results = json.loads((demo_dir / "results.json").read_text())
-    args = DemoArguments(**{k: v for k, v in results["arguments"].items()})
+    args = DemoArguments(**results["arguments"])
     budget = BUDGETS["quick" if args.quick else "default"]
     task = demo_task(args.task_seed, budget)
     epochs = args.strengths[0]
@@ -50,7 +50,7 @@ def demo_models(demo_dir: Path):
     problems = task.held_out if args.split == "held_out" else task.validation
 
     def loader(arm=None):
-        adapter = None if arm is None else demo_dir / f"{epochs:g}ep" / f"seed-{args.seeds[0]}" / "contaminated" / ARM_FOLDERS[arm]
+        adapter = None if arm is None else adapter_dir(demo_dir, epochs, args.seeds[0], "contaminated", arm)
         return lambda: load_model(str(base_dir), None if adapter is None else str(adapter), torch.float32)
 
     rows = [("contaminated base", loader())] + [(f"contaminated + {arm}", loader(arm)) for arm in ARM_FOLDERS]

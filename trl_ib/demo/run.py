@@ -245,6 +245,11 @@ def base_scores(base_dir: Path, tokenizer, d_code, reference, problems, budget: 
     return row
 
 
+def adapter_dir(output_dir: Path, epochs: float, seed: int, base: str, arm: str) -> Path:
+    """Where a run saves the `arm` adapter fine-tuned from `base` at contamination `epochs` with `seed`."""
+    return output_dir / f"{epochs:g}ep" / f"seed-{seed}" / base / ARM_FOLDERS[arm]
+
+
 def run_strength(args: DemoArguments, task: Task, epochs: float, budget: Budget, seconds: dict) -> dict:
     """The six rows per seed at one contamination strength, their contrasts and the Min-K% summaries."""
     bf16, dtype = args.precision()
@@ -263,7 +268,7 @@ def run_strength(args: DemoArguments, task: Task, epochs: float, budget: Budget,
         seeds[str(seed)] = {name: {} for name in BASES}
         for name, folder in folders.items():
             for arm in args.arms:
-                output_dir = Path(args.output_dir) / f"{epochs:g}ep" / f"seed-{seed}" / name / ARM_FOLDERS[arm]
+                output_dir = adapter_dir(Path(args.output_dir), epochs, seed, name, arm)
                 with stage(seconds, f"{epochs:g} epochs: fine-tuning {arm}"):
                     model, _ = fine_tune(ARM_FOLDERS[arm], folder, tokenizer, d_code, output_dir, seed,
                                          budget.fine_tune_epochs, args.ib_options(), bf16)  # fmt: skip
