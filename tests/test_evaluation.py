@@ -2,11 +2,14 @@ import json
 
 import evaluate
 import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
 from test_problem_sets import write_verilog_eval
 from tiny_models import CHAT_TEMPLATE, tiny_llama, train_tokenizer
 
 from trl_ib.code_eval import score
-from trl_ib.evaluation import EvalArguments, load_problems, main, plot_pass_at_k_m
+from trl_ib.evaluation import EvalArguments, load_model, load_problems, main, plot_pass_at_k_m
+from trl_ib.generation import generate_samples
 from trl_ib.code_eval.metrics import PASS_AT_K_M
 
 
@@ -161,3 +164,29 @@ def test_metric_module_humaneval_layout(monkeypatch):
         m=["k"],
     )
     assert (scores["pass@1^(1)"], scores["pass@2^(2)"], scores["num_correct"]) == (0.5, 0.0, [1, 1])
+
+
+@pytest.mark.parametrize("config", ["lora", "ib-lora"])
+def test_an_adapter_is_merged_before_sampling_and_samples_as_the_unmerged_one(model_dir, tmp_path, config):
+    """load_model merges LoRA / IB-LoRA into the weights (no PeftModel, no adapter modules left): float32 logits within
+    rounding of the unmerged adapter's, the same greedy samples, and not the base's."""
+    from peft_ib import IBLoraConfig
+
+    options = dict(r=4, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    adapter_config = LoraConfig(**options) if config == "lora" else IBLoraConfig(**options, ib_dim=8)
+    torch.manual_seed(0)
+    base, _ = load_model(str(model_dir), dtype=torch.float32)
+    get_peft_model(base, adapter_config).save_pretrained(tmp_path / "adapter")
+    merged, tokenizer = load_model(str(model_dir), str(tmp_path / "adapter"), torch.float32)
+    unmerged, _ = load_model(str(model_dir), str(tmp_path / "adapter"), torch.float32, merge=False)
+    plain, _ = load_model(str(model_dir), dtype=torch.float32)
+    assert isinstance(unmerged, PeftModel) and not isinstance(merged, PeftModel)
+    assert not any("lora" in name for name, _ in merged.named_modules())
+    inputs = tokenizer(["def add(a, b):\n"], return_tensors="pt")
+    with torch.no_grad():
+        logits = [model.eval()(**inputs).logits for model in (merged, unmerged, plain)]
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=1e-5)
+    assert (logits[0] - logits[2]).abs().max() > 0.1  # the adapter changes the model
+    prompts = [problem["prompt"] for problem in PROBLEMS] + ["def add(a, b):\n"]
+    samples = [generate_samples(model, tokenizer, prompts, 2, 0.0, max_new_tokens=12) for model in (merged, unmerged)]
+    assert samples[0] == samples[1]

@@ -19,8 +19,9 @@ Stages (each with a progress bar; wall times in results.json):
 5. Writes to --output_dir: {E}ep/seed-S/{base}/{lora,ib-lora}/ (adapters with cards), min_k.png,
    pass_at_10_m.png, barrier.png (several strengths), results.json, and prints the tables.
 
-Precision (`trl_ib.precision`): training under bf16 autocast where the CPU or GPU computes bf16 natively (`--bf16
-false` turns it off); sampling in float32 unless `--dtype bfloat16` (or `rule`).
+Precision (`trl_ib.precision`): bf16 where the CPU or GPU computes it natively, float32 elsewhere: training under bf16
+autocast with float32 master weights (`--bf16 false` turns it off), sampling with bf16 weights, each adapter merged
+into them first (`--dtype float32` turns it off).
 """
 
 import hashlib
@@ -42,7 +43,7 @@ from peft_ib import IBLoraConfig
 from trl_ib import IBSFTConfig, IBSFTTrainer
 from trl_ib.builtin import SMOLLM2_NAME
 from trl_ib.code_eval import score
-from trl_ib.evaluation import EvalArguments, build_programs
+from trl_ib.evaluation import EvalArguments, build_programs, merge_adapter
 from trl_ib.generation import generate_samples
 from trl_ib.memorization import plot_distributions, representation_gap, score_min_k, summarize
 from trl_ib.precision import native_bf16, resolve_dtype
@@ -111,10 +112,10 @@ class DemoArguments:
                   "dtype rule, bf16 where the device computes it natively (trl_ib.precision)."},
     )  # fmt: skip
     dtype: str = field(
-        default="float32",
-        metadata={"help": "Weights while sampling: float32 (default: bf16 moved no Pass@1 beyond noise but was no "
-                  "faster with the unmerged adapters, benchmarks/README.md), bfloat16, or rule (bfloat16 where "
-                  "native).",
+        default="rule",
+        metadata={"help": "Weights while sampling (adapters merged into them first): rule (default), bfloat16 where "
+                  "the device computes it natively, else float32 (bf16 moved no Pass@1 beyond noise on the demo's "
+                  "rows: benchmarks/README.md); float32; bfloat16.",
                   "choices": ["float32", "bfloat16", "rule"]},
     )  # fmt: skip
     # The IB-FT settings fixed on the validation problems (validate.py; RESULTS.md): the paper's alpha, beta, depth and
@@ -198,8 +199,10 @@ def evaluate(model, tokenizer, problems, d_code, groups_by, budget, seed, dtype)
     """
     Pass@k^(m) on `problems` with the weights in `dtype`, the summary of the model's Min-K% of `d_code`, and the
     representation gap between the most and least memorized groups of `d_code` by the scores `groups_by` (None:
-    the model's own). The model is left in `dtype`.
+    the model's own). An adapter is merged into the weights first (in float32, `merge_adapter`), and the model is
+    left merged and in `dtype`.
     """
+    model = merge_adapter(model)
     min_k = score_min_k(model, tokenizer, d_code)
     scores = sample_and_score(model.to(dtype), tokenizer, problems, budget, seed)
     return {
