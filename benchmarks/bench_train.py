@@ -4,6 +4,7 @@
     python benchmarks/bench_train.py --quick    # two small configs (~3 min)
     python benchmarks/bench_train.py --only smollm2-135m-512 smollm2-135m-2048   # the real model's weights (~10 min)
     python benchmarks/bench_train.py --only smollm2-135m-512 --variants abAB     # float32 vs bf16 autocast
+    python benchmarks/bench_train.py --only smollm2-135m-512 --variants abwW     # whole-model fine-tuning, both dtypes
 
 Variants, each in its own subprocess (so that its peak memory is its own), on the same batches in the same order:
   a  plain LoRA, TRL's SFTTrainer                    (LoraConfig r=32 on every linear layer of the blocks)
@@ -13,6 +14,8 @@ Variants, each in its own subprocess (so that its peak memory is its own), on th
      and task logits over the whole sequence, every row padded to the max length, KL averaged over every position.
   A, B  a and b under bf16 autocast (`bf16=True`: float32 master weights and optimizer, matmuls in bf16, the IB
      terms in float32), through the trainer's `accelerator.autocast()` as its training loop applies it.
+  w, W  whole-model fine-tuning (SFTTrainer, no adapter: every weight trained, as the demo makes its two bases), in float32
+     and under bf16 autocast: whether the dtype rule pays when the weights are trained too.
 Models are Llama-style, built from a LlamaConfig (random weights, nothing downloaded), fp32; the smollm2-135m configs
 load SmolLM2-135M-Instruct's real weights (the built-in base, `trl_ib.builtin.resolve_model`) instead. Rows are
 prompt/completion pairs of mixed lengths; a and b are collated by TRL's collator (dynamic padding, loss on the
@@ -161,7 +164,8 @@ def step_flops(config: BenchConfig, counts: dict, variant: str, checkpointing: b
       (`add_fused_lm_head`: `compact = _use_triton(...)`), so P = rows x (seq - 1) there; the IB branch scores only
       the supervised positions;
     - IB encoder (b, c): mu and logvar (H -> D each) on every KL position, up (D -> H) at every supervised position
-      (b) or every position (c); trainable: 3x forward.
+      (b) or every position (c); trainable: 3x forward;
+    - whole-model fine-tuning (w): no LoRA; every linear layer and the (tied) lm_head also form dW, one more pass each.
     c's task and IB logits are ordinary full (rows, seq, V) products: forward 2 T H V, backward dX 2 T H V, each.
     """
     import torch
@@ -172,8 +176,9 @@ def step_flops(config: BenchConfig, counts: dict, variant: str, checkpointing: b
     kv = h * (config.kv_heads or config.heads) // config.heads  # K/V width (GQA: fewer K/V heads)
     linears = [(h, h), (h, kv), (h, kv), (h, h), (h, inter), (h, inter), (inter, h)]  # q k v o gate up down
     block_passes = 3 if checkpointing else 2  # forward (+ recompute) + backward dX
-    frozen = sum(2 * i * o for i, o in linears) * positions * block_passes * n_layers
-    lora = sum(2 * r * (i + o) for i, o in linears) * positions * (block_passes + 1) * n_layers
+    full = variant == "w"
+    frozen = sum(2 * i * o for i, o in linears) * positions * (block_passes + full) * n_layers
+    lora = 0 if full else sum(2 * r * (i + o) for i, o in linears) * positions * (block_passes + 1) * n_layers
     attention = 4 * rows * seq * seq * h * (block_passes + 1) * n_layers
     parts = {"blocks": frozen + lora + attention}
     has_triton = torch.cuda.is_available()
@@ -182,7 +187,7 @@ def step_flops(config: BenchConfig, counts: dict, variant: str, checkpointing: b
         parts["lm_head"] = 2 * (4 * positions * h * vocab)  # task logits + IB logits, full
         parts["ib_encoder"] = 3 * (2 * positions * h * 2 * d + 2 * positions * d * h)
     else:
-        parts["lm_head"] = 6 * head_positions * h * vocab
+        parts["lm_head"] = (8 if full else 6) * head_positions * h * vocab
     if variant == "b":
         kl_positions, supervised = counts["real"], counts["supervised"]
         parts["ib_encoder"] = 3 * (2 * kl_positions * h * 2 * d + 2 * supervised * d * h)
@@ -307,9 +312,10 @@ def build_trainer(config: BenchConfig, variant: str, rows: list[dict], output_di
         save_strategy="no", seed=0, gradient_checkpointing=True, completion_only_loss=True, dataloader_num_workers=0,
     )
     dataset = Dataset.from_list(rows)
-    if variant.lower() == "a":
+    if variant.lower() in "aw":
+        peft_config = lora_config(LoraConfig) if variant.lower() == "a" else None  # w: every weight trained
         trainer = SFTTrainer(build_llama(config), args=SFTConfig(**common), train_dataset=dataset,
-                             processing_class=tokenizer(), peft_config=lora_config(LoraConfig))
+                             processing_class=tokenizer(), peft_config=peft_config)
     else:
         peft_config = lora_config(peft_ib.IBLoraConfig, ib_layers=IB_DEPTH, ib_dim=config.ib_dim)
         trainer = IBSFTTrainer(build_llama(config), args=IBSFTConfig(**common), train_dataset=dataset,
@@ -516,6 +522,10 @@ def summarize(config: BenchConfig, runs: dict[str, dict]) -> dict:
                           "time_ratio_B_over_A": paired_ratio(v, "B", "A"), "step_s_A": v["A"]["median_step_s"],
                           "memory_ratio_A_over_a": v["A"]["peak_memory_bytes"] / v["a"]["peak_memory_bytes"]}  # fmt: skip
         result["bf16"]["time_ok"] = result["bf16"]["time_ratio_B_over_A"] <= result["time_target"]
+    if {"w", "W"} <= set(v):  # whole-model fine-tuning: what bf16 autocast does when every weight is trained
+        result["bf16_whole"] = {"speedup_w": paired_ratio(v, "w", "W"), "step_s_w": v["w"]["median_step_s"],
+                                "step_s_W": v["W"]["median_step_s"], "time_ratio_w_over_a": time_ratio["w"],
+                                "memory_ratio_W_over_w": v["W"]["peak_memory_bytes"] / v["w"]["peak_memory_bytes"]}
     return result
 
 
@@ -544,6 +554,11 @@ def print_table(results: list[dict], seven_b_floor: float) -> None:
                   f"{bf16['speedup_a']:.2f}x, b/B {bf16['speedup_b']:.2f}x; B/A {bf16['time_ratio_B_over_A']:.3f} "
                   f"(target {r['time_target']:.3f}: {'ok' if bf16['time_ok'] else 'MISS'}); peak memory A/a "
                   f"{bf16['memory_ratio_A_over_a']:.3f}")  # fmt: skip
+        if "bf16_whole" in r:
+            whole = r["bf16_whole"]
+            print(f"{r['config']['name']:<17} whole-model fine-tuning: w {whole['step_s_w']:.2f} s/step, W "
+                  f"{whole['step_s_W']:.2f} s/step, speedup w/W {whole['speedup_w']:.2f}x; w/a "
+                  f"{whole['time_ratio_w_over_a']:.2f}; peak memory W/w {whole['memory_ratio_W_over_w']:.3f}")  # fmt: skip
     print(f"(cpu b/a, c/a: the paired step-time ratios over process CPU time; +b/a, +c/a: peak memory added by "
           f"training steps, over a's; fc = FLOPs(c) / FLOPs(a); f of a real 7B Llama at seq 2048, same accounting: "
           f"{seven_b_floor:.3f})")
@@ -632,7 +647,7 @@ def main() -> None:
             "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                         "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                         "load_average_at_end": os.getloadavg()},
-            "settings": {"lora_r": LORA_R, "ib_depth": IB_DEPTH, "dtype": "float32; A, B: bf16 autocast", "activation_checkpointing": True,
+            "settings": {"lora_r": LORA_R, "ib_depth": IB_DEPTH, "dtype": "float32; A, B, W: bf16 autocast", "activation_checkpointing": True,
                          "threads_per_variant": args.threads},
             "seven_b_floor_f": floor_7b,
             "wall_s": time.time() - started,

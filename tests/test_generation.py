@@ -102,6 +102,27 @@ def test_greedy_equals_a_plain_generate_loop(model_and_tokenizer):
     assert generate_samples(model, tokenizer, PROMPTS, 4, 0.0, max_new_tokens=16, stop_sequences=NEWLINES, batch_size=2) == expected
 
 
+def test_a_frozen_models_output_layer_gets_a_contiguous_input_and_the_same_samples(model_and_tokenizer):
+    """At prefill `generate` hands the output layer the last position's slice, (rows, 1, H), not contiguous; with a
+    frozen weight torch.matmul would then multiply `rows` copies of it. generate_samples makes the input contiguous
+    while it runs (and only then), which leaves the greedy samples as they were."""
+    model, tokenizer = model_and_tokenizer
+    output_layer = model.get_output_embeddings()
+    seen = []
+    spy = output_layer.register_forward_hook(lambda module, args, output: seen.append(args[0].is_contiguous()))
+    model.requires_grad_(False)
+    try:
+        expected = plain_generate_loop(model, tokenizer, PROMPTS, 2, 6, NEWLINES)
+        seen_by_plain_generate, seen[:] = list(seen), []
+        got = generate_samples(model, tokenizer, PROMPTS, 2, 0.0, max_new_tokens=6, stop_sequences=NEWLINES, batch_size=3)
+    finally:
+        spy.remove()
+        model.requires_grad_(True)
+    assert False in seen_by_plain_generate and seen and all(seen)
+    assert got == expected
+    assert not output_layer._forward_pre_hooks and not output_layer._forward_hooks
+
+
 def test_chat_mode_generates_from_the_rendered_turns(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     tokenizer.chat_template = CHAT_TEMPLATE

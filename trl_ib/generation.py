@@ -8,7 +8,12 @@ What `generate_samples` does beyond a `generate` call per prompt (measured in be
 - the stop-sequence criterion is built once, not on every `generate` call (building it scans the vocabulary), and
   looks at the new tokens only, as `cut_at_stop` does: a stop sequence that starts in the prompt (a chat prompt
   ends with "```python\n", so an answer starting with "```\n" completes "\n```\n") does not end generation;
-- `generate` stops a batch as soon as every row has produced a stop sequence or the end-of-sequence token.
+- `generate` stops a batch as soon as every row has produced a stop sequence or the end-of-sequence token;
+- the output layer gets its input contiguous (`contiguous_output_layer_input`): at prefill `generate` hands it the
+  last position's slice of the hidden states, and `torch.matmul` folds that (rows, 1, H) view into one matrix
+  product only while the weight requires grad; for a frozen weight (any PeftModel, a merged adapter) it runs a
+  batched product over `rows` copies of the (vocab, H) weight instead, about 10 s per call for SmolLM2-135M at 80
+  rows on one CPU core (benchmarks/README.md), the same numbers at the cost of a (rows, H) copy.
 
 `sample_batches` is the same loop one batch at a time, for callers that save as they go (`ib-ft eval` appends each
 batch to samples.jsonl, so a killed run resumes) or split the work over processes (data parallel). With a `seed`,
@@ -19,6 +24,7 @@ it runs alone, after a resume, or on another process, so none of these change th
 import hashlib
 import time
 from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from tqdm.auto import tqdm
@@ -32,6 +38,26 @@ from transformers import (
 
 from .code_eval.extraction import cut_at_stop
 from .prompting import PromptFormat
+
+
+def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook: the module's first positional input, made contiguous."""
+    if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None
+
+
+@contextmanager
+def contiguous_output_layer_input(model: PreTrainedModel) -> Iterator[None]:
+    """While the block runs, `model`'s output layer (if it has one) receives its input as a contiguous tensor."""
+    get_output_layer = getattr(model, "get_output_embeddings", None)  # absent from models that only `generate`
+    output_layer = get_output_layer() if get_output_layer is not None else None
+    handle = output_layer.register_forward_pre_hook(_contiguous_input) if output_layer is not None else None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
 class StopInNewTokens(StoppingCriteria):
@@ -118,7 +144,7 @@ def sample_batches(
                 stop.prompt_length = inputs["input_ids"].shape[1]  # left padded: the new tokens follow this column
             if seed is not None:
                 torch.manual_seed(batch_seed(seed, number))
-            with torch.inference_mode():
+            with torch.inference_mode(), contiguous_output_layer_input(model):
                 output = model.generate(
                     **inputs, **sampling, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
                     stopping_criteria=stopping,
