@@ -292,7 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     (args,) = TrlParser((MemorizationArguments,)).parse_args_and_config(argv)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = load_model(args.model_name_or_path, args.adapter_path, dtype=getattr(torch, args.dtype))
+    # unmerged: the base rows run the same model with `disable_adapter()`
+    model, tokenizer = load_model(args.model_name_or_path, args.adapter_path, getattr(torch, args.dtype), merge=False)
     model = model.to(args.device)
     models = {"base": model.disable_adapter, "adapter": nullcontext} if args.adapter_path else {"base": nullcontext}
     rows, dataset = load_examples(args.dataset, args.dataset_split)
