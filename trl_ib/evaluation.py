@@ -188,8 +188,8 @@ def merge_adapter(model: PreTrainedModel) -> PreTrainedModel:
     """
     `model` for sampling: a PeftModel with a LoRA or IB-LoRA adapter becomes its base model with the adapter merged into
     the weights (`merge_and_unload`, in place), anything else is returned as it is. IB-LoRA's encoders act only in a
-    training forward, so the merged model is the adapter's eval-mode model up to rounding; it samples as fast as the
-    base (an unmerged rank-r adapter runs two small products beside every linear layer, which keeps bf16 from paying).
+    training forward, so the merged model is the adapter's eval-mode model up to rounding, without PEFT's rank-r side
+    products beside every linear layer.
     """
     from peft import PeftModel
 

@@ -12,8 +12,8 @@ What `generate_samples` does beyond a `generate` call per prompt (measured in be
 - the output layer gets its input contiguous (`contiguous_output_layer_input`): at prefill `generate` hands it the
   last position's slice of the hidden states, and `torch.matmul` folds that (rows, 1, H) view into one matrix
   product only while the weight requires grad; for a frozen weight (any PeftModel, a merged adapter) it runs a
-  batched product over `rows` copies of the (vocab, H) weight instead, about 10 s per call for SmolLM2-135M at 80
-  rows on one CPU core (benchmarks/README.md), the same numbers at the cost of a (rows, H) copy.
+  batched product over `rows` copies of the (vocab, H) weight instead, 12-19 s per call for SmolLM2-135M at 40-80
+  rows on one CPU core (benchmarks/README.md, "Frozen weights"), the same numbers at the cost of a (rows, H) copy.
 
 `sample_batches` is the same loop one batch at a time, for callers that save as they go (`ib-ft eval` appends each
 batch to samples.jsonl, so a killed run resumes) or split the work over processes (data parallel). With a `seed`,
