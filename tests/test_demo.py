@@ -189,17 +189,19 @@ def test_merge_runs_combines_seeds_and_strengths_and_refuses_other_settings():
     def row(*num_correct):
         return {"num_correct": list(num_correct)}
 
-    def run(epochs, seed, arms, clean, contaminated, **arguments):
+    def run(epochs, seed, arms, clean, contaminated, sampling_dtype="torch.bfloat16", **arguments):
         strength = {"bases": {"clean": row(2, 4), "contaminated": row(5, 5)}, "min_k_shift": {"shift": 0.1},
                     "seeds": {seed: {"clean": {arm: clean for arm in arms},
                                      "contaminated": {arm: contaminated for arm in arms}}}}  # fmt: skip
         return {"budget": {"num_samples": 10}, "strengths": {epochs: strength},
+                "precision": {"bf16_training": True, "sampling_dtype": sampling_dtype},
                 "arguments": {"task_seed": 0, "seeds": [int(seed)], "strengths": [float(epochs)], "arms": arms,
-                              "output_dir": f"run-{epochs}-{seed}"} | arguments}  # fmt: skip
+                              "output_dir": f"run-{epochs}-{seed}", "dtype": "rule"} | arguments}  # fmt: skip
 
     both = ["LoRA FT", "IB-FT"]
+    # "rule" resolved to bf16 is the protocol of an explicit "bfloat16": the 2-epoch run asked for it by name
     merged = merge_runs([run("6", "0", both, row(6, 8), row(5, 7)), run("6", "1", both, row(4, 4), row(5, 5)),
-                         run("2", "0", ["LoRA FT"], row(9, 9), row(6, 6))])  # fmt: skip
+                         run("2", "0", ["LoRA FT"], row(9, 9), row(6, 6), dtype="bfloat16")])  # fmt: skip
     assert sorted(merged) == ["2", "6"] and sorted(merged["6"]["seeds"]) == ["0", "1"]
     barrier = {epochs: merged[epochs]["contrasts"]["barrier: clean gain - contaminated gain"]["pass@1^(1)"][0]
                for epochs in merged}  # fmt: skip
@@ -208,5 +210,6 @@ def test_merge_runs_combines_seeds_and_strengths_and_refuses_other_settings():
     assert barrier["2"] == pytest.approx(((0.7 - 0.1) + (0.5 - 0.1)) / 2)  # (0.6 + 0.4) / 2 = 0.5
     assert "IB-FT - LoRA FT, clean base" in merged["6"]["contrasts"]
     assert "IB-FT - LoRA FT, clean base" not in merged["2"]["contrasts"]  # a LoRA FT-only run: the barrier alone
-    with pytest.raises(ValueError, match="differ in budget or arguments other than seeds"):
-        merge_runs([run("6", "0", both, row(6, 8), row(5, 7)), run("6", "1", both, row(4, 4), row(5, 5), task_seed=1)])
+    for other in ({"task_seed": 1}, {"sampling_dtype": "torch.float32"}):
+        with pytest.raises(ValueError, match="differ in budget, precision or arguments other than seeds"):
+            merge_runs([run("6", "0", both, row(6, 8), row(5, 7)), run("6", "1", both, row(4, 4), row(5, 5), **other)])

@@ -385,6 +385,9 @@ def main(argv: list[str]) -> None:
         append_samples(samples_path, rows, task_ids)
         new_rows += rows
     new_rows = gather_object(new_rows) if state.num_processes > 1 else new_rows
+    # The last collective: the main process scores alone, and a gloo group left to the interpreter's exit has aborted
+    # a finished rank ("terminate called without an active exception").
+    state.destroy_process_group()
     if not state.is_main_process:
         return
     done.update(((index, sample), completion) for index, sample, completion in new_rows)

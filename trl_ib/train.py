@@ -206,4 +206,8 @@ def main(argv: list[str] | None = None) -> None:
         parser = make_parser()
         parser.set_defaults(**BUILTIN_DEFAULTS)
         parsed = parser.parse_args_and_config(args=argv)
-    run(*parsed)
+    trainer = run(*parsed)
+    # Leave the process group before the interpreter exits: a gloo group torn down at exit has aborted a finished
+    # rank ("terminate called without an active exception") while another was still saving.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()

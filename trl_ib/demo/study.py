@@ -180,9 +180,17 @@ def merge_runs(runs: list[dict]) -> dict[str, dict]:
     IB-FT contrasts of a strength only where every seed has IB-FT rows: a `--arms "LoRA FT"` run adds the barrier).
     """
     free = ("seeds", "strengths", "arms", "output_dir")
-    settings = {json.dumps([run["budget"], run["arguments"] | {k: None for k in free}]) for run in runs}
+    # `--dtype` / `--bf16` as asked may differ ("rule" and "bfloat16" on a bf16 machine): what they resolved to may not
+    asked = ("dtype", "bf16")
+    settings = {
+        json.dumps([run["budget"], run.get("precision"), run["arguments"] | {k: None for k in free + asked}])
+        for run in runs
+    }
     if len(settings) > 1:
-        raise ValueError(f"the runs differ in budget or arguments other than {', '.join(free)}.")
+        raise ValueError(
+            f"the runs differ in budget, precision or arguments other than {', '.join(free)}: combine runs of one "
+            "protocol only."
+        )
     merged: dict[str, dict] = {}
     for run in runs:
         for epochs, strength in run["strengths"].items():
