@@ -4,6 +4,7 @@
     python benchmarks/bench_generate.py --num_problems 20 --max_new_tokens 256
     python benchmarks/bench_generate.py --precision              # generate_samples in float32 vs bfloat16, sampled
     python benchmarks/bench_generate.py --frozen --num_problems 8 --batch_size 80 --max_new_tokens 64   # frozen weights
+    python benchmarks/bench_generate.py --sampler --num_problems 8 --batch_size 80 --max_new_tokens 64  # top-k sampler
 
 The baseline is what one writes first: one `model.generate` call per prompt with `num_return_sequences=n` (greedy
 `generate` refuses num_return_sequences > 1, so there it gets the n copies of the prompt that num_return_sequences
@@ -31,8 +32,14 @@ seed 0), in float32 and bfloat16, the two paths alternated; and whether they wro
 saves is paid once per `generate` call and grows with its rows, so it shows most with many rows and short answers
 (the demo's 80 rows and 64 new tokens).
 
-Writes benchmarks/results/bench_generate.json (`--precision`: bench_generate_precision.json, `--frozen`:
-bench_generate_frozen.json); the table printed last is the one in benchmarks/README.md.
+`--sampler` measures the same way (frozen weights, both dtypes, paths alternated) `generate_samples` as it is, which
+draws each token over the top-k candidates (`trl_ib.sampling.TopKTopPSampler`), against `generate`'s own sampling
+over the whole vocabulary (`trl_ib.generation.sampling_arguments` patched back to it). The two paths draw different
+samples from the same distribution, so their lengths differ: the table gives the tokens each kept.
+
+Writes benchmarks/results/bench_generate.json (`--precision`: bench_generate_precision.json, `--frozen` /
+`--sampler`: bench_generate_frozen.json / bench_generate_sampler.json); the table printed last is the one in
+benchmarks/README.md.
 """
 
 import argparse
@@ -141,24 +148,38 @@ def precision_rows(model, tokenizer, prompts, prompt_format, n, batch_size):
     return rows, {name.removeprefix("torch."): round(value, 1) for name, value in gflops.items()}
 
 
-def frozen_rows(model, tokenizer, prompts, prompt_format, n, batch_size, max_new_tokens):
-    """Rows of the frozen-weights table (see the module docstring): seconds of each path, their ratio, same samples."""
+def generates_own_sampling(config, temperature, top_p) -> dict:
+    """The previous `trl_ib.generation.sampling_arguments`: `generate`'s own sampling over the whole vocabulary."""
+    return {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+
+
+# --frozen and --sampler: (what `generate_samples` did before, patched in, name of the path as it is now)
+PREVIOUS = {
+    "frozen": (mock.patch("trl_ib.generation.contiguous_output_layer_input", lambda model: nullcontext()), "contiguous"),
+    "sampler": (mock.patch("trl_ib.generation.sampling_arguments", generates_own_sampling), "sampler"),
+}
+
+
+def previous_vs_now_rows(comparison, model, tokenizer, prompts, prompt_format, n, batch_size, max_new_tokens):
+    """Rows of the --frozen or --sampler table (module docstring): seconds of each path on frozen weights, their
+    ratio, how many samples are the same and the tokens each path's completions kept."""
     model.requires_grad_(False)
-    previous = mock.patch("trl_ib.generation.contiguous_output_layer_input", lambda model: nullcontext())
+    previous, now = PREVIOUS[comparison]
     rows = []
     for dtype in DTYPES:
         model.to(dtype)
         runs = {}
-        for path in ("previous", "contiguous") if dtype == torch.float32 else ("contiguous", "previous"):
+        for path in ("previous", now) if dtype == torch.float32 else (now, "previous"):
             with previous if path == "previous" else nullcontext():
                 runs[path] = timed(generate_samples, model, tokenizer, prompts, n, 0.8, 0.95, max_new_tokens, None,
                                    batch_size, prompt_format, True, 0)  # fmt: skip
-        (old, old_s), (new, new_s) = runs["previous"], runs["contiguous"]
+        (old, old_s), (new, new_s) = runs["previous"], runs[now]
         same = sum(a == b for group_a, group_b in zip(old, new) for a, b in zip(group_a, group_b))
         rows.append({
             "dtype": str(dtype).removeprefix("torch."), "batch_size": batch_size, "max_new_tokens": max_new_tokens,
-            "samples": n * len(prompts), "previous_s": round(old_s, 1), "contiguous_s": round(new_s, 1),
+            "samples": n * len(prompts), "previous_s": round(old_s, 1), f"{now}_s": round(new_s, 1),
             "speedup": round(old_s / new_s, 2), "identical_samples": f"{same}/{n * len(prompts)}",
+            "useful_tokens_previous": useful_tokens(tokenizer, old), f"useful_tokens_{now}": useful_tokens(tokenizer, new),
         })  # fmt: skip
     return rows
 
@@ -184,10 +205,12 @@ def main():
     parser.add_argument("--batch_size", type=int, default=16, help="generate_samples' rows per generate call")
     parser.add_argument("--precision", action="store_true", help="float32 vs bfloat16 generate_samples instead")
     parser.add_argument("--frozen", action="store_true", help="frozen weights: the output layer's input contiguous or not")
-    parser.add_argument("--output", default=None, help="default: benchmarks/results/bench_generate[_precision|_frozen].json")
+    parser.add_argument("--sampler", action="store_true", help="frozen weights: top-k sampler or generate's own sampling")
+    parser.add_argument("--output", default=None, help="default: benchmarks/results/bench_generate[_precision|_frozen|_sampler].json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    suffix = "_precision" if args.precision else "_frozen" if args.frozen else ""
+    comparison = "frozen" if args.frozen else "sampler" if args.sampler else None
+    suffix = "_precision" if args.precision else f"_{comparison}" if comparison else ""
     output = Path(args.output or Path(__file__).parent / "results" / f"bench_generate{suffix}.json")
 
     path = resolve_model(args.model)
@@ -200,8 +223,9 @@ def main():
         f"{args.model}, {prompt_format.mode} prompts of the first {len(prompts)} HumanEval problems, n = {n}, "
         f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
     )
-    if args.frozen:
-        rows = frozen_rows(model, tokenizer, prompts, prompt_format, n, args.batch_size, args.max_new_tokens)
+    if comparison:
+        rows = previous_vs_now_rows(comparison, model, tokenizer, prompts, prompt_format, n, args.batch_size,
+                                    args.max_new_tokens)  # fmt: skip
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps({"setup": setup, "rows": rows, "args": vars(args)}, indent=2) + "\n")
         print(f"{setup}\n{markdown(rows)}")

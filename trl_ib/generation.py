@@ -9,6 +9,8 @@ What `generate_samples` does beyond a `generate` call per prompt (measured in be
   looks at the new tokens only, as `cut_at_stop` does: a stop sequence that starts in the prompt (a chat prompt
   ends with "```python\n", so an answer starting with "```\n" completes "\n```\n") does not end generation;
 - `generate` stops a batch as soon as every row has produced a stop sequence or the end-of-sequence token;
+- sampling draws each token over the top-k candidates (`trl_ib.sampling`), not over the whole vocabulary: the
+  distribution of `generate`'s own temperature, top-k and top-p, at a fraction of their cost;
 - the output layer gets its input contiguous (`contiguous_output_layer_input`): at prefill `generate` hands it the
   last position's slice of the hidden states, and `torch.matmul` folds that (rows, 1, H) view into one matrix
   product only while the weight requires grad; for a frozen weight (any PeftModel, a merged adapter) it runs a
@@ -38,6 +40,7 @@ from transformers import (
 
 from .code_eval.extraction import cut_at_stop
 from .prompting import PromptFormat
+from .sampling import sampling_arguments
 
 
 def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple | None:
@@ -108,7 +111,7 @@ def sample_batches(
         each of its prompts), completions cut before their first stop sequence.
     """
     stop_sequences = prompt_format.stop_sequences if stop_sequences is None else list(stop_sequences)
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+    sampling = sampling_arguments(getattr(model, "generation_config", None), temperature, top_p)
     copies = num_samples if temperature > 0 else 1  # greedy: one decode per prompt stands for all n samples
     texts = [prompt_format.render(prompt, tokenizer) for prompt in prompts]
     add_special_tokens = prompt_format.mode == "completion"  # a chat template writes its own special tokens

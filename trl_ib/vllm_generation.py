@@ -31,6 +31,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from .code_eval.extraction import cut_at_stop
 from .generation import batch_seed
+from .sampling import generation_value
 from .prompting import PromptFormat
 
 INSTALL_HINT = (
@@ -112,9 +113,7 @@ def _generate_defaults(model_path: str, sampling: bool) -> dict:
         config = GenerationConfig.from_pretrained(model_path)
     except OSError:  # no generation_config.json
         config = GenerationConfig()
-    defaults = {**GenerationConfig._get_default_generation_params(), "min_p": None}
-    value = {name: defaults[name] if getattr(config, name) is None else getattr(config, name)
-             for name in ("repetition_penalty", "top_k", "min_p")}  # fmt: skip
+    value = {name: generation_value(config, name) for name in ("repetition_penalty", "top_k", "min_p")}
     if not sampling:
         return {"repetition_penalty": value["repetition_penalty"]}
     return {**value, "min_p": value["min_p"] or 0.0}
