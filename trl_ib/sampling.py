@@ -2,17 +2,20 @@
 
 `generate` samples a token by a chain over the whole vocabulary, per step and row: temperature, top-k (transformers'
 default k = 50 applies unless the model's generation_config says otherwise), top-p by sorting all V scores, then a
-softmax and a multinomial draw over all V. For SmolLM2 (V = 49,152) at bf16 on a CPU that chain costs about as much as
-the model's forward pass of the step (benchmarks/README.md, "Sampling over the top-k candidates").
+softmax and a multinomial draw over all V. For SmolLM2 (V = 49,152), bf16 weights on a CPU and 40 rows, the sort and
+the draw took about 12% of `generate_samples`' time (profiled; benchmarks/README.md, "Sampling over the top-k
+candidates", has the timings).
 
-`TopKTopPSampler` does the same chain over the k candidates: one `topk` over V (two when scores tie at the k-th), then
-top-p, the softmax and the draw over those k values. It returns scores that are 0 at the drawn token and -inf elsewhere, and `generate` runs in greedy
-mode (`do_sample=False`), whose argmax takes the drawn token. The distribution is `generate`'s own:
+`TopKTopPSampler` does the same chain over the k candidates: one `topk` over V (two when scores tie at the k-th),
+then top-p, the softmax and the draw over those k values. It returns scores that are 0 at the drawn token and -inf
+elsewhere, and `generate` runs in greedy mode (`do_sample=False`), whose argmax takes the drawn token. The
+distribution is `generate`'s own:
 - top-k keeps every token scoring at least the k-th highest score, ties included (as `TopKLogitsWarper`);
 - top-p drops a candidate when it and the candidates below it hold at most 1 - top_p of the mass, and keeps the
   highest one (as `TopPLogitsWarper` with min_tokens_to_keep 1);
-so only the order in which tied scores are summed differs, and the draws from a given generator state differ from
-`generate`'s (a draw over k values, not over V).
+the kept values are `generate`'s, row by row; where scores tie at the top-p cut, which of the tied tokens stay is an
+arbitrary order in both (a sort's there, `topk`'s here). The draws from a given generator state differ from
+`generate`'s (a draw over k values, not over V): same distribution, other samples.
 
 `sampling_arguments` picks this route when the model's generation_config adds no other sampling warper (min_p,
 typical_p, epsilon or eta cutoffs) and top-k is on; otherwise it hands `generate` its own sampling arguments.
@@ -20,6 +23,7 @@ typical_p, epsilon or eta cutoffs) and top-k is on; otherwise it hands `generate
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
 
 def generation_value(config: GenerationConfig, name: str):
     """What `generate` uses for `name`: the model's generation_config, else transformers' default (None if it has
