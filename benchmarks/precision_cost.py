@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_ib.builtin import SMOLLM2_NAME, resolve_model
 from trl_ib.code_eval import score
-from trl_ib.demo.run import ARM_FOLDERS, BUDGETS, DemoArguments, adapter_dir, bases, demo_task
+from trl_ib.demo.run import ARM_FOLDERS, Budget, DemoArguments, adapter_dir, bases, demo_task
 from trl_ib.demo.study import paired_bootstrap, per_problem
 from trl_ib.evaluation import EvalArguments, build_programs, load_model
 from trl_ib.generation import generate_samples
@@ -43,7 +43,7 @@ def demo_models(demo_dir: Path):
     """(label, load(), problems, prompt format, max_new_tokens) of the demo's contaminated base and its two arms."""
     results = json.loads((demo_dir / "results.json").read_text())
     args = DemoArguments(**results["arguments"])
-    budget = BUDGETS["quick" if args.quick else "default"]
+    budget = Budget(**results["budget"])
     task = demo_task(args.task_seed, budget)
     epochs = args.strengths[0]
     base_dir = bases(args.model, task, epochs, args.precision()[0])["contaminated"]

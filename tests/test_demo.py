@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from trl_ib.demo.run import main
+from trl_ib.demo.run import DemoArguments, main
 from trl_ib.demo.study import contrasts, merge_runs, paired_bootstrap
 from trl_ib.demo.tasks import OPERATIONS, VARIABLES, consecutive_pairs, make_problem, make_task, split_pairs
 from trl_ib.code_eval import score
@@ -95,6 +95,13 @@ def test_paired_bootstrap_hand_cases():
     assert paired_bootstrap(np.array([[0.0, 0.0], [1.0, 1.0]])) == (0.5, 0.0, 1.0)
     with pytest.raises(ValueError, match=r"shape \(4,\)"):
         paired_bootstrap(np.zeros(4))
+
+
+def test_demo_sizes():
+    assert (DemoArguments().budget().num_held_out, DemoArguments(full=True).budget().num_held_out) == (30, 60)
+    assert DemoArguments(quick=True).budget().num_train == 16
+    with pytest.raises(ValueError, match="quick=True and full=True: choose one size"):
+        DemoArguments(quick=True, full=True)
 
 
 @pytest.mark.slow
@@ -189,19 +196,21 @@ def test_merge_runs_combines_seeds_and_strengths_and_refuses_other_settings():
     def row(*num_correct):
         return {"num_correct": list(num_correct)}
 
-    def run(epochs, seed, arms, clean, contaminated, sampling_dtype="torch.bfloat16", **arguments):
+    def run(epochs, seed, arms, clean, contaminated, sampling_dtype="torch.bfloat16", budget=(), **arguments):
         strength = {"bases": {"clean": row(2, 4), "contaminated": row(5, 5)}, "min_k_shift": {"shift": 0.1},
                     "seeds": {seed: {"clean": {arm: clean for arm in arms},
                                      "contaminated": {arm: contaminated for arm in arms}}}}  # fmt: skip
-        return {"budget": {"num_samples": 10}, "strengths": {epochs: strength},
+        return {"budget": {"num_samples": 10} | dict(budget), "strengths": {epochs: strength},
                 "precision": {"bf16_training": True, "sampling_dtype": sampling_dtype},
                 "arguments": {"task_seed": 0, "seeds": [int(seed)], "strengths": [float(epochs)], "arms": arms,
                               "output_dir": f"run-{epochs}-{seed}", "dtype": "rule"} | arguments}  # fmt: skip
 
     both = ["LoRA FT", "IB-FT"]
-    # "rule" resolved to bf16 is the protocol of an explicit "bfloat16": the 2-epoch run asked for it by name
+    # "rule" resolved to bf16 is the protocol of an explicit "bfloat16": the 2-epoch run asked for it by name; it is
+    # also a `--full` run, whose batch size of 16 the earlier runs (no such field) had
     merged = merge_runs([run("6", "0", both, row(6, 8), row(5, 7)), run("6", "1", both, row(4, 4), row(5, 5)),
-                         run("2", "0", ["LoRA FT"], row(9, 9), row(6, 6), dtype="bfloat16")])  # fmt: skip
+                         run("2", "0", ["LoRA FT"], row(9, 9), row(6, 6), dtype="bfloat16", full=True,
+                             budget={"fine_tune_batch_size": 16})])  # fmt: skip
     assert sorted(merged) == ["2", "6"] and sorted(merged["6"]["seeds"]) == ["0", "1"]
     barrier = {epochs: merged[epochs]["contrasts"]["barrier: clean gain - contaminated gain"]["pass@1^(1)"][0]
                for epochs in merged}  # fmt: skip
@@ -210,6 +219,6 @@ def test_merge_runs_combines_seeds_and_strengths_and_refuses_other_settings():
     assert barrier["2"] == pytest.approx(((0.7 - 0.1) + (0.5 - 0.1)) / 2)  # (0.6 + 0.4) / 2 = 0.5
     assert "IB-FT - LoRA FT, clean base" in merged["6"]["contrasts"]
     assert "IB-FT - LoRA FT, clean base" not in merged["2"]["contrasts"]  # a LoRA FT-only run: the barrier alone
-    for other in ({"task_seed": 1}, {"sampling_dtype": "torch.float32"}):
+    for other in ({"task_seed": 1}, {"sampling_dtype": "torch.float32"}, {"budget": {"fine_tune_batch_size": 8}}):
         with pytest.raises(ValueError, match="differ in budget, precision or arguments other than seeds"):
             merge_runs([run("6", "0", both, row(6, 8), row(5, 7)), run("6", "1", both, row(4, 4), row(5, 5), **other)])

@@ -1,6 +1,7 @@
 """`ib-ft demo`: does memorizing D_code block fine-tuning on it, and does IB-FT help? SmolLM2-135M-Instruct, on CPU.
 
-    ib-ft demo                          # one strength, one seed, six rows (29 min on 2 cores with both bases cached)
+    ib-ft demo                          # one strength, one seed, six rows, 64 D_code / 30 held-out problems
+    ib-ft demo --full                   # the study of RESULTS.md: 128 / 60 problems (about twice as long)
     ib-ft demo --seeds 0 1 2            # more seeds: paired bootstrap intervals over problems and seeds
     ib-ft demo --strengths 2 12 --arms "LoRA FT"    # other contamination strengths: the barrier axis
     ib-ft demo --split validation       # score the validation problems instead (how settings were chosen)
@@ -63,15 +64,22 @@ class Budget:
     num_held_out: int
     fine_tune_epochs: float
     max_new_tokens: int  # held-out canonical solutions are 28-39 tokens; EOS or a stop sequence usually ends them first
+    fine_tune_batch_size: int = 16  # both arms' batch: 16 optimizer steps at either size
     num_samples: int = 10  # per scored problem; Pass@k^(m) needs n >= k = 10
 
 
-BUDGETS = {"default": Budget(128, 128, 60, 60, 2, 64), "quick": Budget(16, 16, 4, 4, 1, 24)}
+# "default" is sized by its time budget alone (about 25 minutes cold on 2 cores), before any of its problems were
+# scored; "full" is the study of RESULTS.md.
+BUDGETS = {
+    "default": Budget(64, 64, 30, 30, 2, 64, fine_tune_batch_size=8),
+    "full": Budget(128, 128, 60, 60, 2, 64),
+    "quick": Budget(16, 16, 4, 4, 1, 24),
+}
 QUICK_STRENGTH = 1.0  # contamination epochs of --quick
 # Identical for both arms: the paper's recipe (cosine, warmup 0.1, all linear layers, dropout 0.05), rank 16, at a
 # learning rate high enough for 16 steps to move the contaminated base.
 FT_ARGS = dict(
-    per_device_train_batch_size=16, learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.1,
+    learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.1,
     save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
 )  # fmt: skip
 LORA_ARGS = dict(r=16, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
@@ -128,6 +136,11 @@ class DemoArguments:
     quick: bool = field(
         default=False, metadata={"help": "A plumbing check (about a minute once cached); its numbers mean nothing."}
     )
+    full: bool = field(
+        default=False,
+        metadata={"help": "The study of RESULTS.md: 128 D_code problems and 60 scored ones (about 50 minutes cold on "
+                  "2 cores) instead of the default's 64 and 30."},
+    )  # fmt: skip
 
     def __post_init__(self):
         if self.split not in SPLITS:
@@ -140,6 +153,12 @@ class DemoArguments:
             raise ValueError(f"arms={self.arms!r}: choose from {', '.join(ARMS)}; LoRA FT is always needed.")
         if self.dtype not in ("float32", "bfloat16", "rule"):
             raise ValueError(f"dtype={self.dtype!r}: must be one of float32, bfloat16, rule.")
+        if self.quick and self.full:
+            raise ValueError("quick=True and full=True: choose one size (quick, full, or neither for the default).")
+
+    def budget(self) -> Budget:
+        """The problem counts, epochs and sampling of the chosen size."""
+        return BUDGETS["quick" if self.quick else "full" if self.full else "default"]
 
     def ib_options(self) -> dict:
         """The IBLoraConfig fields of the IB-FT arm."""
@@ -158,15 +177,16 @@ def stage(seconds: dict[str, float], name: str):
     seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - start, 1)
 
 
-def fine_tune(arm: str, base_dir: Path, tokenizer, rows: list[dict], output_dir: Path, seed: int, epochs: float,
+def fine_tune(arm: str, base_dir: Path, tokenizer, rows: list[dict], output_dir: Path, seed: int, budget: Budget,
               ib_options: dict | None = None, bf16: bool = False):  # fmt: skip
     """
     Fine-tune the base in `base_dir` on `rows` as `arm` ("lora", or "ib-lora" with the IBLoraConfig fields
-    `ib_options`), float32 weights, under bf16 autocast if `bf16`; save adapter + card. Returns the PeftModel in
-    eval mode and the first logged step (losses).
+    `ib_options`) for `budget`'s epochs and batch size, float32 weights, under bf16 autocast if `bf16`; save adapter
+    + card. Returns the PeftModel in eval mode and the first logged step (losses).
     """
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    common = dict(output_dir=str(output_dir), seed=seed, logging_steps=1, num_train_epochs=epochs, bf16=bf16, **FT_ARGS)
+    common = dict(output_dir=str(output_dir), seed=seed, logging_steps=1, num_train_epochs=budget.fine_tune_epochs,
+                  per_device_train_batch_size=budget.fine_tune_batch_size, bf16=bf16, **FT_ARGS)  # fmt: skip
     data = Dataset.from_list(rows)
     if arm == "lora":
         trainer = SFTTrainer(model, args=SFTConfig(**common), peft_config=LoraConfig(**LORA_ARGS), train_dataset=data,
@@ -274,7 +294,7 @@ def run_strength(args: DemoArguments, task: Task, epochs: float, budget: Budget,
                 output_dir = adapter_dir(Path(args.output_dir), epochs, seed, name, arm)
                 with stage(seconds, f"{epochs:g} epochs: fine-tuning {arm}"):
                     model, _ = fine_tune(ARM_FOLDERS[arm], folder, tokenizer, d_code, output_dir, seed,
-                                         budget.fine_tune_epochs, args.ib_options(), bf16)  # fmt: skip
+                                         budget, args.ib_options(), bf16)  # fmt: skip
                 with stage(seconds, f"{epochs:g} epochs: scoring {arm}"):
                     seeds[str(seed)][name][arm] = evaluate(model, tokenizer, problems, d_code, memorized_first,
                                                            budget, seed, dtype)  # fmt: skip
@@ -306,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     (args,) = TrlParser((DemoArguments,)).parse_args_and_config(argv)
     if not torch.cuda.is_available():
         torch.set_num_threads(min(torch.get_num_threads(), 2))  # the 2-core budget; OMP_NUM_THREADS=1 lowers it
-    budget = BUDGETS["quick" if args.quick else "default"]
+    budget = args.budget()
     strengths = [QUICK_STRENGTH] if args.quick else args.strengths
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ class ValidationArguments:
 
 def main(argv: list[str] | None = None) -> None:
     (args,) = TrlParser((ValidationArguments,)).parse_args_and_config(argv)
-    budget = BUDGETS["default"]
+    budget = BUDGETS["full"]  # the settings were fixed at the full size
     demo = DemoArguments()  # the demo's contamination strength and precision
     bf16, dtype = demo.precision()
     task = demo_task(0, budget)
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         arm = "lora" if options is None else "ib-lora"
         output_dir = Path(args.output_dir) / f"{index}-{arm}"
         model, first_step = fine_tune(arm, base_dir, tokenizer, d_code, output_dir, args.seed,
-                                      budget.fine_tune_epochs, options, bf16)  # fmt: skip
+                                      budget, options, bf16)  # fmt: skip
         scores = sample_and_score(model.to(dtype), tokenizer, task.validation, budget, args.seed)
         rows[name] = {"options": options, "first_step": first_step, "pass": scores.table,
                       "num_correct": scores.num_correct}  # fmt: skip
