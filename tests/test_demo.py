@@ -98,10 +98,10 @@ def test_paired_bootstrap_hand_cases():
 
 
 def test_demo_sizes():
-    assert (DemoArguments().budget().num_held_out, DemoArguments(full=True).budget().num_held_out) == (30, 60)
+    assert (DemoArguments().budget().num_held_out, DemoArguments(small=True).budget().num_held_out) == (60, 30)
     assert DemoArguments(quick=True).budget().num_train == 16
-    with pytest.raises(ValueError, match="quick=True and full=True: choose one size"):
-        DemoArguments(quick=True, full=True)
+    with pytest.raises(ValueError, match="quick=True and small=True: choose one size"):
+        DemoArguments(quick=True, small=True)
 
 
 @pytest.mark.slow
@@ -207,9 +207,9 @@ def test_merge_runs_combines_seeds_and_strengths_and_refuses_other_settings():
 
     both = ["LoRA FT", "IB-FT"]
     # "rule" resolved to bf16 is the protocol of an explicit "bfloat16": the 2-epoch run asked for it by name; it is
-    # also a `--full` run, whose batch size of 16 the earlier runs (no such field) had
+    # also a run from after the budget got its batch size field (16, as the earlier runs without the field had)
     merged = merge_runs([run("6", "0", both, row(6, 8), row(5, 7)), run("6", "1", both, row(4, 4), row(5, 5)),
-                         run("2", "0", ["LoRA FT"], row(9, 9), row(6, 6), dtype="bfloat16", full=True,
+                         run("2", "0", ["LoRA FT"], row(9, 9), row(6, 6), dtype="bfloat16", small=False,
                              budget={"fine_tune_batch_size": 16})])  # fmt: skip
     assert sorted(merged) == ["2", "6"] and sorted(merged["6"]["seeds"]) == ["0", "1"]
     barrier = {epochs: merged[epochs]["contrasts"]["barrier: clean gain - contaminated gain"]["pass@1^(1)"][0]

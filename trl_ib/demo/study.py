@@ -181,9 +181,9 @@ def merge_runs(runs: list[dict]) -> dict[str, dict]:
     """
     free = ("seeds", "strengths", "arms", "output_dir")
     # `--dtype` / `--bf16` as asked may differ ("rule" and "bfloat16" on a bf16 machine): what they resolved to may not;
-    # the size flags are the budget's, compared as such (runs from before `--full` and the budget's batch size
-    # existed ran the full size at batch 16)
-    asked = ("dtype", "bf16", "quick", "full")
+    # the size flags are the budget's, compared as such (runs from before `--small` and the budget's batch size
+    # existed ran the default size at batch 16)
+    asked = ("dtype", "bf16", "quick", "small")
     settings = {
         json.dumps([{"fine_tune_batch_size": 16} | run["budget"], run.get("precision"),
                     run["arguments"] | {k: None for k in free + asked}], sort_keys=True)  # fmt: skip

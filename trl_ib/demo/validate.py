@@ -44,7 +44,7 @@ class ValidationArguments:
 
 def main(argv: list[str] | None = None) -> None:
     (args,) = TrlParser((ValidationArguments,)).parse_args_and_config(argv)
-    budget = BUDGETS["full"]  # the settings were fixed at the full size
+    budget = BUDGETS["default"]
     demo = DemoArguments()  # the demo's contamination strength and precision
     bf16, dtype = demo.precision()
     task = demo_task(0, budget)
