@@ -5,6 +5,7 @@
     python benchmarks/bench_generate.py --precision              # generate_samples in float32 vs bfloat16, sampled
     python benchmarks/bench_generate.py --frozen --num_problems 8 --batch_size 80 --max_new_tokens 64   # frozen weights
     python benchmarks/bench_generate.py --sampler --num_problems 8 --batch_size 80 --max_new_tokens 64  # top-k sampler
+    python benchmarks/bench_generate.py --prefill --num_problems 8 --batch_size 80 --max_new_tokens 64  # shared prefill
 
 The baseline is what one writes first: one `model.generate` call per prompt with `num_return_sequences=n` (greedy
 `generate` refuses num_return_sequences > 1, so there it gets the n copies of the prompt that num_return_sequences
@@ -37,8 +38,11 @@ draws each token over the top-k candidates (`trl_ib.sampling.TopKTopPSampler`), 
 over the whole vocabulary (`trl_ib.generation.sampling_arguments` patched back to it). The two paths draw different
 samples from the same distribution, so their lengths differ: the table gives the tokens each kept.
 
+`--prefill` measures the same way `generate_samples` as it is, where the n samples of a prompt share one prefill
+(`trl_ib.generation.prompt_cache`), against a prefill per row (`prompt_cache` patched to share nothing).
+
 Writes benchmarks/results/bench_generate.json (`--precision`: bench_generate_precision.json, `--frozen` /
-`--sampler`: bench_generate_frozen.json / bench_generate_sampler.json); the table printed last is the one in
+`--sampler` / `--prefill`: bench_generate_frozen.json / bench_generate_sampler.json / bench_generate_prefill.json); the table printed last is the one in
 benchmarks/README.md.
 """
 
@@ -153,15 +157,16 @@ def generates_own_sampling(config, temperature, top_p) -> dict:
     return {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
 
 
-# --frozen and --sampler: (what `generate_samples` did before, patched in, name of the path as it is now)
+# --frozen, --sampler and --prefill: (what `generate_samples` did before, patched in, name of the path as it is now)
 PREVIOUS = {
     "frozen": (mock.patch("trl_ib.generation.contiguous_output_layer_input", lambda model: nullcontext()), "contiguous"),
     "sampler": (mock.patch("trl_ib.generation.sampling_arguments", generates_own_sampling), "sampler"),
+    "prefill": (mock.patch("trl_ib.generation.prompt_cache", lambda model, inputs, rows: None), "shared_prefill"),
 }
 
 
 def previous_vs_now_rows(comparison, model, tokenizer, prompts, prompt_format, n, batch_size, max_new_tokens):
-    """Rows of the --frozen or --sampler table (module docstring): seconds of each path on frozen weights, their
+    """Rows of the --frozen, --sampler or --prefill table (module docstring): seconds of each path on frozen weights, their
     ratio, how many samples are the same and the tokens each path's completions kept."""
     model.requires_grad_(False)
     previous, now = PREVIOUS[comparison]
@@ -206,10 +211,11 @@ def main():
     parser.add_argument("--precision", action="store_true", help="float32 vs bfloat16 generate_samples instead")
     parser.add_argument("--frozen", action="store_true", help="frozen weights: the output layer's input contiguous or not")
     parser.add_argument("--sampler", action="store_true", help="frozen weights: top-k sampler or generate's own sampling")
-    parser.add_argument("--output", default=None, help="default: benchmarks/results/bench_generate[_precision|_frozen|_sampler].json")
+    parser.add_argument("--prefill", action="store_true", help="frozen weights: one prefill per prompt or per row")
+    parser.add_argument("--output", default=None, help="default: benchmarks/results/bench_generate[_precision|_frozen|_sampler|_prefill].json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    comparison = "frozen" if args.frozen else "sampler" if args.sampler else None
+    comparison = next((name for name in PREVIOUS if getattr(args, name)), None)
     suffix = "_precision" if args.precision else f"_{comparison}" if comparison else ""
     output = Path(args.output or Path(__file__).parent / "results" / f"bench_generate{suffix}.json")
 

@@ -1,6 +1,8 @@
+from unittest import mock
+
 import pytest
 import torch
-from tiny_models import CHAT_TEMPLATE, tiny_llama, train_tokenizer
+from tiny_models import CHAT_TEMPLATE, tiny_gpt2, tiny_llama, train_tokenizer
 
 from trl_ib.code_eval.extraction import cut_at_stop
 from trl_ib.generation import generate_samples, sample_batches
@@ -171,3 +173,28 @@ def test_greedy_batches_fill_every_sample_of_their_prompts(model_and_tokenizer):
     done = {(p, s) for p, s, _ in batches[0]}
     assert [row for batch in sample_batches(model, tokenizer, PROMPTS, 4, 0.0, max_new_tokens=6, batch_size=2,
                                             done=done) for row in batch] == batches[1]
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_a_shared_prefill_gives_the_samples_of_a_prefill_per_row(tmp_path, architecture):
+    """The n samples of a prompt share one prefill of all but its last token (`prompt_cache`). At float32 the seeded
+    samples are those of a prefill per row, also with prompts of different lengths (left padding) and batches that
+    split a prompt's samples; each distinct prompt of a batch is prefilled once."""
+    tokenizer = train_tokenizer(tmp_path)
+    model = (tiny_llama if architecture == "llama" else tiny_gpt2)(vocab_size=len(tokenizer))
+    prefills = []
+    spy = model.register_forward_pre_hook(lambda module, args, kwargs: prefills.append(kwargs["input_ids"].shape), with_kwargs=True)
+    try:
+        shared = generate_samples(model, tokenizer, PROMPTS, 4, 1.0, max_new_tokens=8, batch_size=5, seed=3)
+        seen, prefills[:] = list(prefills), []
+        with mock.patch("trl_ib.generation.prompt_cache", lambda model, inputs, rows: None):
+            per_row = generate_samples(model, tokenizer, PROMPTS, 4, 1.0, max_new_tokens=8, batch_size=5, seed=3)
+    finally:
+        spy.remove()
+    assert shared == per_row and len({c for group in shared for c in group}) > 4
+    lengths = sorted(len(tokenizer(p)["input_ids"]) for p in PROMPTS)
+    # 12 requests, longest prompt first, in batches of 5, 5, 2 rows hold 2, 2 and 1 distinct prompts: one forward
+    # prefills their shared part, then `generate` runs the last prompt token and decodes one token per row
+    assert [shape for shape in seen if shape[1] > 1] == [(2, lengths[2] - 1), (2, lengths[1] - 1), (1, lengths[0] - 1)]
+    assert {shape for shape in seen if shape[1] == 1} == {(5, 1), (2, 1)}
+    assert [shape for shape in prefills if shape[1] > 1] == [(5, lengths[2]), (5, lengths[1]), (2, lengths[0])]

@@ -11,6 +11,10 @@ What `generate_samples` does beyond a `generate` call per prompt (measured in be
 - `generate` stops a batch as soon as every row has produced a stop sequence or the end-of-sequence token;
 - sampling draws each token over the top-k candidates (`trl_ib.sampling`), not over the whole vocabulary: the
   distribution of `generate`'s own temperature, top-k and top-p, at a fraction of their cost;
+- the n samples of a prompt share one prefill (`prompt_cache`): each distinct prompt of a batch runs through the
+  model once, all but its last token, and its KV cache is copied to the rows that sample it; `generate` then runs
+  the last token and decodes from there (at the demo's 80 rows of 8 prompts x 10 samples, the prefill of every row
+  was about 30% of a `generate` call);
 - the output layer gets its input contiguous (`contiguous_output_layer_input`): at prefill `generate` hands it the
   last position's slice of the hidden states, and `torch.matmul` folds that (rows, 1, H) view into one matrix
   product only while the weight requires grad; for a frozen weight (any PeftModel, a merged adapter) it runs a
@@ -31,6 +35,7 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 from transformers import (
+    DynamicCache,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     StoppingCriteria,
@@ -61,6 +66,32 @@ def contiguous_output_layer_input(model: PreTrainedModel) -> Iterator[None]:
     finally:
         if handle is not None:
             handle.remove()
+
+
+def prompt_cache(model: PreTrainedModel, inputs: dict, rows: torch.LongTensor) -> DynamicCache | None:
+    """The KV cache of each prompt in `inputs` but its last token, computed once per prompt and copied to `rows`.
+
+    Args:
+        inputs: the tokenized distinct prompts, left padded: input_ids and attention_mask, (prompts, length).
+        rows: (batch,) the prompt each row of the `generate` call samples from.
+
+    Returns:
+        A cache of (batch, length - 1) positions, numbered as `generate` numbers left-padded prompts, for
+        `generate(past_key_values=...)` with the rows' full prompts; None where nothing is shared (no prompt repeats,
+        or prompts one token long).
+    """
+    input_ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    if len(rows) == len(input_ids) or input_ids.shape[1] < 2:
+        return None
+    position_ids = mask.long().cumsum(-1) - 1
+    position_ids.masked_fill_(mask == 0, 1)
+    cache = DynamicCache(config=model.config)
+    model(
+        input_ids=input_ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
+        past_key_values=cache, use_cache=True, logits_to_keep=1,
+    )  # fmt: skip
+    cache.batch_select_indices(rows)
+    return cache
 
 
 class StopInNewTokens(StoppingCriteria):
@@ -139,10 +170,13 @@ def sample_batches(
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
         for number, batch in batches:
-            inputs = tokenizer(
-                [texts[index] for index, _ in batch], return_tensors="pt", padding=True,
+            distinct = {index: row for row, index in enumerate(dict.fromkeys(index for index, _ in batch))}
+            prompt_inputs = tokenizer(
+                [texts[index] for index in distinct], return_tensors="pt", padding=True,
                 add_special_tokens=add_special_tokens,
             ).to(model.device)  # fmt: skip
+            rows = torch.tensor([distinct[index] for index, _ in batch], device=model.device)
+            inputs = {name: tensor[rows] for name, tensor in prompt_inputs.items()}  # (batch, length)
             if stop is not None:
                 stop.prompt_length = inputs["input_ids"].shape[1]  # left padded: the new tokens follow this column
             if seed is not None:
@@ -150,7 +184,7 @@ def sample_batches(
             with torch.inference_mode(), contiguous_output_layer_input(model):
                 output = model.generate(
                     **inputs, **sampling, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
-                    stopping_criteria=stopping,
+                    stopping_criteria=stopping, past_key_values=prompt_cache(model, prompt_inputs, rows),
                 )  # fmt: skip
             new_tokens = output[:, inputs["input_ids"].shape[1] :]  # (batch, <= max_new_tokens)
             new_token_count += int((new_tokens != pad_token_id).sum())
