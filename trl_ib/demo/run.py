@@ -1,6 +1,6 @@
 """`ib-ft demo`: does memorizing D_code block fine-tuning on it, and does IB-FT help? SmolLM2-135M-Instruct, on CPU.
 
-    ib-ft demo                          # one strength, one seed, six rows (23 min cold on 2 cores, 11 once cached)
+    ib-ft demo                          # one strength, one seed, six rows (19 min cold on 2 cores, 9 once cached)
     ib-ft demo --small                  # 64 D_code / 30 held-out problems (13 min cold): not a test of the barrier
     ib-ft demo --seeds 0 1 2            # more seeds: paired bootstrap intervals over problems and seeds
     ib-ft demo --strengths 2 12 --arms "LoRA FT"    # other contamination strengths: the barrier axis
