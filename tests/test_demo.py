@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from trl_ib.demo.run import DemoArguments, main
-from trl_ib.demo.study import contrasts, merge_runs, paired_bootstrap
+from trl_ib.demo.study import base_draws, contrasts, merge_runs, paired_bootstrap, shares_base_draws
 from trl_ib.demo.tasks import OPERATIONS, VARIABLES, consecutive_pairs, make_problem, make_task, split_pairs
 from trl_ib.code_eval import score
 from trl_ib.evaluation import build_programs
@@ -110,22 +110,24 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
     main(["--quick", "--seeds", "1", "--output_dir", str(tmp_path / "out")])
     printed = capsys.readouterr().out
     assert "| model | Pass@1 | Pass@5^(5) | Pass@10^(10) |" in printed
-    rows = ["clean base", "contaminated base"] + [f"{b} + {a}, seed 1" for b in ("clean", "contaminated")
-                                                  for a in ("LoRA FT", "IB-FT")]  # fmt: skip
+    rows = [f"{b}{a}, seed 1" for b in ("clean", "contaminated") for a in (" base", " + LoRA FT", " + IB-FT")]
     for row in rows:
         assert f"| {row} |" in printed
     assert "| barrier: clean gain - contaminated gain |" in printed
+    assert "bootstrap intervals:" in printed  # the bases were drawn with the run's seed: no shared-draw warning
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     strength = results["strengths"]["1"]
     assert list(strength["seeds"]["1"]) == ["clean", "contaminated"]
-    scored = [*strength["bases"].values()] + [row for arms in strength["seeds"]["1"].values() for row in arms.values()]
+    bases = strength["base_draws"]["1"]
+    assert [row["sampling_seed"] for row in bases.values()] == [1, 1]
+    scored = [*bases.values()] + [row for arms in strength["seeds"]["1"].values() for row in arms.values()]
     assert len(scored) == 6
     for row in scored:
         assert set(row["pass"]) == {f"pass@{k}^({m})" for k, m_max in ((1, 1), (5, 5), (10, 10)) for m in range(1, m_max + 1)}
         assert len(row["num_correct"]) == 4
     # the barrier's point estimate is the hand-computed difference of the four Pass@1 rows
     pass1 = {label: row["pass"]["pass@1^(1)"] for label, row in
-             [("cb", strength["bases"]["clean"]), ("xb", strength["bases"]["contaminated"]),
+             [("cb", bases["clean"]), ("xb", bases["contaminated"]),
               ("cl", strength["seeds"]["1"]["clean"]["LoRA FT"]), ("xl", strength["seeds"]["1"]["contaminated"]["LoRA FT"])]}  # fmt: skip
     barrier = strength["contrasts"]["barrier: clean gain - contaminated gain"]["pass@1^(1)"][0]
     assert barrier == pytest.approx((pass1["cl"] - pass1["cb"]) - (pass1["xl"] - pass1["xb"]))
@@ -174,7 +176,7 @@ def test_contrasts_are_hand_computed_differences():
         return {"num_correct": list(num_correct)}
 
     strength = {
-        "bases": {"clean": row(2, 4), "contaminated": row(5, 5)},
+        "base_draws": {"0": {"clean": row(2, 4), "contaminated": row(5, 5)}},
         "seeds": {"0": {"clean": {"LoRA FT": row(6, 8), "IB-FT": row(6, 6)},
                         "contaminated": {"LoRA FT": row(5, 7), "IB-FT": row(8, 7)}}},
     }  # fmt: skip
@@ -190,6 +192,25 @@ def test_contrasts_are_hand_computed_differences():
     assert table["barrier: clean gain - contaminated gain"]["pass@1^(1)"][1:] == pytest.approx([0.2, 0.4])
     del strength["seeds"]["0"]["clean"]["IB-FT"]  # LoRA FT only: no IB-FT contrasts
     assert list(contrasts(strength, 10)) == list(table)[:3]
+
+
+def test_each_seed_is_paired_with_its_own_draw_of_the_bases():
+    def row(*num_correct, seed=None):
+        return {"num_correct": list(num_correct)} | ({} if seed is None else {"sampling_seed": seed})
+
+    arms = {"clean": {"LoRA FT": row(6, 8)}, "contaminated": {"LoRA FT": row(5, 7)}}
+    strength = {"seeds": {"0": arms, "1": arms},
+                "base_draws": {"0": {"clean": row(2, 4, seed=0), "contaminated": row(5, 5, seed=0)},
+                               "1": {"clean": row(6, 8, seed=1), "contaminated": row(1, 3, seed=1)}}}  # fmt: skip
+    barrier = contrasts(strength, 10)["barrier: clean gain - contaminated gain"]["pass@1^(1)"]
+    # seed 0: (0.4, 0.4) - (0.0, 0.2); seed 1: (0.0, 0.0) - (0.4, 0.4): mean of 0.4, 0.2, -0.4, -0.4
+    assert barrier[0] == pytest.approx(-0.05)
+    assert not shares_base_draws(strength)
+    # a run from before per-seed draws: one draw under "bases" (seed 0) paired with every seed, and flagged
+    old = {"seeds": strength["seeds"], "bases": strength["base_draws"]["0"] | {}}
+    old["bases"] = {name: {"num_correct": value["num_correct"]} for name, value in old["bases"].items()}
+    assert contrasts(old, 10)["barrier: clean gain - contaminated gain"]["pass@1^(1)"][0] == pytest.approx(0.3)
+    assert shares_base_draws(old) and list(base_draws(old)) == ["0", "1"]
 
 
 def test_merge_runs_combines_seeds_and_strengths_and_refuses_other_settings():

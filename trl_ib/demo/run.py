@@ -15,8 +15,9 @@ Stages (each with a progress bar; wall times in results.json):
    seen the task equally; only the contaminated one has memorized D_code (Min-K% of D_code against the reference).
 3. On each base, LoRA FT (SFTTrainer + LoraConfig) and IB-FT (IBSFTTrainer + IBLoraConfig) on D_code, identical
    budgets, hyper-parameters and seeds; adapters saved with model cards.
-4. Pass@k^(m) of the six models on the scored problems (sampled, run in the sandbox), Min-K% of D_code and the
-   representation gap; the barrier and IB-FT minus LoRA FT with bootstrap intervals (`study.py`).
+4. Pass@k^(m) of the six models on the scored problems (sampled with the seed, bases included, run in the
+   sandbox), Min-K% of D_code and the representation gap; the barrier and IB-FT minus LoRA FT with bootstrap
+   intervals (`study.py`).
 5. Writes to --output_dir: {E}ep/seed-S/{base}/{lora,ib-lora}/ (adapters with cards), min_k.png,
    pass_at_10_m.png, barrier.png (several strengths), results.json, and prints the tables.
 
@@ -250,18 +251,20 @@ def bases(model: str, task: Task, epochs: float, bf16: bool) -> dict[str, Path]:
             "contaminated": cached_contaminated_base(model, texts(task.train), epochs, bf16)}  # fmt: skip
 
 
-def base_scores(base_dir: Path, tokenizer, d_code, reference, problems, budget: Budget, dtype: torch.dtype) -> dict:
+def base_scores(base_dir: Path, tokenizer, d_code, reference, problems, budget: Budget, dtype: torch.dtype,
+                seed: int) -> dict:  # fmt: skip
     """
-    The base's `evaluate` row on `problems` (sampled with seed 0) plus its Min-K% of the reference problems
-    ("min_k_reference"): seed-independent, so cached beside the base, keyed by the problems, sampling and dtype.
+    The base's `evaluate` row on `problems` sampled with `seed` ("sampling_seed"), plus its Min-K% of the reference
+    problems ("min_k_reference"): cached beside the base, keyed by the problems, sampling, dtype and seed.
     """
-    key = json.dumps([[p["prompt"] for p in problems], budget.num_samples, budget.max_new_tokens, str(dtype)])
+    key = json.dumps([[p["prompt"] for p in problems], budget.num_samples, budget.max_new_tokens, str(dtype), seed])
     cached = base_dir / f"base-scores-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if cached.exists():
         return json.loads(cached.read_text())
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
     reference_min_k = score_min_k(base, tokenizer, reference)
-    row = evaluate(base, tokenizer, problems, d_code, None, budget, 0, dtype) | {"min_k_reference": reference_min_k}
+    row = evaluate(base, tokenizer, problems, d_code, None, budget, seed, dtype)
+    row |= {"min_k_reference": reference_min_k, "sampling_seed": seed}
     scratch = cached.with_name(f"{cached.name}.tmp-{os.getpid()}")
     scratch.write_text(json.dumps(row))
     scratch.replace(cached)
@@ -281,13 +284,13 @@ def run_strength(args: DemoArguments, task: Task, epochs: float, budget: Budget,
     with stage(seconds, f"{epochs:g} epochs: contaminating both bases (cached)"):
         folders = bases(args.model, task, epochs, bf16)
     tokenizer = AutoTokenizer.from_pretrained(folders["contaminated"])
-    rows = {}
-    with stage(seconds, f"{epochs:g} epochs: scoring both bases (cached)"):
-        for name, folder in folders.items():
-            rows[name] = base_scores(folder, tokenizer, d_code, reference, problems, budget, dtype)
-    memorized_first = rows["contaminated"]["min_k_d_code_values"]  # the gap's groups: D_code memorized by pre-training
-    seeds = {}
+    draws, seeds = {}, {}
     for seed in args.seeds:
+        with stage(seconds, f"{epochs:g} epochs: scoring both bases (cached)"):
+            draws[str(seed)] = {name: base_scores(folder, tokenizer, d_code, reference, problems, budget, dtype, seed)
+                                for name, folder in folders.items()}  # fmt: skip
+        # the gap's groups: D_code as memorized by contamination (Min-K% does not depend on the seed)
+        memorized_first = draws[str(seed)]["contaminated"]["min_k_d_code_values"]
         seeds[str(seed)] = {name: {} for name in BASES}
         for name, folder in folders.items():
             for arm in args.arms:
@@ -298,9 +301,11 @@ def run_strength(args: DemoArguments, task: Task, epochs: float, budget: Budget,
                 with stage(seconds, f"{epochs:g} epochs: scoring {arm}"):
                     seeds[str(seed)][name][arm] = evaluate(model, tokenizer, problems, d_code, memorized_first,
                                                            budget, seed, dtype)  # fmt: skip
-    shift = {"d_code": rows["contaminated"]["min_k_d_code"]["median"],
-             "reference": summarize(rows["contaminated"]["min_k_reference"])["median"]}  # fmt: skip
-    result = {"min_k_shift": shift | {"shift": shift["reference"] - shift["d_code"]}, "bases": rows, "seeds": seeds}
+    contaminated = draws[str(args.seeds[0])]["contaminated"]
+    shift = {"d_code": contaminated["min_k_d_code"]["median"],
+             "reference": summarize(contaminated["min_k_reference"])["median"]}  # fmt: skip
+    result = {"min_k_shift": shift | {"shift": shift["reference"] - shift["d_code"]}, "base_draws": draws,
+              "seeds": seeds}  # fmt: skip
     return result | {"contrasts": contrasts(result, budget.num_samples)}
 
 
@@ -308,13 +313,14 @@ def plots(strengths: dict[str, dict], output_dir: Path, split: str) -> None:
     """min_k.png and pass_at_10_m.png of the first strength and seed; barrier.png where there are several strengths."""
     epochs, first = next(iter(strengths.items()))
     seed, by_base = next(iter(first["seeds"].items()))
+    draws = first["base_draws"][seed]
     plot_distributions({
-        "D_code, contaminated base": first["bases"]["contaminated"]["min_k_d_code_values"],
-        "reference, contaminated base": first["bases"]["contaminated"]["min_k_reference"],
-        "D_code, clean base": first["bases"]["clean"]["min_k_d_code_values"],
+        "D_code, contaminated base": draws["contaminated"]["min_k_d_code_values"],
+        "reference, contaminated base": draws["contaminated"]["min_k_reference"],
+        "D_code, clean base": draws["clean"]["min_k_d_code_values"],
         f"D_code, contaminated + LoRA FT, seed {seed}": by_base["contaminated"]["LoRA FT"]["min_k_d_code_values"],
     }, output_dir / "min_k.png")  # fmt: skip
-    rows = {f"{name} base": first["bases"][name] for name in BASES}
+    rows = {f"{name} base": draws[name] for name in BASES}
     rows |= {f"{name} + {arm}": row for name, arms in by_base.items() for arm, row in arms.items()}
     curves = {label: [(m, row["pass"][f"pass@10^({m})"]) for m in range(1, 11)] for label, row in rows.items()}
     plot_against_m(curves, output_dir / "pass_at_10_m.png", f"{split}, {epochs} epochs, seed {seed}: Pass@10^(m)")

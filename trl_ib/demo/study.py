@@ -4,9 +4,10 @@
     mean, low, high = paired_bootstrap(np.array([[0.0, 1.0]]))   # (0.5, 0.0, 1.0)
 
 Per contamination strength, a run holds two bases (`clean`: the same full fine-tuning on the fresh reference
-problems; `contaminated`: on D_code), each scored as it is and after LoRA FT / IB-FT on D_code. Every contrast is a
-per-problem difference of Pass@k^(m) on the same scored problems, averaged over seeds, with a bootstrap interval
-over problems and seeds:
+problems; `contaminated`: on D_code), each scored as it is and after LoRA FT / IB-FT on D_code, every row sampled
+with the seed of its fine-tuning (`base_draws`: one draw of each base per seed, so the intervals carry the bases'
+sampling noise too). Every contrast is a per-problem difference of Pass@k^(m) on the same scored problems, averaged
+over seeds, with a bootstrap interval over problems and seeds:
 
 - gain of an arm on a base: arm - base;
 - the barrier: LoRA FT's gain on the clean base minus its gain on the contaminated base (> 0: memorizing D_code
@@ -89,18 +90,32 @@ def format_sweep(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def base_draws(strength: dict) -> dict[str, dict[str, dict]]:
+    """
+    {seed: {base: scored row}} of one strength: each seed's own draw of the bases, or, in runs from before the bases
+    were sampled per seed, the one draw (sampled with seed 0, under "bases") that all their seeds shared.
+    """
+    return strength.get("base_draws") or {seed: strength["bases"] for seed in strength["seeds"]}
+
+
+def shares_base_draws(strength: dict) -> bool:
+    """Whether some seed's contrasts use a base draw sampled with another seed (runs from before per-seed draws)."""
+    return any(row.get("sampling_seed", 0) != int(seed)
+               for seed, rows in base_draws(strength).items() for row in rows.values())  # fmt: skip
+
+
 def labelled_rows(strength: dict) -> dict[str, dict]:
-    """Label -> row of one strength's results: the two bases, every seed's arms, and each arm's mean over seeds."""
-    seeds = strength["seeds"]
-    rows = {f"{base} base": strength["bases"][base] for base in BASES}
-    for seed, by_base in seeds.items():
-        rows |= {f"{base} + {arm}, seed {seed}": arms[arm] for base, arms in by_base.items() for arm in arms}
-    if len(seeds) > 1:
-        for base, arms in next(iter(seeds.values())).items():
-            for arm, first in arms.items():
-                rows[f"{base} + {arm}, mean"] = {"pass": {
-                    key: float(np.mean([s[base][arm]["pass"][key] for s in seeds.values()])) for key in first["pass"]
-                }}  # fmt: skip
+    """Label -> row of one strength's results: every seed's bases and arms, and each row's mean over seeds."""
+    per_seed = {seed: {f"{base} base": rows[base] for base in BASES} for seed, rows in base_draws(strength).items()}
+    for seed, by_base in strength["seeds"].items():
+        per_seed[seed] |= {f"{base} + {arm}": arms[arm] for base, arms in by_base.items() for arm in arms}
+    rows = {f"{label}, seed {seed}": row for seed, labelled in per_seed.items() for label, row in labelled.items()}
+    if len(per_seed) > 1:
+        for label, first in next(iter(per_seed.values())).items():
+            rows[f"{label}, mean"] = {"pass": {
+                key: float(np.mean([labelled[label]["pass"][key] for labelled in per_seed.values()]))
+                for key in first["pass"]
+            }}  # fmt: skip
     return rows
 
 
@@ -109,14 +124,15 @@ def contrasts(strength: dict, num_samples: int) -> dict[str, dict[str, list[floa
     {contrast: {"pass@k^(m)": [mean, low, high]}} of one strength's results (see the module docstring); the IB-FT
     contrasts only where both bases have an IB-FT row.
     """
-    seeds = list(strength["seeds"].values())
-    has_ib = all("IB-FT" in s[base] for s in seeds for base in BASES)
+    seeds, draws = strength["seeds"], base_draws(strength)
+    has_ib = all("IB-FT" in s[base] for s in seeds.values() for base in BASES)
     result = {}
     for k, m in HEADLINE:
-        base = {name: per_problem(strength["bases"][name], num_samples, k, m) for name in BASES}
 
-        def gain(arm, name):  # (S, P)
-            return np.stack([per_problem(s[name][arm], num_samples, k, m) - base[name] for s in seeds])
+        def gain(arm, name):  # (S, P): each seed's arm minus the same seed's draw of its base
+            return np.stack([per_problem(by_base[name][arm], num_samples, k, m)
+                             - per_problem(draws[seed][name], num_samples, k, m)
+                             for seed, by_base in seeds.items()])  # fmt: skip
 
         table = {
             "LoRA FT gain, clean base": gain("LoRA FT", "clean"),
@@ -148,12 +164,14 @@ def format_strength(epochs: str, strength: dict, num_samples: int) -> str:
     """Everything printed for one contamination strength: Min-K%, the rows, Pass@10^(m), the contrasts."""
     rows = labelled_rows(strength)
     shift = strength["min_k_shift"]
+    num_problems = len(next(iter(base_draws(strength).values()))["clean"]["num_correct"])
+    shared = " (each base sampled once, with seed 0, for every seed: the intervals miss the bases' sampling noise)"
     return (
         f"## contamination {epochs} epochs: Min-K% median, contaminated base: D_code {shift['d_code']:.3f}, fresh "
         f"reference {shift['reference']:.3f} nats (shift {shift['shift']:+.3f}; lower = more memorized)\n\n"
         + format_rows(rows) + "\n\nPass@10^(m):\n\n" + format_sweep(rows)
-        + f"\n\nContrasts over {len(strength['seeds'])} seed(s) x {len(strength['bases']['clean']['num_correct'])} "
-        "problems, 95% bootstrap intervals:\n\n" + format_contrasts(strength["contrasts"])
+        + f"\n\nContrasts over {len(strength['seeds'])} seed(s) x {num_problems} problems, 95% bootstrap intervals"
+        + (shared if shares_base_draws(strength) else "") + ":\n\n" + format_contrasts(strength["contrasts"])
     )  # fmt: skip
 
 
@@ -197,8 +215,9 @@ def merge_runs(runs: list[dict]) -> dict[str, dict]:
     merged: dict[str, dict] = {}
     for run in runs:
         for epochs, strength in run["strengths"].items():
-            target = merged.setdefault(epochs, {**strength, "seeds": {}})
+            target = merged.setdefault(epochs, {"min_k_shift": strength["min_k_shift"], "seeds": {}, "base_draws": {}})
             target["seeds"] |= strength["seeds"]
+            target["base_draws"] |= base_draws(strength)
     for strength in merged.values():
         strength["contrasts"] = contrasts(strength, runs[0]["budget"]["num_samples"])
     return merged
