@@ -1,11 +1,17 @@
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
 
-from trl_ib.demo.run import DemoArguments, main
+from tiny_models import train_tokenizer
+from trl_ib import builtin
+from trl_ib.demo import run
+from trl_ib.demo.run import Budget, DemoArguments, base_scores, main
 from trl_ib.demo.study import base_draws, contrasts, merge_runs, paired_bootstrap, shares_base_draws
-from trl_ib.demo.tasks import OPERATIONS, VARIABLES, consecutive_pairs, make_problem, make_task, split_pairs
+from trl_ib.demo.tasks import OPERATIONS, VARIABLES, consecutive_pairs, make_problem, make_task, sft_rows, split_pairs
 from trl_ib.code_eval import score
 from trl_ib.evaluation import build_programs
 
@@ -137,6 +143,34 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
                  "1ep/seed-1/contaminated/ib-lora/README.md", "1ep/seed-1/contaminated/lora/README.md"):  # fmt: skip
         assert (out / path).stat().st_size > 0
     assert json.loads((out / "1ep/seed-1/clean/ib-lora/adapter_config.json").read_text())["peft_type"] == "IBLORA"
+
+
+def test_base_scores_are_evaluate_s_row_with_memorization_cached_once_and_samples_per_seed(tmp_path, monkeypatch, task):
+    base_dir = tmp_path / "base"
+    tokenizer = train_tokenizer(base_dir)
+    torch.manual_seed(0)
+    builtin.tiny_llama(300, hidden_size=32, max_positions=1024).save_pretrained(base_dir)
+    budget = Budget(4, 4, 2, 2, 1, max_new_tokens=6)
+    problems, d_code, reference = task.held_out[:2], sft_rows(task.train[:4]), sft_rows(task.reference[:4])
+    calls = Counter()
+    for name in ("score_min_k", "representation_gap", "sample_and_score"):
+        def counted(*args, _original=getattr(run, name), _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(run, name, counted)
+    scores = lambda seed: base_scores(base_dir, tokenizer, d_code, reference, problems, budget, torch.bfloat16, seed)
+    first = scores(0)
+    assert calls == {"score_min_k": 2, "representation_gap": 1, "sample_and_score": 1}  # D_code, reference; gap; draw
+    assert scores(1)["sampling_seed"] == 1
+    assert calls == {"score_min_k": 2, "representation_gap": 1, "sample_and_score": 2}  # only the draw is per seed
+    assert scores(0) == json.loads(json.dumps(first))  # read back from the cache: nothing recomputed
+    assert calls["sample_and_score"] == 2
+    # the row is what `evaluate` gives the base in float32 -> bf16, plus its Min-K% of the reference problems
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    reference_min_k = run.score_min_k(model, tokenizer, reference)
+    expected = run.evaluate(model, tokenizer, problems, d_code, None, budget, 0, torch.bfloat16)
+    assert first == expected | {"min_k_reference": reference_min_k, "sampling_seed": 0}
 
 
 def test_contaminated_base_is_cached_and_a_failed_run_leaves_nothing(tmp_path, monkeypatch):

@@ -216,23 +216,32 @@ def sample_and_score(model, tokenizer, problems: list[dict], budget: Budget, see
     return score(programs, [p["test"] for p in problems], [p["entry_point"] for p in problems], K_VALUES, m)
 
 
+def memorization(model, tokenizer, d_code, groups_by, dtype) -> dict:
+    """
+    The summary of the model's Min-K% of `d_code` (float32 weights) and the representation gap between the most and
+    least memorized groups of `d_code` by the scores `groups_by` (None: the model's own), with the weights in `dtype`.
+    Leaves the model in `dtype`. Deterministic: it does not depend on a sampling seed.
+    """
+    min_k = score_min_k(model, tokenizer, d_code)
+    model.to(dtype)
+    gap = representation_gap(model, tokenizer, d_code, groups_by or min_k, GAP_FRACTION)
+    return {"min_k_d_code": summarize(min_k), "min_k_d_code_values": min_k, "representation_gap": gap}
+
+
+def sampled(model, tokenizer, problems, budget, seed) -> dict:
+    """Pass@k^(m) on `problems` ("pass") and the correct samples per problem ("num_correct"), sampled with `seed`."""
+    scores = sample_and_score(model, tokenizer, problems, budget, seed)
+    return {"pass": scores.table, "num_correct": scores.num_correct}
+
+
 def evaluate(model, tokenizer, problems, d_code, groups_by, budget, seed, dtype) -> dict:
     """
-    Pass@k^(m) on `problems` with the weights in `dtype`, the summary of the model's Min-K% of `d_code`, and the
-    representation gap between the most and least memorized groups of `d_code` by the scores `groups_by` (None:
-    the model's own). An adapter is merged into the weights first (in float32, `merge_adapter`), and the model is
-    left merged and in `dtype`.
+    `sampled` | `memorization` of the model with the weights in `dtype`. An adapter is merged into the weights first
+    (in float32, `merge_adapter`), and the model is left merged and in `dtype`.
     """
     model = merge_adapter(model)
-    min_k = score_min_k(model, tokenizer, d_code)
-    scores = sample_and_score(model.to(dtype), tokenizer, problems, budget, seed)
-    return {
-        "pass": scores.table,
-        "num_correct": scores.num_correct,
-        "min_k_d_code": summarize(min_k),
-        "min_k_d_code_values": min_k,
-        "representation_gap": representation_gap(model, tokenizer, d_code, groups_by or min_k, GAP_FRACTION),
-    }
+    memorized = memorization(model, tokenizer, d_code, groups_by, dtype)
+    return sampled(model, tokenizer, problems, budget, seed) | memorized
 
 
 def texts(problems: list[dict]) -> list[str]:
@@ -251,24 +260,46 @@ def bases(model: str, task: Task, epochs: float, bf16: bool) -> dict[str, Path]:
             "contaminated": cached_contaminated_base(model, texts(task.train), epochs, bf16)}  # fmt: skip
 
 
+def cached_json(path: Path, compute) -> dict:
+    """`compute()`, stored as JSON at `path` (written whole, then renamed) and read back from there once stored."""
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    scratch = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    scratch.write_text(json.dumps(value))
+    scratch.replace(path)
+    return value
+
+
+def key_hash(*key) -> str:
+    """16 hex digits of the SHA-256 of `key` as JSON: a cache file's name."""
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
 def base_scores(base_dir: Path, tokenizer, d_code, reference, problems, budget: Budget, dtype: torch.dtype,
                 seed: int) -> dict:  # fmt: skip
     """
     The base's `evaluate` row on `problems` sampled with `seed` ("sampling_seed"), plus its Min-K% of the reference
-    problems ("min_k_reference"): cached beside the base, keyed by the problems, sampling, dtype and seed.
+    problems ("min_k_reference"), cached beside the base: the seed-independent part (Min-K%, representation gap)
+    once per `dtype`, the sampled part per problems, sampling budget, dtype and seed.
     """
-    key = json.dumps([[p["prompt"] for p in problems], budget.num_samples, budget.max_new_tokens, str(dtype), seed])
-    cached = base_dir / f"base-scores-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-    if cached.exists():
-        return json.loads(cached.read_text())
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
-    reference_min_k = score_min_k(base, tokenizer, reference)
-    row = evaluate(base, tokenizer, problems, d_code, None, budget, seed, dtype)
-    row |= {"min_k_reference": reference_min_k, "sampling_seed": seed}
-    scratch = cached.with_name(f"{cached.name}.tmp-{os.getpid()}")
-    scratch.write_text(json.dumps(row))
-    scratch.replace(cached)
-    return row
+    loaded = {}
+
+    def base():
+        if not loaded:
+            loaded["model"] = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+        return loaded["model"]
+
+    def memorized() -> dict:
+        reference_min_k = score_min_k(base(), tokenizer, reference)
+        return memorization(base(), tokenizer, d_code, None, dtype) | {"min_k_reference": reference_min_k}
+
+    memorized_row = cached_json(base_dir / f"base-memorization-{key_hash(d_code, reference, str(dtype))}.json",
+                                memorized)  # fmt: skip
+    key = key_hash([p["prompt"] for p in problems], budget.num_samples, budget.max_new_tokens, str(dtype), seed)
+    sampled_row = cached_json(base_dir / f"base-samples-{key}.json",
+                              lambda: sampled(base().to(dtype), tokenizer, problems, budget, seed))  # fmt: skip
+    return sampled_row | memorized_row | {"sampling_seed": seed}
 
 
 def adapter_dir(output_dir: Path, epochs: float, seed: int, base: str, arm: str) -> Path:
