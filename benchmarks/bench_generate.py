@@ -19,12 +19,14 @@ Besides the table, the run measures what two other ideas could gain at most: the
 in prefill (prefilling a prompt once for its n samples saves at most that share times (n - 1) / n), and a static KV
 cache (`cache_implementation="static"`) for `generate_samples`.
 
-`--precision` measures instead `generate_samples` with float32 and with bfloat16 weights, sampled (T 0.8) at 128
-and 256 new tokens, the arms alternated (float32 first at 128, bfloat16 first at 256), and in the same run the
-machine's GEMM throughput in each dtype on the decode-shaped product (batch rows x hidden x intermediate): the
-tokens/s that throughput allows if every token position costs 2 FLOPs per weight of the model's linear layers
-(lm_head included), against the computed tokens/s (every position the forward passes ran: the prompts' prefill and
-each decoding step of every row, finished rows included) and the useful ones (tokens of the completions as kept).
+`--precision` measures instead `generate_samples` on frozen weights in float32 and in bfloat16, each on today's path
+("now") and on the path before the speed work of issue 24 ("previous": the three changes `--frozen`, `--sampler`
+and `--prefill` measure one at a time, all patched back), sampled (T 0.8) at 128 and 256 new tokens, the four arms
+alternated (float32 previous first at 128, bfloat16 now first at 256), and in the same run the machine's GEMM
+throughput in each dtype on the decode-shaped product (batch rows x hidden x intermediate): the tokens/s that
+throughput allows if every token position costs 2 FLOPs per weight of the model's linear layers (lm_head
+included), against the computed tokens/s (every position the forward passes ran: the prompts' prefill and each
+decoding step of every row, finished rows included) and the useful ones (tokens of the completions as kept).
 
 `--frozen` freezes the weights (`requires_grad_(False)`, as in every PeftModel and merged adapter) and measures
 `generate_samples` as it is, which hands the output layer a contiguous input, against the previous path without
@@ -50,7 +52,7 @@ import argparse
 import json
 import platform
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from unittest import mock
 
@@ -126,29 +128,37 @@ def count_computed_tokens(model) -> list[int]:
 
 
 def precision_rows(model, tokenizer, prompts, prompt_format, n, batch_size):
-    """Rows of the float32 vs bfloat16 table (see the module docstring) and the GEMM throughputs."""
+    """Rows of the float32 vs bfloat16 table, each dtype on the path before issue 24 and on today's (the module
+    docstring), and the GEMM throughputs."""
+    model.requires_grad_(False)
     config = model.config
     linear_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     gflops = {str(d): gemm_gflops(d, batch_size, config.hidden_size, config.intermediate_size) for d in DTYPES}
     computed, rows = count_computed_tokens(model), []
-    for max_new_tokens, order in ((128, DTYPES), (256, DTYPES[::-1])):
-        for dtype in order:
+    arms = [(dtype, path) for path in ("previous", "now") for dtype in DTYPES]
+    for max_new_tokens, order in ((128, arms), (256, arms[::-1])):
+        for dtype, path in order:
             model.to(dtype)
             computed[0] = 0
-            completions, seconds = timed(
-                generate_samples, model, tokenizer, prompts, n, 0.8, 0.95, max_new_tokens, None, batch_size,
-                prompt_format, True, 0,
-            )  # fmt: skip
+            with ExitStack() as previous:
+                if path == "previous":
+                    for patch, _ in PREVIOUS.values():
+                        previous.enter_context(patch)
+                completions, seconds = timed(
+                    generate_samples, model, tokenizer, prompts, n, 0.8, 0.95, max_new_tokens, None, batch_size,
+                    prompt_format, True, 0,
+                )  # fmt: skip
             limit = gflops[str(dtype)] * 1e9 / (2 * linear_weights)
             rows.append({
-                "dtype": str(dtype).removeprefix("torch."), "max_new_tokens": max_new_tokens, "samples": n * len(prompts),
-                "seconds": round(seconds, 1), "useful_tokens_per_s": round(useful_tokens(tokenizer, completions) / seconds, 1),
+                "dtype": str(dtype).removeprefix("torch."), "path": path, "max_new_tokens": max_new_tokens,
+                "samples": n * len(prompts), "seconds": round(seconds, 1),
+                "useful_tokens_per_s": round(useful_tokens(tokenizer, completions) / seconds, 1),
                 "computed_tokens_per_s": round(computed[0] / seconds, 1), "gemm_limit_tokens_per_s": round(limit, 1),
                 "computed_share_of_limit": round(computed[0] / seconds / limit, 3),
             })  # fmt: skip
     for row in rows:
-        reference = next(r for r in rows if r["dtype"] == "float32" and r["max_new_tokens"] == row["max_new_tokens"])
-        row["speedup_vs_float32"] = round(reference["seconds"] / row["seconds"], 2)
+        reference = next(r for r in rows if (r["dtype"], r["path"], r["max_new_tokens"]) == ("float32", "previous", row["max_new_tokens"]))
+        row["speedup_vs_float32_previous"] = round(reference["seconds"] / row["seconds"], 2)
     return rows, {name.removeprefix("torch."): round(value, 1) for name, value in gflops.items()}
 
 
@@ -208,7 +218,7 @@ def main():
     parser.add_argument("--max_new_tokens", type=int, default=96)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: see benchmarks/README.md)")
     parser.add_argument("--batch_size", type=int, default=16, help="generate_samples' rows per generate call")
-    parser.add_argument("--precision", action="store_true", help="float32 vs bfloat16 generate_samples instead")
+    parser.add_argument("--precision", action="store_true", help="float32 vs bfloat16, previous vs today's path")
     parser.add_argument("--frozen", action="store_true", help="frozen weights: the output layer's input contiguous or not")
     parser.add_argument("--sampler", action="store_true", help="frozen weights: top-k sampler or generate's own sampling")
     parser.add_argument("--prefill", action="store_true", help="frozen weights: one prefill per prompt or per row")

@@ -5,6 +5,7 @@
     python benchmarks/bench_train.py --only smollm2-135m-512 smollm2-135m-2048   # the real model's weights (~10 min)
     python benchmarks/bench_train.py --only smollm2-135m-512 --variants abAB     # float32 vs bf16 autocast
     python benchmarks/bench_train.py --only smollm2-135m-512 --variants abwW     # whole-model fine-tuning, both dtypes
+    python benchmarks/bench_train.py --only smollm2-135m-512 --variants aADbBE --threads 2 --profile   # frozen base in bf16
 
 Variants, each in its own subprocess (so that its peak memory is its own), on the same batches in the same order:
   a  plain LoRA, TRL's SFTTrainer                    (LoraConfig r=32 on every linear layer of the blocks)
@@ -14,6 +15,9 @@ Variants, each in its own subprocess (so that its peak memory is its own), on th
      and task logits over the whole sequence, every row padded to the max length, KL averaged over every position.
   A, B  a and b under bf16 autocast (`bf16=True`: float32 master weights and optimizer, matmuls in bf16, the IB
      terms in float32), through the trainer's `accelerator.autocast()` as its training loop applies it.
+  D, E  A and B with the frozen base weights stored in bf16 (`from_pretrained(dtype=torch.bfloat16)`, as one loads a
+     base on a GPU); the LoRA and IB weights stay float32 (PEFT's `autocast_adapter_dtype`), so the trained weights and
+     the optimizer are float32 as in A and B, and autocast has no frozen weight left to cast.
   w, W  whole-model fine-tuning (SFTTrainer, no adapter: every weight trained, as the demo makes its two bases), in float32
      and under bf16 autocast: whether the dtype rule pays when the weights are trained too.
 Models are Llama-style, built from a LlamaConfig (random weights, nothing downloaded), fp32; the smollm2-135m configs
@@ -25,7 +29,9 @@ Every variant runs the same step: forward + backward (a, b: `trainer.training_st
 in all three (TRL's default). The three processes live at once but step in turn (a b c, c b a, ...), so a drift in the
 load of a shared machine hits them alike; the time ratio is the median over timed steps of b's (c's) time over a's on
 the same batch, in wall time and in the process's CPU time (with one thread, time spent descheduled by a busy
-machine does not count there). One intra-op thread per process by default (see --threads). Peak memory: max RSS (CPU,
+machine does not count there). One intra-op thread per process by default (see --threads). `--profile` runs each variant through one more step, after the timed ones, under
+`torch.profiler` and prints its top operators by self CPU time, and the inclusive share of TRL's fused LM head
+(`ChunkedLogProbFunction`, forward and backward). Peak memory: max RSS (CPU,
 `resource.getrusage`) or `torch.cuda.max_memory_allocated` (GPU).
 
 The floor f = FLOPs(b) / FLOPs(a) counts what actually runs (see `step_flops`): IB-FT must at least pay for the
@@ -43,12 +49,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_train.json"
 LORA_R = 32
 IB_DEPTH = 0.625  # the paper's block 20 of 32
+BF16_BASE = {"D": "A", "E": "B"}  # variant -> the variant it repeats with the frozen base stored in bf16
 
 
 @dataclass(frozen=True)
@@ -247,15 +255,16 @@ def build_peer_model(config: BenchConfig):
 # ---- one variant, in its own process ------------------------------------------------------------------------------
 
 
-def build_llama(config: BenchConfig):
+def build_llama(config: BenchConfig, dtype=None):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
+    dtype = dtype or torch.float32
     if config.weights:
         from trl_ib.builtin import resolve_model
 
-        model = AutoModelForCausalLM.from_pretrained(resolve_model(config.weights), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(config.weights), dtype=dtype)
         c = model.config
         shape = (c.hidden_size, c.num_hidden_layers, c.intermediate_size, c.num_attention_heads,
                  c.num_key_value_heads, c.vocab_size)
@@ -271,7 +280,7 @@ def build_llama(config: BenchConfig):
             max_position_embeddings=config.seq, pad_token_id=0, bos_token_id=1, eos_token_id=1,
             tie_word_embeddings=False,
         )
-    )
+    ).to(dtype)
 
 
 def lora_config(cls, **kwargs):
@@ -305,6 +314,8 @@ def build_trainer(config: BenchConfig, variant: str, rows: list[dict], output_di
 
     import torch
 
+    base_dtype = torch.bfloat16 if variant in BF16_BASE else torch.float32
+    variant = BF16_BASE.get(variant, variant)
     bf16 = variant.isupper()
     common = dict(
         output_dir=output_dir, per_device_train_batch_size=config.batch, max_length=config.seq, learning_rate=1e-4,
@@ -314,11 +325,11 @@ def build_trainer(config: BenchConfig, variant: str, rows: list[dict], output_di
     dataset = Dataset.from_list(rows)
     if variant.lower() in "aw":
         peft_config = lora_config(LoraConfig) if variant.lower() == "a" else None  # w: every weight trained
-        trainer = SFTTrainer(build_llama(config), args=SFTConfig(**common), train_dataset=dataset,
+        trainer = SFTTrainer(build_llama(config, base_dtype), args=SFTConfig(**common), train_dataset=dataset,
                              processing_class=tokenizer(), peft_config=peft_config)
     else:
         peft_config = lora_config(peft_ib.IBLoraConfig, ib_layers=IB_DEPTH, ib_dim=config.ib_dim)
-        trainer = IBSFTTrainer(build_llama(config), args=IBSFTConfig(**common), train_dataset=dataset,
+        trainer = IBSFTTrainer(build_llama(config, base_dtype), args=IBSFTConfig(**common), train_dataset=dataset,
                                processing_class=tokenizer(), peft_config=peft_config)
     enable_checkpointing(trainer.model)
     return trainer
@@ -338,12 +349,24 @@ def current_rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_worker(config: BenchConfig, variant: str, commands, replies, threads: int) -> dict:
+def profile_summary(profiler, step_s: float, top: int = 8) -> dict:
+    """The profiled step's top operators by self CPU time (seconds, share) and the fused LM head's inclusive share."""
+    events = profiler.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    head = sum(e.cpu_time_total for e in events if e.key.startswith("ChunkedLogProbFunction")) / 1e6
+    ranked = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
+    return {"step_s": step_s, "self_cpu_s": total / 1e6, "fused_lm_head_s": head,
+            "top_ops": [(e.key, e.self_cpu_time_total / 1e6, e.self_cpu_time_total / total) for e in ranked]}  # fmt: skip
+
+
+def run_worker(config: BenchConfig, variant: str, commands, replies, threads: int, profile: bool = False) -> dict:
     """
     Build one variant, then run one step per "step" read from `commands`, replying with its time, so that the driver
-    interleaves the variants step by step; "finish" ends it. Returns step times, memory and per-batch counts.
+    interleaves the variants step by step; "finish" ends it. Returns step times, memory and per-batch counts (and,
+    with `profile`, `profile_summary` of one more step after the timed ones, not timed with them).
     """
     import torch
+    from torch.profiler import ProfilerActivity
     from transformers import Trainer
 
     if threads > 0:
@@ -351,7 +374,7 @@ def run_worker(config: BenchConfig, variant: str, commands, replies, threads: in
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    num_steps = config.warmup + config.steps
+    num_steps = config.warmup + config.steps + profile  # the profiled step comes after the timed ones
     rows = make_rows(config, num_steps * config.batch)
     with tempfile.TemporaryDirectory() as output_dir:
         if variant == "c":
@@ -390,22 +413,29 @@ def run_worker(config: BenchConfig, variant: str, commands, replies, threads: in
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         memory_before = current_rss_bytes() if device.type == "cpu" else torch.cuda.memory_allocated(device)
-        times, cpu_times = [], []
+        times, cpu_times, profiled = [], [], None
         replies.write("ready\n")
         replies.flush()
-        for batch in batches:
+        for index, batch in enumerate(batches):
             if commands.readline().strip() != "step":
                 raise RuntimeError("expected 'step'")
+            last = profile and index == len(batches) - 1
+            profiler = torch.profiler.profile(activities=[ProfilerActivity.CPU]) if last else nullcontext()
             sync()
             start, cpu_start = time.perf_counter(), time.process_time()
-            forward_backward(batch)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            sync()
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - cpu_start)
-            replies.write(f"{times[-1]}\n")
+            with profiler:
+                forward_backward(batch)
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                sync()
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+            if last:
+                profiled = profile_summary(profiler, seconds)
+            else:
+                times.append(seconds)
+                cpu_times.append(cpu_seconds)
+            replies.write(f"{seconds}\n")
             replies.flush()
         commands.readline()  # "finish"
     return {
@@ -416,9 +446,10 @@ def run_worker(config: BenchConfig, variant: str, commands, replies, threads: in
         "peak_memory_bytes": peak_memory_bytes(device),
         "memory_before_steps_bytes": memory_before,
         "trainable_params": sum(p.numel() for p in params),
-        "counts": counts[config.warmup:],
+        "counts": counts[config.warmup : config.warmup + config.steps],
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "profile": profiled,
     }
 
 
@@ -428,14 +459,15 @@ def run_worker(config: BenchConfig, variant: str, commands, replies, threads: in
 class Worker:
     """One variant in its own process, driven step by step over a pair of pipes."""
 
-    def __init__(self, config: BenchConfig, variant: str, directory: str, threads: int):
+    def __init__(self, config: BenchConfig, variant: str, directory: str, threads: int, profile: bool):
         self.variant, self.out = variant, Path(directory) / f"{variant}.json"
         self.log = open(Path(directory) / f"{variant}.log", "w+")
         cmd_read, cmd_write = os.pipe()
         reply_read, reply_write = os.pipe()
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--worker", variant, "--config", json.dumps(asdict(config)),
-             "--out", str(self.out), "--fds", f"{cmd_read},{reply_write}", "--threads", str(threads)],
+             "--out", str(self.out), "--fds", f"{cmd_read},{reply_write}", "--threads", str(threads)]
+            + (["--profile"] if profile else []),
             pass_fds=(cmd_read, reply_write), stdout=self.log, stderr=subprocess.STDOUT,
         )
         os.close(cmd_read)
@@ -464,13 +496,13 @@ class Worker:
         return json.loads(self.out.read_text())
 
 
-def run_config(config: BenchConfig, variants: str, started: float, threads: int) -> dict[str, dict]:
+def run_config(config: BenchConfig, variants: str, started: float, threads: int, profile: bool) -> dict[str, dict]:
     """All variants of one config, alive at once but stepping one at a time: a b c, then c b a, and so on."""
     with tempfile.TemporaryDirectory() as directory:
-        workers = {v: Worker(config, v, directory, threads) for v in variants}
+        workers = {v: Worker(config, v, directory, threads, profile) for v in variants}
         for worker in workers.values():
             worker.receive()  # "ready"
-        for step in range(config.warmup + config.steps):
+        for step in range(config.warmup + config.steps + profile):
             order = variants if step % 2 == 0 else variants[::-1]
             times = {v: float(workers[v].ask("step")) for v in order}
             print(f"{config.name:<16} step {step}: " + "  ".join(f"{v} {times[v]:6.2f} s" for v in variants)
@@ -487,10 +519,11 @@ def summarize(config: BenchConfig, runs: dict[str, dict]) -> dict:
     """Median step time, peak memory and FLOPs per variant; ratios to a; the floor f and the targets."""
     result = {"config": asdict(config), "batch": config.batch, "variants": {}}
     for variant, run in runs.items():
-        flops = [step_flops(config, c, variant.lower()) for c in run["counts"]]
+        flops = [step_flops(config, c, BF16_BASE.get(variant, variant).lower()) for c in run["counts"]]
         result["variants"][variant] = {
             **{k: run[k] for k in ("step_times_s", "step_cpu_times_s", "warmup_times_s", "peak_memory_bytes",
-                                   "memory_before_steps_bytes", "trainable_params", "device", "threads")},
+                                   "memory_before_steps_bytes", "trainable_params", "device", "threads",
+                                   "profile")},
             "median_step_s": statistics.median(run["step_times_s"]),
             "mean_flops": {k: statistics.mean(f[k] for f in flops) for k in flops[0]},
             "mean_counts": {k: statistics.mean(c[k] for c in run["counts"]) for k in run["counts"][0]},
@@ -522,6 +555,12 @@ def summarize(config: BenchConfig, runs: dict[str, dict]) -> dict:
                           "time_ratio_B_over_A": paired_ratio(v, "B", "A"), "step_s_A": v["A"]["median_step_s"],
                           "memory_ratio_A_over_a": v["A"]["peak_memory_bytes"] / v["a"]["peak_memory_bytes"]}  # fmt: skip
         result["bf16"]["time_ok"] = result["bf16"]["time_ratio_B_over_A"] <= result["time_target"]
+    for stored, autocast in BF16_BASE.items():  # the frozen base stored in bf16: its speedup over autocast alone
+        if {stored, autocast, autocast.lower()} <= set(v):
+            result.setdefault("bf16_base", {})[stored] = {
+                "over": autocast, "speedup_over_float32": paired_ratio(v, autocast.lower(), stored),
+                "speedup_over_autocast": paired_ratio(v, autocast, stored), "step_s": v[stored]["median_step_s"],
+                "memory_ratio_over_autocast": v[stored]["peak_memory_bytes"] / v[autocast]["peak_memory_bytes"]}  # fmt: skip
     if {"w", "W"} <= set(v):  # whole-model fine-tuning: what bf16 autocast does when every weight is trained
         result["bf16_whole"] = {"speedup_w": paired_ratio(v, "w", "W"), "step_s_w": v["w"]["median_step_s"],
                                 "step_s_W": v["W"]["median_step_s"], "time_ratio_w_over_a": time_ratio["w"],
@@ -554,11 +593,23 @@ def print_table(results: list[dict], seven_b_floor: float) -> None:
                   f"{bf16['speedup_a']:.2f}x, b/B {bf16['speedup_b']:.2f}x; B/A {bf16['time_ratio_B_over_A']:.3f} "
                   f"(target {r['time_target']:.3f}: {'ok' if bf16['time_ok'] else 'MISS'}); peak memory A/a "
                   f"{bf16['memory_ratio_A_over_a']:.3f}")  # fmt: skip
+        for stored, row in r.get("bf16_base", {}).items():
+            print(f"{r['config']['name']:<17} frozen base in bf16: {stored} {row['step_s']:.2f} s/step, speedup "
+                  f"{row['over'].lower()}/{stored} {row['speedup_over_float32']:.2f}x, {row['over']}/{stored} "
+                  f"{row['speedup_over_autocast']:.2f}x; peak memory {stored}/{row['over']} "
+                  f"{row['memory_ratio_over_autocast']:.3f}")  # fmt: skip
         if "bf16_whole" in r:
             whole = r["bf16_whole"]
             print(f"{r['config']['name']:<17} whole-model fine-tuning: w {whole['step_s_w']:.2f} s/step, W "
                   f"{whole['step_s_W']:.2f} s/step, speedup w/W {whole['speedup_w']:.2f}x; w/a "
                   f"{whole['time_ratio_w_over_a']:.2f}; peak memory W/w {whole['memory_ratio_W_over_w']:.3f}")  # fmt: skip
+    for r in results:
+        for variant, run in r["variants"].items():
+            if run["profile"]:
+                prof = run["profile"]
+                ops = ", ".join(f"{name} {share:.0%}" for name, _, share in prof["top_ops"])
+                print(f"{r['config']['name']:<17} {variant} profiled step {prof['step_s']:.2f} s: fused LM head "
+                      f"{prof['fused_lm_head_s'] / prof['self_cpu_s']:.0%} of {prof['self_cpu_s']:.2f} s CPU; {ops}")
     print(f"(cpu b/a, c/a: the paired step-time ratios over process CPU time; +b/a, +c/a: peak memory added by "
           f"training steps, over a's; fc = FLOPs(c) / FLOPs(a); f of a real 7B Llama at seq 2048, same accounting: "
           f"{seven_b_floor:.3f})")
@@ -615,6 +666,7 @@ def main() -> None:
         help="intra-op threads per variant (default 1; 0: torch's default). On a shared machine, OpenMP threads that "
              "wait at barriers for descheduled peers make multi-threaded CPU step times swing up to 10x",
     )
+    parser.add_argument("--profile", action="store_true", help="profile each variant's last step (torch.profiler)")
     parser.add_argument("--out", default=None, help=f"JSON output (default: {RESULTS}; --quick: not written)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -627,7 +679,8 @@ def main() -> None:
         warnings.filterwarnings("ignore")
         cmd_fd, reply_fd = map(int, args.fds.split(","))
         with os.fdopen(cmd_fd) as commands, os.fdopen(reply_fd, "w") as replies:
-            result = run_worker(BenchConfig(**json.loads(args.config)), args.worker, commands, replies, args.threads)
+            result = run_worker(BenchConfig(**json.loads(args.config)), args.worker, commands, replies, args.threads,
+                                args.profile)  # fmt: skip
         Path(args.out).write_text(json.dumps(result))
         return
 
@@ -636,7 +689,7 @@ def main() -> None:
         configs = [c for c in configs if c.name in args.only]
     results, started = [], time.time()
     for config in configs:
-        results.append(summarize(config, run_config(config, args.variants, started, args.threads)))
+        results.append(summarize(config, run_config(config, args.variants, started, args.threads, args.profile)))
 
     floor_7b = seven_b_floor()
     out = args.out or (None if args.quick or args.only else RESULTS)
@@ -647,7 +700,7 @@ def main() -> None:
             "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                         "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                         "load_average_at_end": os.getloadavg()},
-            "settings": {"lora_r": LORA_R, "ib_depth": IB_DEPTH, "dtype": "float32; A, B, W: bf16 autocast", "activation_checkpointing": True,
+            "settings": {"lora_r": LORA_R, "ib_depth": IB_DEPTH, "dtype": "float32; A, B, W: bf16 autocast; D, E: bf16 autocast, frozen base stored in bf16", "activation_checkpointing": True,
                          "threads_per_variant": args.threads},
             "seven_b_floor_f": floor_7b,
             "wall_s": time.time() - started,
