@@ -29,10 +29,10 @@ Every variant runs the same step: forward + backward (a, b: `trainer.training_st
 in all three (TRL's default). The three processes live at once but step in turn (a b c, c b a, ...), so a drift in the
 load of a shared machine hits them alike; the time ratio is the median over timed steps of b's (c's) time over a's on
 the same batch, in wall time and in the process's CPU time (with one thread, time spent descheduled by a busy
-machine does not count there). One intra-op thread per process by default (see --threads). `--profile` runs each variant through one more step, after the timed ones, under
-`torch.profiler` and prints its top operators by self CPU time, and the inclusive share of TRL's fused LM head
-(`ChunkedLogProbFunction`, forward and backward). Peak memory: max RSS (CPU,
-`resource.getrusage`) or `torch.cuda.max_memory_allocated` (GPU).
+machine does not count there). One intra-op thread per process by default (see --threads). `--profile` runs each
+variant through one more step, after the timed ones, under `torch.profiler` and prints its top operators by self CPU
+time, and the inclusive share of TRL's fused LM head (`ChunkedLogProbFunction`, forward and backward). Peak memory:
+max RSS (CPU, `resource.getrusage`) or `torch.cuda.max_memory_allocated` (GPU).
 
 The floor f = FLOPs(b) / FLOPs(a) counts what actually runs (see `step_flops`): IB-FT must at least pay for the
 encoder heads on every KL position, and for up(z), one more lm_head projection and its cross-entropy at every
@@ -666,7 +666,7 @@ def main() -> None:
         help="intra-op threads per variant (default 1; 0: torch's default). On a shared machine, OpenMP threads that "
              "wait at barriers for descheduled peers make multi-threaded CPU step times swing up to 10x",
     )
-    parser.add_argument("--profile", action="store_true", help="profile each variant's last step (torch.profiler)")
+    parser.add_argument("--profile", action="store_true", help="profile one more step of each variant, after the timed ones (torch.profiler)")
     parser.add_argument("--out", default=None, help=f"JSON output (default: {RESULTS}; --quick: not written)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)

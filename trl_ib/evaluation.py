@@ -299,9 +299,12 @@ def append_samples(path: str, rows: list[tuple[int, int, str]], task_ids: list) 
 
 
 def write_atomically(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as file:
+    """`text` into `path`, written whole to a scratch file of this process first and then renamed into place, so a
+    reader (or a concurrent writer) never sees a half-written file."""
+    scratch = f"{path}.tmp-{os.getpid()}"
+    with open(scratch, "w") as file:
         file.write(text)
-    os.replace(path + ".tmp", path)
+    os.replace(scratch, path)
 
 
 def process_state() -> PartialState:

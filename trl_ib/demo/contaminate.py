@@ -44,6 +44,11 @@ def contaminate(model_name: str, texts: list[str], output_dir: str | Path, epoch
     tokenizer.save_pretrained(output_dir)
 
 
+def key_hash(*key) -> str:
+    """16 hex digits of the SHA-256 of `key` as JSON (keys sorted): the name of a cached file or folder."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def cached_contaminated_base(model_name: str, texts: list[str], epochs: float, bf16: bool) -> Path:
     """
     The folder (under `trl_ib.builtin.cache_dir()` / "demo") of `model_name` contaminated with `texts` for `epochs`
@@ -52,8 +57,8 @@ def cached_contaminated_base(model_name: str, texts: list[str], epochs: float, b
     trains into a private folder and renames it into place, so concurrent first uses never leave a half-written
     model.
     """
-    recipe = json.dumps([model_name, texts, epochs, CONTAMINATION_ARGS] + ([{"bf16": True}] if bf16 else []), sort_keys=True)
-    target = cache_dir() / "demo" / f"contaminated-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}"
+    recipe = key_hash(model_name, texts, epochs, CONTAMINATION_ARGS, *([{"bf16": True}] if bf16 else []))
+    target = cache_dir() / "demo" / f"contaminated-{recipe}"
     if (target / "config.json").exists():
         return target
     scratch = target.with_name(f"{target.name}.tmp-{os.getpid()}")

@@ -26,9 +26,8 @@ autocast with float32 master weights (`--bf16 false` turns it off), sampling wit
 into them first (`--dtype float32` turns it off).
 """
 
-import hashlib
+import functools
 import json
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -45,12 +44,12 @@ from peft_ib import IBLoraConfig
 from trl_ib import IBSFTConfig, IBSFTTrainer
 from trl_ib.builtin import SMOLLM2_NAME
 from trl_ib.code_eval import score
-from trl_ib.evaluation import EvalArguments, build_programs, merge_adapter
+from trl_ib.evaluation import EvalArguments, build_programs, merge_adapter, write_atomically
 from trl_ib.generation import generate_samples
 from trl_ib.memorization import plot_distributions, representation_gap, score_min_k, summarize
 from trl_ib.precision import native_bf16, resolve_dtype
 
-from .contaminate import cached_contaminated_base
+from .contaminate import cached_contaminated_base, key_hash
 from .study import ARMS, BASES, contrasts, format_strength, plot_barrier
 from .tasks import Task, make_task, sft_rows
 
@@ -261,19 +260,12 @@ def bases(model: str, task: Task, epochs: float, bf16: bool) -> dict[str, Path]:
 
 
 def cached_json(path: Path, compute) -> dict:
-    """`compute()`, stored as JSON at `path` (written whole, then renamed) and read back from there once stored."""
+    """`compute()`, stored as JSON at `path` (`write_atomically`) and read back from there once stored."""
     if path.exists():
         return json.loads(path.read_text())
     value = compute()
-    scratch = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    scratch.write_text(json.dumps(value))
-    scratch.replace(path)
+    write_atomically(str(path), json.dumps(value))
     return value
-
-
-def key_hash(*key) -> str:
-    """16 hex digits of the SHA-256 of `key` as JSON: a cache file's name."""
-    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
 def base_scores(base_dir: Path, tokenizer, d_code, reference, problems, budget: Budget, dtype: torch.dtype,
@@ -283,12 +275,7 @@ def base_scores(base_dir: Path, tokenizer, d_code, reference, problems, budget: 
     problems ("min_k_reference"), cached beside the base: the seed-independent part (Min-K%, representation gap)
     once per `dtype`, the sampled part per problems, sampling budget, dtype and seed.
     """
-    loaded = {}
-
-    def base():
-        if not loaded:
-            loaded["model"] = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
-        return loaded["model"]
+    base = functools.cache(lambda: AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval())
 
     def memorized() -> dict:
         reference_min_k = score_min_k(base(), tokenizer, reference)
