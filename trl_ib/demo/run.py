@@ -69,7 +69,7 @@ class Budget:
 
 
 # "small" was sized by its time budget alone, before any of its problems were scored; at its size contamination does
-# not memorize D_code (RESULTS.md), so it is a faster look, not a test of the barrier.
+# not memorize D_code (results/README.md), so it is a faster look, not a test of the barrier.
 BUDGETS = {
     "default": Budget(128, 128, 60, 60, 2, 64),
     "small": Budget(64, 64, 30, 30, 2, 64, fine_tune_batch_size=8),
@@ -99,7 +99,7 @@ class DemoArguments:
     strengths: list[float] = field(
         default_factory=lambda: [6.0],
         metadata={"help": "Contamination strengths: epochs of full fine-tuning that make both bases (fixed on "
-                  "D_code's Min-K% shift, never on scored problems: RESULTS.md)."},
+                  "D_code's Min-K% shift, never on scored problems: results/README.md)."},
     )  # fmt: skip
     arms: list[str] = field(
         default_factory=lambda: list(ARMS),
@@ -126,7 +126,7 @@ class DemoArguments:
                   "rows: benchmarks/README.md); float32; bfloat16.",
                   "choices": ["float32", "bfloat16", "rule"]},
     )  # fmt: skip
-    # The IB-FT settings fixed on the validation problems (validate.py; RESULTS.md): the paper's alpha, beta, depth and
+    # The IB-FT settings fixed on the validation problems (validate.py; results/README.md): the paper's alpha, beta, depth and
     # ib_dim, and the RMS-normalized encoder input.
     ib_alpha: float = field(default=IBLoraConfig.ib_alpha, metadata={"help": "IBLoraConfig.ib_alpha of the IB-FT arm."})
     ib_beta: float = field(default=IBLoraConfig.ib_beta, metadata={"help": "IBLoraConfig.ib_beta of the IB-FT arm."})
@@ -139,7 +139,7 @@ class DemoArguments:
     small: bool = field(
         default=False,
         metadata={"help": "Half the problems (64 D_code, 30 scored; about 13 minutes cold on 2 cores): contamination "
-                  "does not memorize D_code at this size (RESULTS.md), so it does not test the barrier."},
+                  "does not memorize D_code at this size (results/README.md), so it does not test the barrier."},
     )  # fmt: skip
 
     def __post_init__(self):
