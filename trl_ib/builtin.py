@@ -86,7 +86,7 @@ def resolve_model(name_or_path: str) -> str:
 def smollm2_135m_instruct() -> str:
     """
     The folder of SmolLM2-135M-Instruct as a transformers model (LlamaForCausalLM, 30 blocks, hidden 576, fp32
-    weights dequantized from Q4_1, 538 MB) with its tokenizer and chat template, converted on first use (~20 s).
+    weights dequantized from Q4_1, 538 MB) with its tokenizer and chat template, converted on first use.
 
     Conversion goes into a temporary folder beside the final one, renamed into place when complete: a concurrent
     first use converts twice but never sees a half-written folder.
@@ -100,7 +100,7 @@ def smollm2_135m_instruct() -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        logger.warning("Converting the built-in model %s once into %s (~20 s)", SMOLLM2_NAME, target)
+        logger.warning("Converting the built-in model %s once into %s", SMOLLM2_NAME, target)
         gguf_dir = _smollm2_gguf_dir(scratch)
         model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)

@@ -1,6 +1,6 @@
 """Sampling n completions per prompt with `model.generate`, batched for throughput.
 
-What `generate_samples` does beyond a `generate` call per prompt (measured in benchmarks/bench_generate.py):
+What `generate_samples` does beyond a `generate` call per prompt (each compared in benchmarks/bench_generate.py):
 - requests are sorted by prompt length, so a batch holds prompts of about the same length (little padding);
 - a batch mixes prompts (`batch_size` rows) instead of holding the n samples of one prompt;
 - greedy decoding (temperature 0) decodes each prompt once and repeats its completion n times: the n samples
@@ -13,13 +13,12 @@ What `generate_samples` does beyond a `generate` call per prompt (measured in be
   distribution of `generate`'s own temperature, top-k and top-p, at a fraction of their cost;
 - the n samples of a prompt share one prefill (`prompt_cache`): each distinct prompt of a batch runs through the
   model once, all but its last token, and its KV cache is copied to the rows that sample it; `generate` then runs
-  the last token and decodes from there (at the demo's 80 rows of 8 prompts x 10 samples, the prefill of every row
-  was about 30% of a `generate` call);
+  the last token and decodes from there;
 - the output layer gets its input contiguous (`contiguous_output_layer_input`): at prefill `generate` hands it the
   last position's slice of the hidden states, and `torch.matmul` folds that (rows, 1, H) view into one matrix
   product only while the weight requires grad; for a frozen weight (any PeftModel, a merged adapter) it runs a
-  batched product over `rows` copies of the (vocab, H) weight instead, 12-19 s per call for SmolLM2-135M at 40-80
-  rows on one CPU core (benchmarks/README.md, "Frozen weights"), the same numbers at the cost of a (rows, H) copy.
+  batched product over `rows` copies of the (vocab, H) weight instead; the contiguous input gives the same numbers
+  at the cost of a (rows, H) copy.
 
 `sample_batches` is the same loop one batch at a time, for callers that save as they go (`ib-ft eval` appends each
 batch to samples.jsonl, so a killed run resumes) or split the work over processes (data parallel). With a `seed`,

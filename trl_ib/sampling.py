@@ -2,9 +2,8 @@
 
 `generate` samples a token by a chain over the whole vocabulary, per step and row: temperature, top-k (transformers'
 default k = 50 applies unless the model's generation_config says otherwise), top-p by sorting all V scores, then a
-softmax and a multinomial draw over all V. For SmolLM2 (V = 49,152), bf16 weights on a CPU and 40 rows, the sort and
-the draw took about 12% of `generate_samples`' time (profiled; benchmarks/README.md, "Sampling over the top-k
-candidates", has the timings).
+softmax and a multinomial draw over all V, which for a large vocabulary is a visible share of a decode step
+(benchmarks/README.md compares the two).
 
 `TopKTopPSampler` does the same chain over the k candidates: one `topk` over V (two when scores tie at the k-th),
 then top-p, the softmax and the draw over those k values. It returns scores that are 0 at the drawn token and -inf

@@ -58,7 +58,7 @@ def make_llm(model_name_or_path: str, max_lora_rank: int | None = None, seed: in
     Args:
         max_lora_rank: the largest adapter rank r it will serve; rounded up to a rank vLLM accepts.
         llm_kwargs: passed to `vllm.LLM` (dtype, max_model_len, enforce_eager, ...); enforce_eager defaults to True
-            (on CPU, compiling took 100 s at start-up and decoded no faster: benchmarks/README.md).
+            (on CPU, compiling lengthens start-up and decoded no faster: benchmarks/README.md).
     """
     vllm = _vllm()
     from vllm.config.lora import MaxLoRARanks

@@ -10,8 +10,8 @@ an answer that closes the block at once and opens another one later gives the co
 Both return None when the answer holds no code: the evaluator reports "failed: no code in the answer". A Python
 answer that holds text but no code that parses becomes `failing_program(...)`, a program whose only statement
 raises with the reason ("failed: the answer holds no code that parses (SyntaxError: ...)"): nothing the host
-could not parse reaches the sandbox, where it might compile and run unsanitized (`compile` takes `x = -...-1`
-with 2989 minus signs, one more than `ast.parse` does, and the host's recursion limit may differ).
+could not parse reaches the sandbox, where it might compile and run unsanitized (`compile` accepts expressions
+nested slightly deeper than `ast.parse` does, and the host's recursion limit may differ).
 
 Rules (what a human grader would accept decides; a case a grader could read two ways is refused):
 
@@ -30,7 +30,7 @@ Rules (what a human grader would accept decides; a case a grader could read two 
   parser raises (SyntaxError, RecursionError and MemoryError on very deep expressions, ValueError on null bytes
   or lone surrogates) only ends a run; a line that alone is too deep to parse is in no run, and the search stops
   after 20 times the code's length (at least 2 * 10**5 characters) has been parsed, so a degenerate answer
-  (300 lines of `x(`: 0.2 s here) cannot stall scoring. Mixed tabs and spaces are refused where Python
+  (300 lines of `x(`) cannot stall scoring. Mixed tabs and spaces are refused where Python
   refuses them (TabError ends the run): what the lines mean depends on a tab width the answer does not state.
 - Sanitizing, over the statements of all runs: imports (and `try:` blocks that only import, with fallbacks
   that import, define, assign names or pass) are kept; so is every function, class and module-level

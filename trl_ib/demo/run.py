@@ -1,11 +1,11 @@
 """`ib-ft demo`: does memorizing D_code block fine-tuning on it, and does IB-FT help? SmolLM2-135M-Instruct, on CPU.
 
-    ib-ft demo                          # one strength, one seed, six rows (19 min cold on 2 cores, 9 once cached)
-    ib-ft demo --small                  # 64 D_code / 30 held-out problems (13 min cold): not a test of the barrier
+    ib-ft demo                          # one strength, one seed, six rows (the bases are cached for later runs)
+    ib-ft demo --small                  # 64 D_code / 30 held-out problems: faster, not a test of the barrier
     ib-ft demo --seeds 0 1 2            # more seeds: paired bootstrap intervals over problems and seeds
     ib-ft demo --strengths 2 12 --arms "LoRA FT"    # other contamination strengths: the barrier axis
     ib-ft demo --split validation       # score the validation problems instead (how settings were chosen)
-    ib-ft demo --quick                  # a plumbing check (about a minute once cached); numbers mean nothing
+    ib-ft demo --quick                  # a plumbing check; its numbers mean nothing
 
 Stages (each with a progress bar; wall times in results.json):
 1. The task family of `tasks.py` (seed `task_seed`): D_code and fresh reference problems (chains of 2-3 operations),
@@ -68,8 +68,8 @@ class Budget:
     num_samples: int = 10  # per scored problem; Pass@k^(m) needs n >= k = 10
 
 
-# "small" was sized by its time budget alone, before any of its problems were scored; at its size contamination does
-# not memorize D_code (results/README.md), so it is a faster look, not a test of the barrier.
+# "small" halves the problem counts; at that size contamination does not memorize D_code (results/README.md), so it
+# is a faster look at the pipeline, not a test of the barrier.
 BUDGETS = {
     "default": Budget(128, 128, 60, 60, 2, 64),
     "small": Budget(64, 64, 30, 30, 2, 64, fine_tune_batch_size=8),
@@ -126,20 +126,20 @@ class DemoArguments:
                   "rows: benchmarks/README.md); float32; bfloat16.",
                   "choices": ["float32", "bfloat16", "rule"]},
     )  # fmt: skip
-    # The IB-FT settings fixed on the validation problems (validate.py; results/README.md): the paper's alpha, beta, depth and
-    # ib_dim, and the RMS-normalized encoder input.
+    # The IB-FT settings fixed on the validation problems (validate.py, results/README.md): the paper's alpha, beta,
+    # depth and ib_dim, and the RMS-normalized encoder input.
     ib_alpha: float = field(default=IBLoraConfig.ib_alpha, metadata={"help": "IBLoraConfig.ib_alpha of the IB-FT arm."})
     ib_beta: float = field(default=IBLoraConfig.ib_beta, metadata={"help": "IBLoraConfig.ib_beta of the IB-FT arm."})
     ib_layers: float = field(default=0.625, metadata={"help": "IBLoraConfig.ib_layers (relative depth) of IB-FT."})
     ib_dim: int = field(default=256, metadata={"help": "IBLoraConfig.ib_dim of the IB-FT arm."})
     ib_input_norm: str = field(default="rms", metadata={"help": "IBLoraConfig.ib_input_norm of the IB-FT arm."})
     quick: bool = field(
-        default=False, metadata={"help": "A plumbing check (about a minute once cached); its numbers mean nothing."}
+        default=False, metadata={"help": "A plumbing check on a few problems and steps; its numbers mean nothing."}
     )
     small: bool = field(
         default=False,
-        metadata={"help": "Half the problems (64 D_code, 30 scored; about 13 minutes cold on 2 cores): contamination "
-                  "does not memorize D_code at this size (results/README.md), so it does not test the barrier."},
+        metadata={"help": "Half the problems (64 D_code, 30 scored): faster, but contamination does not memorize "
+                  "D_code at this size (results/README.md), so it does not test the barrier."},
     )  # fmt: skip
 
     def __post_init__(self):

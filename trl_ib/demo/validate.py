@@ -1,12 +1,12 @@
 """How the demo's IB-FT settings were chosen: on the validation problems, never on the held-out ones.
 
-    python -m trl_ib.demo.validate          # about 20 minutes on 2 idle CPU cores, after the demo's contamination
+    python -m trl_ib.demo.validate          # after `ib-ft demo` has made (and cached) its contaminated base
 
 LoRA FT once and IB-FT with each setting of `GRID` (seed 0, the contaminated base of `ib-ft demo`, the same
 budget), scored on the validation problems, whose operation pairs are disjoint from the held-out ones. Prints the
 first logged step's losses (the scale of the KL under each treatment of massive activations) and Pass@k^(m).
-The rule, written here after rows 0 and 2 had run and before rows 1 and 3 did: the demo's IB-FT arm takes the
-setting with the highest validation Pass@1; on a tie, the one whose first-step penalty is closest to the task loss.
+The rule: the demo's IB-FT arm takes the setting with the highest validation Pass@1; on a tie, the one whose
+first-step penalty is closest to the task loss.
 """
 
 import json

@@ -35,7 +35,7 @@ if __name__ != "__main__":
     raise ImportError("_fork_server.py runs only in the sandbox, as `python -I -S -c <its text>`")
 
 ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0
-# First uses of the compiler and of the codecs cost ~5 ms; pay them here, not in every child.
+# First uses of the compiler and of the codecs cost milliseconds; pay them here, not in every child.
 exec(compile("def f(x):\n    return [i for i in range(x)]\nassert f(2) == [0, 1]\n", "<warm-up>", "exec"), {})
 "\udc80".encode("utf-8", "backslashreplace").decode("utf-8", "replace")
 OWN_PID_NAMESPACE, MAX_VERDICT_BYTES = sys.argv[1] == "1", int(sys.argv[2])

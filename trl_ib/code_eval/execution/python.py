@@ -1,6 +1,6 @@
 """Python backend: HumanEval-layout programs, run by a fork server and a harness the candidate cannot speak for.
 
-Speed. Starting a sandboxed interpreter costs ~25-50 ms, more than most HumanEval tests take. So each worker
+Speed. Starting a sandboxed interpreter costs tens of milliseconds, more than most HumanEval tests take. So each worker
 thread keeps one sandboxed `python -I -S` (isolated mode, no site-packages: HumanEval needs only the standard
 library) running `_fork_server.py`, which has the common HumanEval imports loaded and forks a fresh child per
 sample. Everything the server knows of a sample (its request with the nonce and the tests, its verdict,

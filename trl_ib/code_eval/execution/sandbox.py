@@ -31,12 +31,12 @@ A seccomp filter (x86_64 and aarch64) refuses, with EPERM: the syscalls that wou
 address space and the tmpfs (SysV shared memory, message queues and semaphores, memfd_create, memfd_secret);
 kernel keyrings (add_key, request_key, keyctl) and POSIX message queues (mq_*), which would outlive a sample in
 its fork server's namespaces and reach the next sample; sockets of any family but AF_UNIX, AF_INET and AF_INET6
-(AF_VSOCK is not network-namespaced and reaches the hypervisor and this VM's vsock ports; AF_NETLINK, AF_PACKET
+(AF_VSOCK is not network-namespaced and reaches the hypervisor and the host's vsock ports; AF_NETLINK, AF_PACKET
 and future families go with it; IP reaches only the sandbox's own loopback); and every syscall of another ABI.
 
-Memory: there is no cgroup here (this machine delegates no cgroup v2 controller), so there is no aggregate
-cap: memory is bounded per sandbox by rlimits only, at most `Limits.processes` processes (threads, bubblewrap's
-init and the fork server included) of at most `Limits.memory_bytes` of address space each, plus the
+Memory: the sandbox uses no cgroup (many hosts and containers delegate no cgroup v2 controller), so there is no
+aggregate cap: memory is bounded per sandbox by rlimits only, at most `Limits.processes` processes (threads,
+bubblewrap's init and the fork server included) of at most `Limits.memory_bytes` of address space each, plus the
 `Limits.disk_bytes` tmpfs; `Limits.max_memory_bytes` is that sum, 8.06 GiB by default (8 x 1 GiB + 64 MiB), so
 2 workers fit a 24 GiB machine; `run_samples`'s default `num_workers` is what fits (CPUs, at most
 RAM // max_memory_bytes, at least 1), and it warns when a chosen `num_workers x max_memory_bytes` exceeds the
