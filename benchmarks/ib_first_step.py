@@ -1,6 +1,6 @@
 """The IB terms at the first optimizer step on a real pretrained model, per `IBLoraConfig.ib_input_norm` and IB block.
 
-    python benchmarks/ib_first_step.py          # SmolLM2-135M-Instruct (the built-in base), ~5 min on 2 busy CPU cores
+    python benchmarks/ib_first_step.py          # SmolLM2-135M-Instruct (the built-in base)
 
 Pretrained LLMs carry massive activations: at a few positions (the attention sink, position 0) the residual stream's
 norm is ~100x the median. With ib_input_norm="none" (the paper's code) mu = W_mu h is huge there and the KL, a mean
