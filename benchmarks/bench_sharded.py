@@ -80,9 +80,7 @@ def worker(engine: str, variant: str, out: str) -> None:
     for step, batch in enumerate(batches(CONFIG, rank)):
         dist.barrier()
         start = time.perf_counter()
-        loss = forward(**batch).loss
-        if variant == "b":
-            loss = loss + peft_ib.ib_terms(model).loss()
+        loss = forward(**batch).loss  # IB-LoRA (variant b): the adapter has added the IB penalty to it
         if engine == "fsdp2":
             loss.backward()
             optimizer.step()

@@ -12,19 +12,23 @@ Where things live:
 The method and the units of the IB terms: docs/METHOD.md.
 """
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from operator import attrgetter
 
 import torch
 from peft import LoraModel
 from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.integrations import init_empty_weights
 from torch import nn
 from torch.distributed.tensor import DTensor
+from transformers.utils import logging
 
 from .config import IBLoraConfig
 from .hub import install_card_hook
 from .layer import IBEncoder, kl_to_standard_normal, sample_z
+
+logger = logging.get_logger(__name__)
 
 # Where decoder blocks live in common causal-LM classes, relative to the model passed to get_peft_model.
 BLOCK_PATHS = (
@@ -55,6 +59,7 @@ class IBTerms:
     ib_dim: int
     alpha: float
     beta: float
+    in_loss: bool = False  # the penalty was added to the forward's output `loss` (IBLoraModel.ib_penalty_in_loss)
 
     def kl(self, num_positions=None) -> torch.Tensor:
         """(num_layers,) KL per position and latent dim (the official code's `.mean()` scale)."""
@@ -71,6 +76,16 @@ class IBTerms:
         alpha = self.alpha if alpha is None else alpha
         beta = self.beta if beta is None else beta
         return alpha * (self.kl(num_kl_positions).mean() + beta * self.ce_ib(num_ce_positions).mean())
+
+
+@dataclass
+class IBTermsCollector:
+    """What `IBLoraModel.collect_ib_terms` yields: the labels it lends to a forward without any, and the terms."""
+
+    labels: torch.Tensor | None  # (batch, seq), or None
+    shift_labels: torch.Tensor | None  # (batch, seq) already shifted, or None
+    terms: IBTerms | None = None  # of the first forward in the context, once it ran
+    forwards: int = 0  # forwards run in the context
 
 
 def find_decoder_blocks(model: nn.Module, blocks_path: str | None = None) -> tuple[str, nn.ModuleList]:
@@ -209,19 +224,38 @@ class IBLoraModel(LoraModel):
         self._ib_adapters_enabled = True
         self._last_ib_terms: dict[str, IBTerms] = {}
         self._ib_capture = None
-        self._ib_in_eval = False
+        self._ib_collector: IBTermsCollector | None = None
+        self._ib_unread_penalty: dict | None = None  # the last penalty put into a training loss, until it gets a gradient
+        self._ib_unread_warned = False
+        # In a training forward with labels, the IB penalty is added to the output's `loss` (see `_ib_post_forward`).
+        self.ib_penalty_in_loss = True
         # Optional kernel for log p(target | h_ib) (see `_target_log_probs`); None: row tiles of cross_entropy.
         self.fused_target_log_probs = None
 
     def _check_new_adapter_config(self, config) -> None:
-        """Before PEFT changes anything for a new adapter: a config that does not fit the model fails here."""
+        """Before PEFT changes anything for a new adapter: a config or model IB cannot attach to fails here."""
         if not isinstance(config, IBLoraConfig):
             raise TypeError(f"IBLoraModel needs an IBLoraConfig, got {type(config).__name__}.")
         super()._check_new_adapter_config(config)
-        _, blocks = find_decoder_blocks(self.model, config.ib_blocks_path)
-        config.resolve_ib_layers(len(blocks))
+        self._ib_placement(self.model, config)
+
+    def _ib_placement(self, model: nn.Module, config: IBLoraConfig) -> tuple[nn.ModuleList, list[int], int]:
+        """(decoder blocks, IB block indices, hidden size) for `config` on `model`; a ValueError naming the fix if IB
+        cannot attach there."""
+        _, blocks = find_decoder_blocks(model, config.ib_blocks_path)
+        layers = config.resolve_ib_layers(len(blocks))
+        get_output_embeddings = getattr(model, "get_output_embeddings", None)
+        lm_head = get_output_embeddings() if get_output_embeddings is not None else None
+        if not isinstance(getattr(lm_head, "weight", None), torch.Tensor):
+            raise ValueError(
+                f"IB-LoRA needs the model's output layer to decode the bottleneck (ce_ib), but "
+                f"{type(model).__name__}.get_output_embeddings() gives {type(lm_head).__name__}: use a causal LM "
+                "class with an LM head (e.g. AutoModelForCausalLM), not a bare backbone."
+            )
         if config.ib_final_norm:
-            self._final_norm(self.model, config)
+            self._final_norm(model, config)
+        # From the whole shape: under zero.Init every loaded parameter is already a (0,) partition.
+        return blocks, layers, full_shape(lm_head.weight)[1]
 
     def _post_injection_hook(self, model, config, adapter_name) -> None:
         """After the first adapter is in (BaseTuner.__init__): hook the wrapped model, and PEFT's card (peft_ib.hub)."""
@@ -237,22 +271,56 @@ class IBLoraModel(LoraModel):
     def inject_adapter(
         self, model, adapter_name, autocast_adapter_dtype=True, low_cpu_mem_usage=False, state_dict=None
     ):
+        """LoRA's injection, then one IBEncoder per IB block, placed as LoRA places its weights: on the block's
+        device, in the block's dtype (PeftModel then upcasts them with the LoRA weights when
+        `autocast_adapter_dtype=True`, see `_cast_adapter_dtype`); on the meta device when loading with
+        `low_cpu_mem_usage=True`, where PEFT assigns the saved weights afterwards."""
         super().inject_adapter(model, adapter_name, autocast_adapter_dtype, low_cpu_mem_usage, state_dict)
-        config = self.peft_config[adapter_name]  # accepted by _check_new_adapter_config
-        _, blocks = find_decoder_blocks(model, config.ib_blocks_path)
-        layers = config.resolve_ib_layers(len(blocks))
-        # From the whole shape: under zero.Init every loaded parameter is already a (0,) partition.
-        hidden_size = full_shape(model.get_output_embeddings().weight)[1]
-        encoders = nn.ModuleDict()
-        for index in layers:
-            ref = next(blocks[index].parameters())
-            encoder = IBEncoder(
-                hidden_size, config.ib_dim, config.ib_logvar_min, config.ib_logvar_max, config.ib_input_norm
-            )
-            dtype = torch.float32 if autocast_adapter_dtype else ref.dtype
-            encoders[str(index)] = encoder.to(device=ref.device, dtype=dtype)
-        self.lora_ib_encoders[adapter_name] = encoders
+        config = self.peft_config[adapter_name]
+        blocks, layers, hidden_size = self._ib_placement(model, config)
+        with init_empty_weights() if low_cpu_mem_usage else nullcontext():
+            self.lora_ib_encoders[adapter_name] = nn.ModuleDict({
+                str(index): IBEncoder(hidden_size, config.ib_dim, config.ib_logvar_min, config.ib_logvar_max,
+                                      config.ib_input_norm)
+                for index in layers
+            })  # fmt: skip
+        self._move_adapter_to_device_of_base_layer(adapter_name)
         self._set_ib_requires_grad(config.inference_mode)
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str) -> None:
+        """Each encoder of `adapter_name` to its block's device and float dtype, unless it is still on the meta device
+        (LoRA layers' rule of the same name; PEFT calls it after assigning weights loaded with low_cpu_mem_usage)."""
+        if adapter_name not in self.lora_ib_encoders:
+            return
+        _, blocks = find_decoder_blocks(self.model, self.peft_config[adapter_name].ib_blocks_path)
+        for index, encoder in self.lora_ib_encoders[adapter_name].items():
+            if any(p.device.type == "meta" for p in encoder.parameters()):
+                continue
+            ref = next(blocks[int(index)].parameters())
+            encoder.to(device=ref.device, dtype=ref.dtype if ref.dtype.is_floating_point else None)
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """PEFT's upcast of float16/bfloat16 adapter weights to float32 (autocast_adapter_dtype=True), for the IB
+        encoders too; with autocast_adapter_dtype=False they keep the base model's dtype, as the LoRA weights do."""
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype)
+        if autocast_adapter_dtype and adapter_name in self.lora_ib_encoders:
+            for module in self.lora_ib_encoders[adapter_name].modules():
+                for name, param in list(module.named_parameters(recurse=False)):
+                    if param.dtype in (torch.float16, torch.bfloat16):
+                        setattr(module, name, nn.Parameter(param.data.float(), requires_grad=param.requires_grad))
+
+    def add_weighted_adapter(self, adapters, weights, adapter_name, *args, **kwargs) -> None:
+        """
+        LoRA's `add_weighted_adapter`: the new adapter's LoRA weights combine those of `adapters`. Its IB encoders
+        are newly initialized, not combined: an encoder is a nonlinear map read only in training, so there is no
+        combination of encoders that matches the combined LoRA weights, and inference (where encoders are never run)
+        is exactly LoRA's combined adapter. Training the new adapter further trains its encoders from scratch.
+        """
+        super().add_weighted_adapter(adapters, weights, adapter_name, *args, **kwargs)
+        logger.warning(
+            f"add_weighted_adapter: {adapter_name!r} combines the LoRA weights of {adapters}; its IB encoders are newly "
+            "initialized (encoders are used only in training, so inference is unaffected)."
+        )
 
     # ---- adapter bookkeeping that must also cover the encoders -------------------------------------------------
 
@@ -311,12 +379,40 @@ class IBLoraModel(LoraModel):
             raise ValueError(f"IB training supports one active IB adapter at a time, got {names}.")
         return names[0] if names else None
 
+    @contextmanager
+    def collect_ib_terms(self, labels: torch.Tensor | None = None, shift_labels: torch.Tensor | None = None):
+        """
+        For a trainer that weights the IB penalty itself (IBSFTTrainer): within this context the first forward of the
+        model computes the IB terms, in training or eval mode, from its own labels or, when it is given none (TRL
+        runs such forwards for the logits), from `labels` / `shift_labels` (batch, seq); later forwards compute none,
+        and the penalty is never added to an output's `loss`. Yields an `IBTermsCollector`, whose `terms` hold them
+        afterwards (None when no forward computed any: the adapter disabled or inactive, or no labels).
+        """
+        if self._ib_collector is not None:
+            raise RuntimeError("collect_ib_terms contexts cannot be nested.")
+        self._ib_collector = collector = IBTermsCollector(labels, shift_labels)
+        try:
+            yield collector
+        finally:
+            self._ib_collector = None
+
     def _ib_pre_forward(self, model, args, kwargs):
-        """Forward pre-hook of the wrapped model: in a training forward with labels, hook the IB blocks."""
-        self._last_ib_terms.clear()  # terms describe the last forward only, never a stale training step
-        has_labels = kwargs.get("labels") is not None or kwargs.get("shift_labels") is not None
+        """Forward pre-hook of the wrapped model: hook the IB blocks when this forward computes the IB terms (a
+        training forward with labels; inside `collect_ib_terms`, its first forward)."""
+        collector = self._ib_collector
+        if collector is None:
+            self._warn_if_penalty_got_no_gradient()
+        elif collector.forwards:
+            collector.forwards += 1
+            return
+        else:
+            collector.forwards = 1
+        self._last_ib_terms.clear()  # terms describe the last forward that computed any, never a stale one
+        labels, shift_labels = kwargs.get("labels"), kwargs.get("shift_labels")
+        if collector is not None and labels is None and shift_labels is None:
+            labels, shift_labels = collector.labels, collector.shift_labels
         adapter = self._active_ib_adapter() if self._ib_adapters_enabled else None
-        if not (model.training or self._ib_in_eval) or adapter is None or not has_labels:
+        if adapter is None or (labels is None and shift_labels is None) or (collector is None and not model.training):
             return
         config = self.peft_config[adapter]
         _, blocks = find_decoder_blocks(model, config.ib_blocks_path)
@@ -330,36 +426,71 @@ class IBLoraModel(LoraModel):
             return save
 
         handles = [blocks[int(i)].register_forward_hook(capture(int(i))) for i in self.lora_ib_encoders[adapter]]
-        self._ib_capture = (adapter, captured, handles)
-
-    @contextmanager
-    def ib_terms_in_eval(self):
-        """Within this context, eval-mode forwards with labels compute the IB terms too (z is still sampled)."""
-        self._ib_in_eval = True
-        try:
-            yield
-        finally:
-            self._ib_in_eval = False
+        self._ib_capture = (adapter, captured, handles, labels, shift_labels)
 
     def _ib_post_forward(self, model, args, kwargs, outputs):
-        """Forward hook of the wrapped model: unhook the blocks and compute the IB terms from their outputs."""
+        """Forward hook of the wrapped model: unhook the blocks, compute the IB terms from their outputs and, in a
+        training forward outside `collect_ib_terms`, add the penalty to the output's `loss`."""
         if self._ib_capture is None:
-            return
-        adapter, captured, handles = self._ib_capture
+            return None
+        adapter, captured, handles, labels, shift_labels = self._ib_capture
         self._ib_capture = None
         for handle in handles:
             handle.remove()
         encoders = self.lora_ib_encoders[adapter]
         if len(captured) < len(encoders):
-            return  # the forward raised before reaching the IB blocks; its error propagates
+            return None  # the forward raised before reaching the IB blocks; its error propagates
         if torch.is_grad_enabled() and not all(h.requires_grad for h in captured.values()):
             raise RuntimeError(
                 "The IB blocks' outputs carry no gradient: reentrant gradient checkpointing runs blocks under "
                 "no_grad. Use activation_checkpointing_kwargs={'use_reentrant': False}."
             )
-        self._last_ib_terms[adapter] = self._ib_terms(
-            self.peft_config[adapter], encoders, captured, kwargs.get("attention_mask"), kwargs.get("labels"),
-            kwargs.get("shift_labels"),
+        terms = self._ib_terms(
+            self.peft_config[adapter], encoders, captured, kwargs.get("attention_mask"), labels, shift_labels
+        )
+        self._last_ib_terms[adapter] = terms
+        if self._ib_collector is not None:
+            self._ib_collector.terms = terms
+            return None
+        if self.ib_penalty_in_loss:
+            return self._add_penalty_to_loss(outputs, terms, kwargs.get("num_items_in_batch"))
+        return None
+
+    def _add_penalty_to_loss(self, outputs, terms: IBTerms, num_items_in_batch):
+        """
+        The forward's outputs with `alpha * (KL + beta * ce_ib)` added to their `loss`, so that any loop that
+        backpropagates the model's loss trains IB-FT. With `num_items_in_batch` (the supervised tokens of a whole
+        accumulated batch, which transformers' Trainer passes and divides the task loss by), the penalty is weighted by
+        this micro-batch's share of those tokens, as the task loss is: ce_ib exactly as ce, the KL by token share.
+        """
+        is_tuple = isinstance(outputs, tuple)
+        loss = outputs[0] if is_tuple else getattr(outputs, "loss", None)
+        if not isinstance(loss, torch.Tensor):
+            return None
+        penalty = terms.loss()
+        if num_items_in_batch is not None:
+            penalty = penalty * terms.num_ce_positions / torch.as_tensor(num_items_in_batch).to(penalty.device)
+        if penalty.requires_grad:
+            state = self._ib_unread_penalty = {"got_gradient": False}
+            penalty.register_hook(lambda grad: state.__setitem__("got_gradient", True))
+        terms.in_loss = True
+        if is_tuple:
+            return (loss + penalty.to(loss.dtype), *outputs[1:])
+        outputs.loss = loss + penalty.to(loss.dtype)
+        return outputs
+
+    def _warn_if_penalty_got_no_gradient(self) -> None:
+        """Once per model: the penalty put into the last training forward's loss was never backpropagated."""
+        state, self._ib_unread_penalty = self._ib_unread_penalty, None
+        if state is None or state["got_gradient"] or self._ib_unread_warned:
+            return
+        self._ib_unread_warned = True
+        logger.warning(
+            "IB-LoRA: the IB penalty that the last training forward added to its output `loss` got no gradient, so "
+            "the IB encoders are not being trained (this trains plain LoRA). A loop that builds its own loss from the "
+            "logits, or TRL's SFTTrainer (which computes its loss from its fused LM head), drops it. Use "
+            "trl_ib.IBSFTTrainer, backpropagate `outputs.loss`, or set `peft_ib.find_ib_model(model)."
+            "ib_penalty_in_loss = False` and add `peft_ib.ib_loss(model)` to your loss."
         )
 
     def _unload_and_optionally_merge(self, *args, **kwargs):
@@ -374,6 +505,10 @@ class IBLoraModel(LoraModel):
         # Position t predicts token t+1: the supervised positions are those whose next-token label is kept.
         if shift_labels is None:
             shift_labels = torch.cat([labels[:, 1:], labels.new_full((batch, 1), -100)], dim=1)
+        if shift_labels.shape != (batch, seq):
+            raise ValueError(
+                f"IB terms: labels of shape {tuple(shift_labels.shape)} for a forward of shape {(batch, seq)} (batch, seq)."
+            )
         supervised = shift_labels != -100  # (B, N)
         if config.ib_kl_mask == "response":
             kl_mask = supervised

@@ -25,7 +25,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 import peft_ib.model
-from peft_ib import IBLoraConfig, ib_terms
+from peft_ib import IBLoraConfig, find_ib_model, ib_terms
 from peft_ib.export import to_lora_config
 from peft_ib.model import find_decoder_blocks, full_shape
 
@@ -77,7 +77,10 @@ def run_step(forward, model, rows, offset: int, counts) -> tuple[torch.Tensor, l
 
 
 def new_model(peft_config):
-    return get_peft_model(tiny_llama(vocab_size=300), copy.deepcopy(peft_config))
+    model = get_peft_model(tiny_llama(vocab_size=300), copy.deepcopy(peft_config))
+    if isinstance(peft_config, IBLoraConfig):
+        find_ib_model(model).ib_penalty_in_loss = False  # run_step weights the IB terms by the global counts
+    return model
 
 
 def train(engine: str, peft_config, out: Path, rank: int) -> dict:

@@ -10,7 +10,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 
-from peft_ib import IBLoraConfig, ib_loss, ib_terms
+from peft_ib import IBLoraConfig, ib_terms
 from tiny_models import ToyBlock, batch, tiny_llama
 
 
@@ -179,7 +179,7 @@ def test_unknown_architecture_works_with_ib_blocks_path():
     assert int(terms.num_ce_positions) == 2 * 7  # labels at 3..9 -> supervised positions 2..8
     per_dim = 0.5 * (0.25 + torch.e - 1 - 1.0)
     torch.testing.assert_close(terms.kl(), torch.tensor([per_dim]))
-    (out.loss + ib_loss(model)).backward()
+    out.loss.backward()
     assert encoder.up.weight.grad.abs().sum() > 0
     block0_lora = model.base_model.model.stack[0].proj.lora_B["default"].weight
     assert block0_lora.grad is not None
@@ -271,7 +271,7 @@ def test_lora_option_alongside_ib(name):
     out = ib(**batch())
     terms = ib_terms(ib)
     assert terms.layers == [2] and torch.isfinite(terms.kl_sum).all() and torch.isfinite(terms.ce_sum).all()
-    (out.loss + ib_loss(ib)).backward()
+    out.loss.backward()
     encoder = ib.base_model.lora_ib_encoders["default"]["2"]
     for param in encoder.parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0
@@ -295,7 +295,7 @@ def test_modules_to_save_lm_head_is_the_ib_branchs_output_projection():
     _, ib = _lora_pair(LORA_OPTIONS["modules_to_save"])
     ib.train()
     ib(**batch())
-    ib_loss(ib).backward()
+    ib_terms(ib).loss().backward()
     wrapper = ib.base_model.model.lm_head
     assert wrapper.modules_to_save["default"].weight.grad.abs().sum() > 0
     assert wrapper.original_module.weight.grad is None

@@ -292,16 +292,19 @@ def test_resume_from_checkpoint_reproduces_the_run(tmp_path, tokenizer):
 
 
 def test_rejects_models_without_an_ib_adapter(tmp_path, tokenizer):
+    """Refused with the adapter type it got; SFTTrainer's own argument checks still come first."""
     args = IBSFTConfig(**{**BASE_ARGS, "output_dir": str(tmp_path)})
     data = code_dataset(2)
-    with pytest.raises(TypeError, match=r"peft_config of type LoraConfig.*IBLoraConfig"):
+    with pytest.raises(ValueError, match=r"adapters are \{'default': LORA\}.*IBLoraConfig.*trl.SFTTrainer"):
         IBSFTTrainer(tiny_llama(), args=args, train_dataset=data, processing_class=tokenizer,
                      peft_config=LoraConfig(r=4, target_modules="all-linear"))
-    with pytest.raises(ValueError, match=r"needs a model with an IB-LoRA adapter, got LlamaForCausalLM.*IBLoraConfig"):
+    with pytest.raises(ValueError, match=r"got a LlamaForCausalLM without a PEFT adapter.*IBLoraConfig"):
         IBSFTTrainer(tiny_llama(), args=args, train_dataset=data, processing_class=tokenizer)
-    plain = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules="all-linear"))
-    with pytest.raises(ValueError, match=r"needs a model with an IB-LoRA adapter, got PeftModel"):
+    plain = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules="all-linear"), adapter_name="mine")
+    with pytest.raises(ValueError, match=r"adapters are \{'mine': LORA\}"):
         IBSFTTrainer(plain, args=args, train_dataset=data, processing_class=tokenizer)
+    with pytest.raises(ValueError, match=r"^`train_dataset` is required$"):  # TRL's message, not ours
+        IBSFTTrainer(tiny_llama(), args=args, processing_class=tokenizer)
 
 
 def test_two_name_switch_from_sft_trainer_positional_and_keyword(tmp_path, tokenizer):

@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 
-from peft_ib import IBEncoder, IBLoraConfig, IBLoraModel, ib_loss, ib_terms
+from peft_ib import IBEncoder, IBLoraConfig, IBLoraModel, ib_terms
 from peft_ib.model import find_decoder_blocks
 from tiny_models import ToyBlock, batch, tiny_gpt2, tiny_llama
 
@@ -156,7 +156,7 @@ def test_ce_ib_and_kl_equal_naive_full_logits_reference(arch, kl_mask):
     torch.testing.assert_close(terms.ce_sum, ce_ref.reshape(1), rtol=1e-5, atol=1e-5)
     count = kl_mask_of(kl_mask, b).sum()
     expected = 0.2 * (kl_ref / (count * 8) + 0.5 * ce_ref / NUM_SUPERVISED)
-    torch.testing.assert_close(ib_loss(model), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ib_terms(model).loss(), expected, rtol=1e-5, atol=1e-6)
     # The noise matters: a different seed gives a different ce_ib, so the equality above is not vacuous.
     torch.manual_seed(12)
     model(**b)
@@ -192,7 +192,7 @@ def test_lora_on_the_output_layer_is_part_of_the_ib_decoder():
     torch.manual_seed(4)
     model(**b)
     torch.testing.assert_close(ib_terms(model).ce_sum, ce_ref.reshape(1), rtol=1e-5, atol=1e-5)
-    ib_loss(model).backward()
+    ib_terms(model).loss().backward()
     lm_head = model.get_base_model().lm_head
     assert lm_head.lora_B["default"].weight.grad.abs().sum() > 0
     assert lm_head.base_layer.weight.grad is None
@@ -229,7 +229,7 @@ def test_paper_settings_equal_the_official_loss(arch):
         reference, kl_ref, ce_ib_ref = official_ib_ft_loss(model, b, IB_BLOCK, 0.2, 0.01, seed=5)
         torch.manual_seed(5)
         out = model(**b)
-        total = out.loss + ib_loss(model)
+        total = out.loss
     terms = ib_terms(model)
     torch.testing.assert_close(terms.kl(), kl_ref.reshape(1), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(terms.ce_ib(), ce_ib_ref.reshape(1), rtol=1e-6, atol=1e-6)
@@ -240,7 +240,7 @@ def test_paper_settings_equal_the_official_loss(arch):
 def test_ib_gradients_reach_blocks_up_to_L_and_the_encoder_only(arch):
     model = ib_model(arch)
     model(**batch())
-    ib_loss(model).backward()
+    ib_terms(model).loss().backward()
     pattern = re.compile(r"\.(?:layers|h)\.(\d+)\.")
     lora_params = [(n, p) for n, p in model.named_parameters() if "lora_" in n and "lora_ib_encoders" not in n]
     seen = set()
@@ -430,9 +430,9 @@ def test_multiple_adapters(tmp_path):
     assert trainable(first_encoders) == {False} and trainable(second_encoders) == {True}
     model(**b)
     assert ib_terms(model).layers == [1] and ib_terms(model, "second").ib_dim == 4
-    with pytest.raises(RuntimeError, match="named 'default'"):
+    with pytest.raises(RuntimeError, match="No IB terms for adapter 'default'"):
         ib_terms(model, "default")
-    ib_loss(model).backward()
+    ib_terms(model).loss().backward()
     assert second_encoders["1"].mu.weight.grad is not None and first_encoders["2"].mu.weight.grad is None
 
     model.set_adapter("default")
@@ -550,7 +550,7 @@ def test_gradient_checkpointing_same_loss_and_gradients(arch, use_reentrant):
         blocks_of(model)[IB_BLOCK].register_forward_hook(lambda module, args, output: captures.append(1))
         torch.manual_seed(8)
         out = model(**b)
-        loss = out.loss + ib_loss(model)
+        loss = out.loss
         loss.backward()
         assert len(captures) == 1  # the block's hooks ran once: not again in the backward recomputation
         assert all(len(block._forward_hooks) == (i == IB_BLOCK) for i, block in enumerate(blocks_of(model)))

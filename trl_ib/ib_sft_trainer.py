@@ -22,7 +22,7 @@ from trl import SFTTrainer
 from trl.kernels import ChunkedLogProbFunction
 from trl.trainer.utils import get_config_model_id, maybe_gather_lm_head_ctx
 
-from peft_ib import IBLoraConfig, find_ib_model, ib_terms
+from peft_ib import IBLoraConfig, find_ib_model
 
 from .ib_sft_config import IBSFTConfig
 from .kl_controller import KLController
@@ -101,8 +101,8 @@ class IBSFTTrainer(SFTTrainer):
         call.apply_defaults()
         model = call.arguments["model"]
         call.arguments["args"] = args = as_ib_sft_config(call.arguments["args"], model)
-        _check_has_ib_adapter(model, call.arguments["peft_config"])
-        super().__init__(*call.args[1:], **call.kwargs)
+        super().__init__(*call.args[1:], **call.kwargs)  # SFTTrainer's own argument checks come first
+        check_has_ib_adapter(self.model)
         self._ib_model = find_ib_model(self.model)
         self._ib_alpha = self._ib_config.ib_alpha if args.ib_alpha is None else args.ib_alpha
         self._ib_beta = self._ib_config.ib_beta if args.ib_beta is None else args.ib_beta
@@ -181,11 +181,18 @@ class IBSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        with self._ib_model.ib_terms_in_eval():
+        # SFTTrainer may run more than one forward here (the logits for `compute_metrics`, or a loss forward without
+        # labels for `compute_loss_func`): the IB terms come from the first, with this batch's labels.
+        with self._ib_model.collect_ib_terms(inputs.get("labels"), inputs.get("shift_labels")) as collected:
             result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                           num_items_in_batch=num_items_in_batch)
         ce, outputs = result if return_outputs else (result, None)
-        terms = ib_terms(self.model)
+        terms = collected.terms
+        if terms is None:
+            raise RuntimeError(
+                f"IBSFTTrainer: the {mode} forward computed no IB terms: the IB-LoRA adapter is disabled or not "
+                f"active (active adapters: {self._ib_model.active_adapters}), or the batch has no labels."
+            )
         alpha, beta = self.ib_alpha_beta()
         if num_items_in_batch is not None:
             # Normalized over the accumulated batch (and over processes) like SFTTrainer's CE, which DDP then averages.
@@ -304,12 +311,17 @@ def check_distributed_run(trainer: Trainer) -> None:
             )
 
 
-def _check_has_ib_adapter(model, peft_config) -> None:
-    """Raise early, with the fix, when there is no IB-LoRA adapter to train."""
-    hint = "Pass peft_config=IBLoraConfig(...) (from peft_ib), or a model wrapped with get_peft_model(model, IBLoraConfig(...))."
-    if peft_config is not None:
-        if not isinstance(peft_config, IBLoraConfig):
-            raise TypeError(f"IBSFTTrainer got peft_config of type {type(peft_config).__name__}. {hint}")
+def check_has_ib_adapter(model) -> None:
+    """Refuse a model with no IB-LoRA adapter (after SFTTrainer applied any `peft_config`), naming what it has."""
+    if any(isinstance(c, IBLoraConfig) for c in getattr(model, "peft_config", {}).values()):
         return
-    if not isinstance(model, PeftModel) or not any(isinstance(c, IBLoraConfig) for c in model.peft_config.values()):
-        raise ValueError(f"IBSFTTrainer needs a model with an IB-LoRA adapter, got {type(model).__name__}. {hint}")
+    if isinstance(model, PeftModel):
+        types = ", ".join(f"{name!r}: {getattr(c.peft_type, 'value', c.peft_type)}" for name, c in model.peft_config.items())
+        got = f"a PeftModel whose adapters are {{{types}}}"
+    else:
+        got = f"a {type(model).__name__} without a PEFT adapter"
+    raise ValueError(
+        f"IBSFTTrainer trains IB-LoRA adapters only and got {got}. Pass peft_config=IBLoraConfig(...) (from "
+        "peft_ib), or a model wrapped with get_peft_model(model, IBLoraConfig(...)); for plain SFT or other PEFT "
+        "methods use trl.SFTTrainer."
+    )
