@@ -9,6 +9,7 @@ over positions, is dominated by them. Table 1: hidden-state norms per block on t
 0 left out of the mean (the alternative treatment: the sink left out of the IB terms). Table 3: what IBSFTTrainer
 logs at step 1 (one optimizer step, same batch and seed for every row): ce, ib_kl, ib_ce, ib_penalty =
 alpha * (ib_kl + beta * ib_ce), the gradient norm before clipping, and penalty / ce.
+Writes the three tables into benchmarks/results/ib_first_step.json (`results_file`).
 """
 
 import argparse
@@ -24,6 +25,7 @@ from peft_ib import IBEncoder, IBLoraConfig
 from peft_ib.config import INPUT_NORMS
 from peft_ib.layer import kl_to_standard_normal
 from trl_ib import IBSFTConfig, IBSFTTrainer
+from results_file import record, results_path, run_key
 from trl_ib.builtin import code_dataset, resolve_model
 
 ROWS = 8  # one optimizer step's batch: the first 8 pairs of the shipped code dataset
@@ -113,11 +115,12 @@ def main() -> None:
 
     mask = batch["attention_mask"].bool()
     print(f"## KL at initialization (nats per position and dim), D = {IB_DIM}, seed {args.seed}\n")
-    print_table([
+    kl_rows = [
         dict(zip(("block", "ib_input_norm", "all real positions", "position 0 left out"),
                  (block, norm, *kl_at_init(hidden[block + 1], mask, norm, args.seed))))
         for block in blocks for norm in INPUT_NORMS
-    ])
+    ]
+    print_table(kl_rows)
     del model, hidden
 
     print(f"## IBSFTTrainer step 1: r 16, all-linear, D = {IB_DIM}, alpha {ALPHA}, beta {BETA}, batch {ROWS}, "
@@ -129,6 +132,9 @@ def main() -> None:
             rows.append({"block": block, "ib_input_norm": norm, **logged,
                          "penalty / ce": logged["ib_penalty"] / logged["ce"]})
     print_table(rows)
+    tables = {"hidden_state_norms": norms, "kl_at_init": kl_rows, "first_step": rows}
+    setup = {"model": args.model, "rows": ROWS, "ib_dim": IB_DIM, "alpha": ALPHA, "beta": BETA}
+    record(results_path(__file__), run_key(parser, args), setup | tables)
 
 
 if __name__ == "__main__":
