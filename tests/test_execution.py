@@ -3,6 +3,8 @@
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +67,24 @@ def test_correct_and_wrong_programs():
     assert run_one(WRONG_ADD, ADD_TEST, "add").result == "failed: "
     assert run_one("def add(a, b) return", ADD_TEST, "add").result == "failed: expected ':' (<string>, line 1)"
 
+
+
+def test_an_interpreter_started_through_dotdot_runs_samples(tmp_path):
+    """Started as `src/../../<...>/<the interpreter's folder>/python` from tmp_path (sys.executable keeps the `..`):
+    `src` and tmp_path are not in the sandbox's view, so the sandbox must start the interpreter's resolved path."""
+    (tmp_path / "src").mkdir()
+    folder, name = os.path.split(sys.executable)
+    relative = "src/" + "../" * len(tmp_path.parts) + folder.lstrip("/") + "/" + name  # parts: "/" and each folder
+    script = (
+        "import sys; from trl_ib.code_eval.execution import Sample, run_samples, sandbox\n"
+        "assert '..' in sys.executable and sandbox.python_executable() == sys.argv[1], sys.executable\n"
+        f"samples = [Sample({ADD!r}, {ADD_TEST!r}, 'add'), Sample({WRONG_ADD!r}, {ADD_TEST!r}, 'add')]\n"
+        "print([result.result for result in run_samples(samples, num_workers=1, progress=False)])\n"
+    )
+    resolved = os.path.join(os.path.realpath(folder), name)
+    run = subprocess.run([relative, "-c", script, resolved], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "['passed', 'failed: ']"
 
 def test_infinite_loop_times_out():
     start = time.monotonic()

@@ -63,7 +63,6 @@ import secrets
 import select
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -88,13 +87,14 @@ class _ForkServer:
         self.used = False
         self.stderr = tempfile.TemporaryFile()
         isolated = sandbox.bwrap_available()
-        argv = [sys.executable, "-I", "-S", "-c", _FORK_SERVER, str(int(isolated)), str(_MAX_VERDICT_BYTES)]
+        python = sandbox.python_executable()
+        argv = [python, "-I", "-S", "-c", _FORK_SERVER, str(int(isolated)), str(_MAX_VERDICT_BYTES)]
         self.process = sandbox.spawn(argv, limits, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
         os.set_blocking(self.process.stdin.fileno(), False)
         if self._read(1, time.perf_counter() + _START_TIMEOUT_S) != b"R":
             error = self.error()
             self.close()
-            raise sandbox.SandboxError(f"the sandboxed Python interpreter {sys.executable} did not start: {error}")
+            raise sandbox.SandboxError(f"the sandboxed Python interpreter {python} did not start: {error}")
 
     def error(self) -> str:
         self.stderr.seek(0)

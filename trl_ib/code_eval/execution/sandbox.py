@@ -147,11 +147,18 @@ def find_tool(name: str, package: str) -> str:
     return path
 
 
+def python_executable() -> str:
+    """This process's interpreter, as a sandbox starts it: `sys.executable` with its folder resolved (`..` and
+    symlinks: in `src/../venv/bin/python`, `src` is not in the sandbox's view) and its own name kept (a virtual
+    environment's python link finds the pyvenv.cfg beside its folder)."""
+    return os.path.join(os.path.realpath(os.path.dirname(sys.executable)), os.path.basename(sys.executable))
+
+
 def _python_paths() -> tuple[list[str], list[str]]:
     """Host paths the interpreter needs (read-only), and its site-packages folders to hide."""
     paths = [sys.base_prefix, sys.base_exec_prefix, os.path.dirname(os.path.realpath(sys.executable))]
     if sys.prefix != sys.base_prefix:  # a virtual environment: its python link and pyvenv.cfg, not its packages
-        paths += [os.path.dirname(os.path.abspath(sys.executable)), os.path.join(sys.prefix, "pyvenv.cfg")]
+        paths += [os.path.dirname(python_executable()), os.path.join(os.path.realpath(sys.prefix), "pyvenv.cfg")]
     scheme = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}
     hidden = {sysconfig.get_path(name, vars=scheme) for name in ("purelib", "platlib")} | set(site.getsitepackages())
     return paths, sorted(path for path in hidden if os.path.isdir(path))

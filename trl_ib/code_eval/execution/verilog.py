@@ -28,7 +28,6 @@ itself would pass a design on the samples it compared.
 import marshal
 import re
 import secrets
-import sys
 import threading
 from importlib import resources
 
@@ -125,7 +124,7 @@ def _run(program: str, test: str, entry_point: str | None, timeout: float, limit
     # Lone surrogates and other unencodable text become escapes: a verdict, never an exception.
     sources = [source.encode("utf-8", "backslashreplace") for source in (program, testbench)]
     request = marshal.dumps((*sources, top, nonce, *tools))
-    process = sandbox.run([sys.executable, "-I", "-S", "-c", _DRIVER], timeout, limits, stdin=request)
+    process = sandbox.run([sandbox.python_executable(), "-I", "-S", "-c", _DRIVER], timeout, limits, stdin=request)
     stdout, stderr = process.stdout.decode("utf-8", "replace"), process.stderr.decode("utf-8", "replace")
     reports = re.findall(rf"^{nonce} Mismatches: (\d+) in (\d+) samples$", stdout, flags=re.M)
     if stderr.startswith(f"{nonce} ") and not process.timed_out:
