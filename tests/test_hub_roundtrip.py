@@ -6,16 +6,8 @@ pushing and loading code runs in fresh Python processes whose environment points
 uploads take the LFS path that the server implements.
 """
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-from hub_server import HubServer, serving
 
-ROOT = Path(__file__).resolve().parents[1]
 TAGS = ["ib-lora", "information-bottleneck", "peft", "trl", "sft", "my-tag", "base_model:adapter:user/tiny-base"]
 
 PREAMBLE = """
@@ -100,38 +92,8 @@ print(json.dumps({
 
 
 @pytest.fixture(scope="module")
-def hub():
-    with serving(HubServer(("127.0.0.1", 0))) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def run_client(hub, tmp_path_factory):
-    """Run a script (after PREAMBLE) in a fresh interpreter that talks to `hub`; returns its JSON output."""
-    env = {
-        **os.environ,
-        "HF_ENDPOINT": hub.url,
-        "HF_HOME": str(tmp_path_factory.mktemp("hf_home")),
-        "HF_TOKEN": "hf_test",
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
-    }
-
-    def run(script: str, *args: str) -> dict:
-        result = subprocess.run(
-            [sys.executable, "-c", PREAMBLE + script, *args], env=env, cwd=ROOT, capture_output=True, text=True
-        )
-        assert result.returncode == 0, result.stderr[-4000:]
-        return json.loads(result.stdout.splitlines()[-1])
-
-    return run
-
-
-@pytest.fixture(scope="module")
 def pushed(run_client, tmp_path_factory):
-    return run_client(PUSH, str(tmp_path_factory.mktemp("export")), str(tmp_path_factory.mktemp("trainer")))
+    return run_client(PREAMBLE + PUSH, str(tmp_path_factory.mktemp("export")), str(tmp_path_factory.mktemp("trainer")))
 
 
 def test_logits_survive_the_round_trip(pushed):
@@ -172,7 +134,7 @@ def test_uploads_took_the_lfs_path_not_xet(hub, pushed):
 
 
 def test_plain_lora_export_loads_with_stock_peft(run_client, pushed):
-    loaded = run_client(LOAD_EXPORT)
+    loaded = run_client(PREAMBLE + LOAD_EXPORT)
     assert loaded["peft_ib_imported"] is False
     assert loaded["peft_type"] == "LORA"
     assert loaded["logits"] == pushed["v2"]

@@ -52,7 +52,7 @@ def ib_config(**overrides) -> IBLoraConfig:
 
 
 def make_trainer(tmp_path, tokenizer, train_dataset=None, peft_config=None, model=None, trainer_cls=IBSFTTrainer,
-                 eval_dataset=None, callbacks=None, **overrides):
+                 eval_dataset=None, callbacks=None, compute_metrics=None, **overrides):
     args = IBSFTConfig(**{**BASE_ARGS, "output_dir": str(tmp_path), **overrides})
     return trainer_cls(
         tiny_llama() if model is None else model,
@@ -62,6 +62,7 @@ def make_trainer(tmp_path, tokenizer, train_dataset=None, peft_config=None, mode
         processing_class=tokenizer,
         peft_config=ib_config() if peft_config is None and model is None else peft_config,
         callbacks=callbacks,
+        compute_metrics=compute_metrics,
     )
 
 
@@ -386,59 +387,7 @@ def test_controller_needs_a_positive_starting_alpha(tmp_path, tokenizer):
         make_trainer(tmp_path, tokenizer, ib_alpha=0.0, ib_target_kl=0.01)
 
 
-# ---- data formats and training options --------------------------------------------------------------------------
-
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant: {% endif %}"
-)
-
-
-def _messages_dataset(n: int) -> Dataset:
-    rows = code_dataset(n)
-    return Dataset.from_dict({"messages": [
-        [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
-        for row in rows
-    ]})
-
-
-FORMATS = {
-    "packing": dict(args={"packing": True}),
-    "padding_free": dict(args={"padding_free": True, "max_length": None}),
-    "gradient_checkpointing": dict(args={"gradient_checkpointing": True,
-                                         "gradient_checkpointing_kwargs": {"use_reentrant": False}}),
-    "completion_only": dict(args={"completion_only_loss": True}),
-    "messages": dict(data=_messages_dataset),
-}
-
-
-@pytest.mark.parametrize("name", list(FORMATS))
-def test_formats_train_the_encoder(tmp_path, tokenizer, name):
-    spec = FORMATS[name]
-    if name == "messages":
-        tokenizer = train_tokenizer(tmp_path / "chat")
-        tokenizer.chat_template = CHAT_TEMPLATE
-    grads = EncoderGrads()
-    trainer = make_trainer(tmp_path, tokenizer, train_dataset=spec.get("data", code_dataset)(4), callbacks=[grads],
-                           **spec.get("args", {}))
-    batch = next(iter(trainer.get_train_dataloader()))
-    trainer.train()
-    logs = train_logs(trainer)
-    assert len(logs) == 2 and len(grads.norms) == 2
-    for log in logs:
-        assert math.isfinite(log["ib_kl"]) and log["ib_kl"] > 0 and math.isfinite(log["ib_ce"]) and log["ib_ce"] > 0
-    for norms in grads.norms:
-        assert norms and all(norm > 0 for norm in norms.values()), norms
-
-    if name in ("packing", "padding_free"):  # one flat row, sequences told apart by position_ids
-        assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
-        assert (batch["position_ids"] == 0).sum() >= 2
-    if name == "completion_only":  # no loss on the prompt, all of it on the completion
-        row = trainer.train_dataset[0]
-        prompt_ids = tokenizer(row["prompt"])["input_ids"]
-        labels = trainer.data_collator([row])["labels"][0]
-        assert (labels[: len(prompt_ids)] == -100).all()
-        assert tokenizer.decode(labels[len(prompt_ids):]) == row["completion"]
+# ---- data formats ---------------------------------------------------------------------------------------------
 
 
 def test_instruction_response_columns_map_to_the_papers_format(tmp_path, tokenizer):
