@@ -1,5 +1,6 @@
-"""The README's promises that code can check: its quickstart runs as written (on a tiny model), and its table of the
-IB fields names IBLoraConfig's fields with their defaults."""
+"""The README's promises that code can check: every Python block and the `ib-ft eval` line run as written (on a tiny
+model), its test command is the one CI runs, and the IB field table of docs/TRAINING.md names IBLoraConfig's fields
+with their defaults."""
 
 import gzip
 import json
@@ -8,19 +9,26 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 from datasets import Dataset
+from peft import PeftModel
 from tiny_models import tiny_llama, train_tokenizer
+from transformers import AutoModelForCausalLM
 
 from peft_ib.config import IB_FIELDS
 from trl_ib.evaluation import main as ib_ft_eval
 
-README = (Path(__file__).parents[1] / "README.md").read_text()
+ROOT = Path(__file__).parents[1]
+README = (ROOT / "README.md").read_text()
+TRAINING = (ROOT / "docs" / "TRAINING.md").read_text()
 HUB_MODEL = "deepseek-ai/deepseek-coder-7b-instruct-v1.5"
+QUICKSTART = "Quickstart: change two names"
 
 
-def section(title: str) -> str:
-    start = README.index(f"\n## {title}\n")
-    return README[start : README.index("\n## ", start + 1)]
+def section(text: str, title: str) -> str:
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else len(text)]
 
 
 def code_blocks(text: str, language: str) -> list[str]:
@@ -28,25 +36,38 @@ def code_blocks(text: str, language: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_quickstart_runs_as_written(tmp_path, monkeypatch):
-    """The quickstart's Python, then its `ib-ft eval` line, with the Hub model swapped for a tiny one saved to disk
-    and a four-row dataset. Two changes a CPU needs: `use_cpu=True` (SFTConfig defaults to bf16, which TRL refuses
-    on a machine without a GPU unless told to use the CPU), and overrides appended to the eval line that keep it
-    short."""
+def test_every_python_block_and_the_eval_line_run_as_written(tmp_path, monkeypatch):
+    """The README's Python blocks, in order in one namespace, then its `ib-ft eval` line, with the Hub model swapped for
+    a tiny one saved to disk and a four-row dataset. Two changes a CPU needs: `use_cpu=True` (SFTConfig defaults to
+    bf16, which TRL refuses on a machine without a GPU unless told to use the CPU), and overrides appended to the
+    eval line that keep it short."""
     model_dir = tmp_path / "model"
     tokenizer = train_tokenizer(model_dir)
     tiny_llama(vocab_size=len(tokenizer)).save_pretrained(model_dir)
     monkeypatch.chdir(tmp_path)
-    [python] = code_blocks(section("Quickstart"), "python")
+    blocks = code_blocks(README, "python")
+    assert blocks == code_blocks(section(README, QUICKSTART), "python") and len(blocks) == 2
+    train, export = blocks
+    assert train.count("SFTConfig(output_dir") == 1 and train.count(HUB_MODEL) == 1
     dataset = Dataset.from_list([{"prompt": "def add(a, b):\n", "completion": "    return a + b\n"}] * 4)
     namespace = {"dataset": dataset}
-    assert python.count("SFTConfig(output_dir") == 1
-    exec(python.replace(HUB_MODEL, str(model_dir)).replace("SFTConfig(output_dir", "SFTConfig(use_cpu=True, output_dir"), namespace)
+    exec(train.replace(HUB_MODEL, str(model_dir)).replace("SFTConfig(output_dir", "SFTConfig(use_cpu=True, output_dir"), namespace)
     adapter = json.loads((tmp_path / "out" / "ib-lora" / "adapter_config.json").read_text())
     assert adapter["peft_type"] == "IBLORA" and adapter["ib_dim"] == 256 and adapter["r"] == 32
     assert namespace["trainer"].state.global_step > 0
 
-    [bash] = code_blocks(section("Quickstart"), "bash")
+    exec(export, namespace)
+    exported = json.loads((tmp_path / "out" / "lora" / "adapter_config.json").read_text())
+    assert exported["peft_type"] == "LORA" and exported["r"] == 32
+    input_ids = torch.tensor([[1, 5, 9, 14, 3]])
+    logits = []
+    for folder in ("ib-lora", "lora"):
+        base = AutoModelForCausalLM.from_pretrained(model_dir)
+        with torch.no_grad():
+            logits.append(PeftModel.from_pretrained(base, tmp_path / "out" / folder).eval()(input_ids).logits)
+    torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=0)
+
+    [bash] = code_blocks(section(README, QUICKSTART), "bash")
     argv = shlex.split(bash.replace("\\\n", " ").split("#")[0])
     assert argv[:2] == ["ib-ft", "eval"]
     problems = tmp_path / "HumanEval.jsonl.gz"
@@ -59,8 +80,14 @@ def test_quickstart_runs_as_written(tmp_path, monkeypatch):
     assert results["args"]["adapter_path"] == "out/ib-lora" and results["num_samples"] == [10]
 
 
+def test_the_readme_test_command_is_the_one_ci_runs():
+    [ci_command] = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines() if "pytest" in line]
+    readme_commands = [line.strip() for block in code_blocks(README, "bash") for line in block.splitlines()]
+    assert ci_command in readme_commands
+
+
 def test_the_ib_field_table_matches_the_config():
-    rows = re.findall(r"^\| `(ib_\w+)`(?:, `(ib_\w+)`)? \| `([^`]*)`(?:, `([^`]*)`)? \|", section("PEFT: an IB-LoRA adapter"), re.M)
+    rows = re.findall(r"^\| `(ib_\w+)`(?:, `(ib_\w+)`)? \| `([^`]*)`(?:, `([^`]*)`)? \|", section(TRAINING, "The adapter: `IBLoraConfig`"), re.M)
     table = {}
     for first, second, first_default, second_default in rows:
         table[first] = first_default
