@@ -2,6 +2,9 @@
 
 Runs as the console script `ib-ft` and as `python -m trl_ib.cli`, so the same entry works under
 `accelerate launch -m trl_ib.cli train --config run.yaml`.
+
+A user error (a bad flag value, a missing file, model or adapter: ValueError or OSError) prints one line, as
+argparse does, and exits 2; `--debug`, anywhere on the command line, shows the traceback instead.
 """
 
 import importlib
@@ -29,10 +32,17 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return
-    command, rest = argv[0], argv[1:]
+    command, rest = argv[0], [arg for arg in argv[1:] if arg != "--debug"]
     if command not in SUBCOMMANDS:
         sys.exit(f"ib-ft: unknown command {command!r}; choose one of {', '.join(SUBCOMMANDS)}\n\n{_usage()}")
-    importlib.import_module(SUBCOMMANDS[command][0]).main(rest)
+    try:
+        importlib.import_module(SUBCOMMANDS[command][0]).main(rest)
+    except (ValueError, OSError) as error:
+        if "--debug" in argv:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"ib-ft {command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

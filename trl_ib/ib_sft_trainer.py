@@ -67,8 +67,8 @@ def chunked_target_log_probs(lm_head, h_ib: torch.Tensor, targets: torch.Tensor,
 
 
 def trl_kernel_is_fast(device: torch.device) -> bool:
-    """Where TRL's kernel folds its tiles in Triton (CUDA, XPU); elsewhere its torch fallback costs 1.6-2.6x the
-    row tiles of cross_entropy that peft_ib uses by default (benchmarks/README.md). TRL's own dispatch rule."""
+    """Where TRL's kernel folds its tiles in Triton (CUDA, XPU), TRL's own dispatch rule; elsewhere its torch fallback
+    is slower than the row tiles of cross_entropy that peft_ib uses by default (benchmarks/README.md)."""
     return is_triton_available() and device.type in ("cuda", "xpu")
 
 

@@ -1,0 +1,30 @@
+"""The `ib-ft` front door: a user error is one line naming the flag or path and exits 2; `--debug` keeps the
+traceback."""
+
+import pytest
+
+from trl_ib import cli
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--ib_dim", "-3"], "ib-ft train: error: ib_dim=-3: must be an int >= 1. (--debug shows the traceback)"),
+    (["eval", "--model_name_or_path", "smollm2-135m-instruct", "--dataset", "missing.jsonl"],
+     "ib-ft eval: error: Unable to find '{cwd}/missing.jsonl' (--debug shows the traceback)"),
+])
+def test_user_errors_print_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == message.format(cwd=tmp_path)
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"^ib_dim=-3: must be an int >= 1\.$"):
+        cli.main(["train", "--debug", "--ib_dim", "-3"])
+
+
+def test_unknown_command_names_the_choices(capsys):
+    with pytest.raises(SystemExit, match="unknown command 'trian'; choose one of train, eval"):
+        cli.main(["trian"])
