@@ -147,7 +147,7 @@ def test_bad_yaml_fields_name_the_key(tmp_path):
 
 def test_cli_dispatches_to_train(tmp_path):
     with pytest.raises(ValueError, match="ib_layers='x'"):
-        cli.main(["train", "--output_dir", str(tmp_path), "--ib_layers", "x"])
+        cli.main(["train", "--debug", "--output_dir", str(tmp_path), "--ib_layers", "x"])
 
 
 # ---- several processes on CPU (gloo) ----------------------------------------------------------------------------
