@@ -126,7 +126,16 @@ def test_conversion_from_the_fetched_wheel_gives_the_gguf_models_logits(cache, m
         assert torch.equal(converted(input_ids).logits, reference(input_ids).logits)
 
     tokenizer = builtin.AutoTokenizer.from_pretrained(path)
-    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.chat_template is not None
+    special = {name: (getattr(tokenizer, f"{name}_token"), getattr(tokenizer, f"{name}_token_id"))
+               for name in ("bos", "eos", "pad", "unk")}  # fmt: skip
+    assert special == {"bos": ("<|im_start|>", 1), "eos": ("<|im_end|>", 2), "pad": ("<|im_end|>", 2),
+                       "unk": ("<|endoftext|>", 0)}  # fmt: skip
+    # the ids SmolLM2's own tokenizer gives (spaces before punctuation, a byte pair, a special token), decoded as written
+    text = "def f(x) :\n    return x , 'é' .<|im_end|>"
+    ids = [1604, 275, 24, 104, 25, 1577, 472, 1003, 1792, 3297, 637, 2756, 23, 1673, 2]
+    assert tokenizer(text)["input_ids"] == ids and tokenizer.decode(ids) == text
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert chat.endswith("<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     monkeypatch.setattr(builtin, "_smollm2_gguf_dir", lambda scratch: pytest.fail("converted again"))
     assert builtin.resolve_model("smollm2-135m-instruct") == path
     shutil.rmtree(cache)

@@ -104,9 +104,17 @@ def smollm2_135m_instruct() -> str:
         gguf_dir = _smollm2_gguf_dir(scratch)
         model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-        # The dequantized model still carries the GGUF quantization_config and refuses save_pretrained: copy its
-        # weights into a plain model of the same config.
-        del model.config.quantization_config
+        # transformers 5.16 reads this file's tokenizer as a Llama one: end-of-sequence <|im_start|>, no padding
+        # token, spaces cleaned up before punctuation when decoding. The config reads the file's special token ids
+        # right in every release; with those, and text decoded as written, it tokenizes as later releases do.
+        for name in ("bos", "eos", "pad", "unk"):
+            token_id = model.config.to_dict().get(f"{name}_token_id")
+            if token_id is not None:
+                setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(token_id))
+        tokenizer.clean_up_tokenization_spaces = False
+        # The dequantized model carries the GGUF quantization_config (transformers >= 5.17) and then refuses
+        # save_pretrained: copy its weights into a plain model of the same config.
+        model.config.__dict__.pop("quantization_config", None)
         plain = LlamaForCausalLM(model.config)
         plain.load_state_dict(model.state_dict())
         converted = scratch / "model"
