@@ -27,6 +27,7 @@ it runs alone, after a resume, or on another process, so none of these change th
 """
 
 import hashlib
+import inspect
 import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -67,6 +68,13 @@ def contiguous_output_layer_input(model: PreTrainedModel) -> Iterator[None]:
             handle.remove()
 
 
+def cache_keyword(model: PreTrainedModel) -> str:
+    """The keyword `model`'s forward and `generate` take a KV cache by: `cache` where the installed transformers
+    names it so (`past_key_values` is then deprecated), else `past_key_values`."""
+    forward = getattr(model, "get_base_model", lambda: model)().forward  # a PeftModel's forward takes **kwargs
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
 def prompt_cache(model: PreTrainedModel, inputs: dict, rows: torch.LongTensor) -> DynamicCache | None:
     """The KV cache of each prompt in `inputs` but its last token, computed once per prompt and copied to `rows`.
 
@@ -76,8 +84,8 @@ def prompt_cache(model: PreTrainedModel, inputs: dict, rows: torch.LongTensor) -
 
     Returns:
         A cache of (batch, length - 1) positions, numbered as `generate` numbers left-padded prompts, for
-        `generate(past_key_values=...)` with the rows' full prompts; None where nothing is shared (no prompt repeats,
-        or prompts one token long).
+        `generate` (keyword `cache_keyword(model)`) with the rows' full prompts; None where nothing is shared (no
+        prompt repeats, or prompts one token long).
     """
     input_ids, mask = inputs["input_ids"], inputs["attention_mask"]
     if len(rows) == len(input_ids) or input_ids.shape[1] < 2:
@@ -87,7 +95,7 @@ def prompt_cache(model: PreTrainedModel, inputs: dict, rows: torch.LongTensor) -
     cache = DynamicCache(config=model.config)
     model(
         input_ids=input_ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
-        past_key_values=cache, use_cache=True, logits_to_keep=1,
+        use_cache=True, logits_to_keep=1, **{cache_keyword(model): cache},
     )  # fmt: skip
     cache.batch_select_indices(rows)
     return cache
@@ -183,7 +191,7 @@ def sample_batches(
             with torch.inference_mode(), contiguous_output_layer_input(model):
                 output = model.generate(
                     **inputs, **sampling, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
-                    stopping_criteria=stopping, past_key_values=prompt_cache(model, prompt_inputs, rows),
+                    stopping_criteria=stopping, **{cache_keyword(model): prompt_cache(model, prompt_inputs, rows)},
                 )  # fmt: skip
             new_tokens = output[:, inputs["input_ids"].shape[1] :]  # (batch, <= max_new_tokens)
             new_token_count += int((new_tokens != pad_token_id).sum())
