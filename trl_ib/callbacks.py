@@ -8,8 +8,8 @@ from trl.models.utils import unwrap_model_for_generation
 
 from .code_eval import score
 from .evaluation import build_programs
-from .generation import generate_samples
 from .prompting import PromptFormat, resolve_prompt_mode
+from .vllm_generation import generate_samples_with, resolve_backend
 
 
 class PassAtKMCallback(TrainerCallback):
@@ -35,6 +35,13 @@ class PassAtKMCallback(TrainerCallback):
             the model's `name_or_path`).
         language, instruction_prefix, response_prefix, temperature, top_p, max_new_tokens, stop_sequences,
             batch_size, timeout, num_workers: as in `ib-ft eval` (`trl_ib.evaluation.EvalArguments`).
+        backend: what samples: hf (`generate_samples` on the model being trained, split across processes), vllm (an
+            engine built at each evaluation from the model as it stands, merged into a copy and saved to a temporary
+            folder: `trl_ib.vllm_generation.serving`; one process) or auto: vllm where it is installed and one process
+            trains, else hf.
+        vllm_kwargs: `vllm.LLM` arguments for the vllm backend; its dtype defaults to the trainer's mixed precision
+            (bf16 or fp16), else the weights' dtype. On a GPU the trainer holds memory that vLLM's default
+            `gpu_memory_utilization` (0.9) would claim: give a smaller one.
     """
 
     def __init__(
@@ -56,6 +63,8 @@ class PassAtKMCallback(TrainerCallback):
         batch_size: int = 16,
         timeout: float = 3.0,
         num_workers: int | None = None,
+        backend: str = "auto",
+        vllm_kwargs: dict | None = None,
     ):
         if num_samples < max(k):
             raise ValueError(f"num_samples={num_samples} is smaller than max(k)={max(k)}; need n >= k")
@@ -65,6 +74,9 @@ class PassAtKMCallback(TrainerCallback):
         self.problems = list(problems)
         self.k, self.m, self.num_samples, self.every_n_steps = list(k), list(m), num_samples, every_n_steps
         self.timeout, self.num_workers = timeout, num_workers
+        self.backend = resolve_backend(backend, trainer.accelerator.num_processes)
+        precision = {"dtype": "bfloat16"} if trainer.args.bf16 else {"dtype": "float16"} if trainer.args.fp16 else {}
+        self.vllm_kwargs = {**precision, **(vllm_kwargs or {})}
         prompt_mode = resolve_prompt_mode(prompt_mode, trainer.processing_class, getattr(trainer.model, "name_or_path", ""))
         self.prompt_format = PromptFormat(prompt_mode, language, instruction_prefix, response_prefix)
         self.generation = dict(
@@ -90,9 +102,10 @@ class PassAtKMCallback(TrainerCallback):
             # under the trainer's mixed precision (bf16 autocast where IBSFTConfig.bf16, the dtype rule's default)
             with unwrap_model_for_generation(self.trainer.model_wrapped, accelerator) as model, accelerator.autocast():
                 prompts = [problem["prompt"] for problem in problems]
-                completions = generate_samples(
-                    model, self.trainer.processing_class, prompts, self.num_samples, **self.generation
-                )
+                completions = generate_samples_with(
+                    self.backend, model, self.trainer.processing_class, prompts, self.num_samples, **self.generation,
+                    llm_kwargs=self.vllm_kwargs,
+                )  # fmt: skip
         completions = gather_object(completions)  # [problem][sample], all processes, problem order
         metrics = None
         if accelerator.is_main_process:

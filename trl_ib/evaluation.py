@@ -37,11 +37,10 @@ from .code_eval.problem_sets import is_verilog_eval_dir, load_verilog_eval
 from .generation import sample_batches
 from .precision import DTYPE_CHOICES, resolve_dtype
 from .prompting import PROMPT_MODES, PromptFormat, check_prompt_mode, resolve_prompt_mode
+from .vllm_generation import BACKENDS, resolve_backend
 
 __all__ = ["EvalArguments", "build_programs", "load_model", "load_problems", "main", "merge_adapter"]
 
-
-BACKENDS = ("hf", "vllm")
 
 
 @dataclass
@@ -99,10 +98,10 @@ class EvalArguments:
                   "samples are appended to samples.jsonl)."},
     )
     backend: str = field(
-        default="hf",
+        default="auto",
         metadata={"help": "What generates the samples: hf (transformers' generate, data parallel under accelerate "
-                  "launch) or vllm (one process; vLLM lives in its own environment: docs/VLLM.md).",
-                  "choices": list(BACKENDS)},
+                  "launch), vllm (one process; pip install \"ib-ft[vllm]\", docs/VLLM.md) or auto: vllm where it is "
+                  "installed and one process runs, else hf.", "choices": list(BACKENDS)},
     )
     merge_adapter: bool = field(
         default=True,
@@ -111,9 +110,10 @@ class EvalArguments:
     )  # fmt: skip
     dtype: str = field(
         default="auto",
-        metadata={"help": "hf backend: dtype of the weights while sampling. auto: the checkpoint's own dtype; rule: "
-                  "bfloat16 where the device computes it natively (a CUDA GPU with bf16, a CPU with AVX-512 BF16 or "
-                  "AMX), else float32; or float32, bfloat16, float16.", "choices": list(DTYPE_CHOICES)},
+        metadata={"help": "Dtype of the weights while sampling (vllm: unless --vllm_kwargs names one). auto: the "
+                  "checkpoint's own dtype; rule: bfloat16 where the device computes it natively (a CUDA GPU with "
+                  "bf16, a CPU with AVX-512 BF16 or AMX), else float32; or float32, bfloat16, float16.",
+                  "choices": list(DTYPE_CHOICES)},
     )  # fmt: skip
     vllm_kwargs: str = field(
         default="{}",
@@ -132,8 +132,7 @@ class EvalArguments:
     seed: int = field(default=0, metadata={"help": "Random seed for sampling."})
 
     def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend={self.backend!r}: choose one of {', '.join(map(repr, BACKENDS))}")
+        resolve_backend(self.backend)
         try:
             llm_kwargs = json.loads(self.vllm_kwargs) if isinstance(self.vllm_kwargs, str) else self.vllm_kwargs
         except json.JSONDecodeError as error:
@@ -331,13 +330,22 @@ def main(argv: list[str]) -> None:
             "would all fail to run. Pass --language verilog"
         )
     state = process_state()
+    backend = resolve_backend(args.backend, state.num_processes)
     set_seed(args.seed)
     columns = {"prompt": args.prompt_column, "test": args.test_column, "entry_point": args.entry_point_column}
     problems = load_problems(args.dataset, args.dataset_split, args.num_problems, columns)
     prompts, entry_points = [problem["prompt"] for problem in problems], [problem["entry_point"] for problem in problems]
     task_ids = [problem["task_id"] for problem in problems]
     generation = {name: getattr(args, name) for name in GENERATION_FIELDS}
-    generation["dtype"] = str(resolve_dtype(args.dtype, device=state.device))  # "rule" resolves per machine
+    dtype = resolve_dtype(args.dtype, device=state.device)  # "rule" resolves per machine
+    llm_kwargs = json.loads(args.vllm_kwargs)
+    if backend == "vllm":
+        from .vllm_generation import vllm_dtype
+
+        model_path = resolve_model(args.model_name_or_path)
+        llm_kwargs = {"dtype": vllm_dtype(dtype, model_path), **llm_kwargs}
+    # what decides the samples, resolved: the backend "auto" picked, the dtype each backend samples in
+    generation.update(backend=backend, dtype=str(llm_kwargs["dtype"] if backend == "vllm" else dtype))
     generation["prompts_sha256"] = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()
     samples_path = os.path.join(args.output_dir, "samples.jsonl")
     done = {} if args.overwrite_output_dir else read_done_samples(args.output_dir, generation, task_ids)
@@ -349,21 +357,13 @@ def main(argv: list[str]) -> None:
         write_atomically(samples_path, sample_lines([(i, s, c) for (i, s), c in sorted(done.items())], task_ids))
     state.wait_for_everyone()
 
-    if args.backend == "vllm":
+    if backend == "vllm":
         from .vllm_generation import lora_rank, make_llm, vllm_sample_batches
 
-        if state.num_processes > 1:
-            raise ValueError(
-                f"--backend vllm runs in one process, and {state.num_processes} were launched: run it without "
-                "accelerate launch (vLLM spreads one model over GPUs itself: --vllm_kwargs "
-                "'{\"tensor_parallel_size\": N}'), or use --backend hf for data parallel generation"
-            )
-        model_path = resolve_model(args.model_name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         rank = None if args.adapter_path is None else lora_rank(args.adapter_path)
-        llm = make_llm(model_path, max_lora_rank=rank, seed=args.seed, **json.loads(args.vllm_kwargs))
+        llm = make_llm(model_path, max_lora_rank=rank, seed=args.seed, **llm_kwargs)
     else:
-        dtype = resolve_dtype(args.dtype, device=state.device)
         model, tokenizer = load_model(args.model_name_or_path, args.adapter_path, dtype, args.merge_adapter)
         model.to(state.device)
     prompt_mode = resolve_prompt_mode(args.prompt_mode, tokenizer, args.model_name_or_path)
@@ -377,7 +377,7 @@ def main(argv: list[str]) -> None:
     new_rows = []
     sampling = (prompts, args.num_samples, args.temperature, args.top_p, args.max_new_tokens, stop_sequences,
                 args.batch_size, prompt_format)  # fmt: skip
-    if args.backend == "vllm":
+    if backend == "vllm":
         batches = vllm_sample_batches(llm, tokenizer, *sampling, args.adapter_path, args.seed, done, progress=True)
     else:
         batches = sample_batches(
@@ -387,10 +387,12 @@ def main(argv: list[str]) -> None:
     for rows in batches:
         append_samples(samples_path, rows, task_ids)
         new_rows += rows
-    new_rows = gather_object(new_rows) if state.num_processes > 1 else new_rows
-    # The last collective: the main process scores alone, and a gloo group left to the interpreter's exit has aborted
-    # a finished rank ("terminate called without an active exception").
-    state.destroy_process_group()
+    if state.num_processes > 1:
+        new_rows = gather_object(new_rows)
+        # The last collective: the main process scores alone, and a gloo group left to the interpreter's exit has
+        # aborted a finished rank ("terminate called without an active exception"). Only the group accelerate made
+        # for several processes: a single process's group, if any, is someone else's (vLLM's engine makes one).
+        state.destroy_process_group()
     if not state.is_main_process:
         return
     done.update(((index, sample), completion) for index, sample, completion in new_rows)
@@ -406,7 +408,7 @@ def main(argv: list[str]) -> None:
             lines.append(json.dumps({**row, "passed": result.passed, "result": result.result}) + "\n")
     write_atomically(samples_path, "".join(lines))
     summary = {"pass_at_k_m": scores.table, "num_samples": scores.num_samples, "num_correct": scores.num_correct}
-    resolved = {"prompt_mode": prompt_mode, "stop_sequences": stop_sequences}
+    resolved = {"prompt_mode": prompt_mode, "stop_sequences": stop_sequences, "backend": backend}
     results = {**summary, "task_ids": task_ids, "args": {**asdict(args), **resolved}}
     write_atomically(os.path.join(args.output_dir, "results.json"), json.dumps(results, indent=2))
     plot_pass_at_k_m(scores.num_samples, scores.num_correct, args.k, os.path.join(args.output_dir, "pass_at_k_m.png"))

