@@ -10,7 +10,7 @@
 The baseline is what one writes first: one `model.generate` call per prompt with `num_return_sequences=n` (greedy
 `generate` refuses num_return_sequences > 1, so there it gets the n copies of the prompt that num_return_sequences
 would make), stopping at the same stop sequences. Both sides see the same prompts, in the prompt mode `ib-ft eval`
-picks for the model (`trl_ib.prompting`: chat for the default instruct model; the setup line says which), and run
+picks for the model (`trl_ib.generation.prompting`: chat for the default instruct model; the setup line says which), and run
 in this process one after the other. Both get the same stop sequences; the baseline passes them as
 `generate(stop_strings=...)`, as its documentation shows. Under greedy decoding the samples must be identical;
 under sampling (temperature 0.8, top_p 0.95) only the speed is compared.
@@ -36,7 +36,7 @@ saves is paid once per `generate` call and grows with its rows, so it shows most
 (the demo's 80 rows and 64 new tokens).
 
 `--sampler` measures the same way (frozen weights, both dtypes, paths alternated) `generate_samples` as it is, which
-draws each token over the top-k candidates (`trl_ib.sampling.TopKTopPSampler`), against `generate`'s own sampling
+draws each token over the top-k candidates (`trl_ib.generation.sampling.TopKTopPSampler`), against `generate`'s own sampling
 over the whole vocabulary (`trl_ib.generation.sampling_arguments` patched back to it). The two paths draw different
 samples from the same distribution, so their lengths differ: the table gives the tokens each kept.
 
@@ -61,8 +61,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from results_file import record, results_path, run_key
 from trl_ib.builtin import resolve_model
 from trl_ib.code_eval.extraction import cut_at_stop
-from trl_ib.generation import generate_samples
-from trl_ib.prompting import PromptFormat, resolve_prompt_mode
+from trl_ib.generation.hf_generation import generate_samples
+from trl_ib.generation.prompting import PromptFormat, resolve_prompt_mode
 
 DTYPES = (torch.float32, torch.bfloat16)
 

@@ -311,8 +311,8 @@ def build_trainer(config: BenchConfig, variant: str, rows: list[dict], output_di
     from trl import SFTConfig, SFTTrainer
 
     import peft_ib  # noqa: F401  (registers the IB-LoRA type)
-    from trl_ib.ib_sft_config import IBSFTConfig
-    from trl_ib.ib_sft_trainer import IBSFTTrainer
+    from trl_ib.trainer.ib_sft_config import IBSFTConfig
+    from trl_ib.trainer.ib_sft_trainer import IBSFTTrainer
 
     import torch
 

@@ -41,9 +41,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from vllm.lora.request import LoRARequest
 
 from trl_ib.builtin import resolve_model
-from trl_ib.generation import generate_samples
-from trl_ib.prompting import PromptFormat, resolve_prompt_mode
-from trl_ib.vllm_generation import generate_samples_vllm, lora_rank, make_llm
+from trl_ib.generation.hf_generation import generate_samples
+from trl_ib.generation.prompting import PromptFormat, resolve_prompt_mode
+from trl_ib.generation.vllm_generation import generate_samples_vllm, lora_rank, make_llm
 
 BLOCK_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -31,9 +31,11 @@ from trl_ib.builtin import SMOLLM2_NAME, resolve_model
 from trl_ib.code_eval import score
 from trl_ib.demo.run import ARM_FOLDERS, Budget, DemoArguments, adapter_dir, bases, demo_task
 from trl_ib.demo.study import paired_bootstrap, per_problem
-from trl_ib.evaluation import EvalArguments, build_programs, load_model
-from trl_ib.generation import generate_samples
-from trl_ib.prompting import PromptFormat, resolve_prompt_mode
+from trl_ib.generation.prompting import build_programs
+from trl_ib.generation.sampling import TEMPERATURE, TOP_P
+from trl_ib.models import load_model
+from trl_ib.generation.hf_generation import generate_samples
+from trl_ib.generation.prompting import PromptFormat, resolve_prompt_mode
 
 NUM_SAMPLES = 10
 DTYPES = (torch.float32, torch.bfloat16)
@@ -74,7 +76,7 @@ def sample_and_score(model, tokenizer, problems, prompt_format, max_new_tokens):
     prompts = [p["prompt"] for p in problems]
     start = time.perf_counter()
     completions = generate_samples(
-        model, tokenizer, prompts, NUM_SAMPLES, EvalArguments.temperature, EvalArguments.top_p, max_new_tokens,
+        model, tokenizer, prompts, NUM_SAMPLES, TEMPERATURE, TOP_P, max_new_tokens,
         batch_size=80, prompt_format=prompt_format, progress=True, seed=0,
     )  # fmt: skip
     seconds = time.perf_counter() - start
@@ -132,7 +134,7 @@ def main():
         humaneval_models(args.humaneval, args.max_new_tokens) if args.humaneval > 0 else []
     )
     rows = [compare(*model) for model in models]
-    setup = f"{NUM_SAMPLES} samples, T {EvalArguments.temperature}, top_p {EvalArguments.top_p}, {args.threads} threads, " \
+    setup = f"{NUM_SAMPLES} samples, T {TEMPERATURE}, top_p {TOP_P}, {args.threads} threads, " \
             f"{platform.processor() or platform.machine()}"  # fmt: skip
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"setup": setup, "rows": rows, "args": {k: str(v) for k, v in vars(args).items()}}, indent=2) + "\n")

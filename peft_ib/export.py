@@ -2,11 +2,9 @@
 
 The IB encoders are only used in training, so dropping them and relabelling the config loses nothing at
 inference: the exported adapter gives the same logits as the IB-LoRA adapter in eval mode.
-
-    ib-ft export --adapter out/ib-lora --output out/lora [--push-to-hub user/name-lora]
+`ib-ft export` (trl_ib/cli/export.py) runs it from the command line.
 """
 
-import argparse
 import os
 from dataclasses import fields
 from pathlib import Path
@@ -66,13 +64,3 @@ def _write_card(out: Path, config: IBLoraConfig, source: str | None) -> None:
     from hub_cards import export_card
 
     export_card(config, ib_adapter=source).save(out / "README.md")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="ib-ft export", description=__doc__.splitlines()[0])
-    parser.add_argument("--adapter", required=True, help="local path or Hub id of the IB-LoRA adapter")
-    parser.add_argument("--output", required=True, help="directory to write the plain LoRA adapter to")
-    parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also push it to this Hub repo")
-    args = parser.parse_args(argv)
-    out = export_lora(args.adapter, args.output, push_to_hub=args.push_to_hub)
-    print(f"wrote plain LoRA adapter to {out}")

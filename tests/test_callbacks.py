@@ -3,7 +3,7 @@ import pytest
 from tiny_models import CHAT_TEMPLATE, tiny_llama, train_tokenizer
 from transformers import Trainer, TrainingArguments
 
-from trl_ib.callbacks import PassAtKMCallback
+from trl_ib.trainer.callbacks import PassAtKMCallback
 
 
 # The tiny model's heads (width 8) are narrower than vLLM's CPU attention serves: these tests sample with hf

@@ -20,7 +20,7 @@ from peft_ib import find_ib_model
 from trl_ib import cli
 from peft_ib.config import IB_FIELDS
 from trl_ib import IBSFTConfig
-from trl_ib.train import IBArguments, load_data, make_parser, run
+from trl_ib.cli.train import IBArguments, load_data, make_parser, run
 
 FAST = ["--report_to", "none", "--logging_steps", "1", "--per_device_train_batch_size", "4", "--ib_dim", "16",
         "--lora_r", "4", "--save_strategy", "no"]

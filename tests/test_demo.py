@@ -9,11 +9,12 @@ from transformers import AutoModelForCausalLM
 from tiny_models import train_tokenizer
 from trl_ib import builtin
 from trl_ib.demo import run
-from trl_ib.demo.run import Budget, DemoArguments, base_scores, main
+from trl_ib.cli.demo import main
+from trl_ib.demo.run import Budget, DemoArguments, base_scores
 from trl_ib.demo.study import base_draws, contrasts, merge_runs, paired_bootstrap, shares_base_draws
 from trl_ib.demo.tasks import OPERATIONS, VARIABLES, consecutive_pairs, make_problem, make_task, sft_rows, split_pairs
 from trl_ib.code_eval import score
-from trl_ib.evaluation import build_programs
+from trl_ib.generation.prompting import build_programs
 
 
 @pytest.fixture(scope="module")
@@ -166,10 +167,10 @@ def test_base_scores_are_evaluate_s_row_with_memorization_cached_once_and_sample
     assert calls == {"score_min_k": 2, "representation_gap": 1, "sample_and_score": 2}  # only the draw is per seed
     assert scores(0) == json.loads(json.dumps(first))  # read back from the cache: nothing recomputed
     assert calls["sample_and_score"] == 2
-    # the row is what `evaluate` gives the base in float32 -> bf16, plus its Min-K% of the reference problems
+    # the row is what `score_model` gives the base in float32 -> bf16, plus its Min-K% of the reference problems
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
     reference_min_k = run.score_min_k(model, tokenizer, reference)
-    expected = run.evaluate(model, tokenizer, problems, d_code, None, budget, 0, torch.bfloat16)
+    expected = run.score_model(model, tokenizer, problems, d_code, None, budget, 0, torch.bfloat16)
     assert first == expected | {"min_k_reference": reference_min_k, "sampling_seed": 0}
 
 
@@ -187,7 +188,7 @@ def test_contaminated_base_is_cached_and_a_failed_run_leaves_nothing(tmp_path, m
 
     monkeypatch.setattr(module, "contaminate", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        module.cached_contaminated_base("base", ["a", "b"], 3, False)
+        module.cached_base("base", ["a", "b"], 3, False)
     assert list((tmp_path / "demo").iterdir()) == []  # no half-written model left in the cache
 
     def trained(model_name, texts, output_dir, epochs, bf16):
@@ -196,12 +197,12 @@ def test_contaminated_base_is_cached_and_a_failed_run_leaves_nothing(tmp_path, m
         (output_dir / "config.json").write_text("{}")
 
     monkeypatch.setattr(module, "contaminate", trained)
-    first = module.cached_contaminated_base("base", ["a", "b"], 3, False)
-    assert module.cached_contaminated_base("base", ["a", "b"], 3, False) == first  # cache hit: no third call
+    first = module.cached_base("base", ["a", "b"], 3, False)
+    assert module.cached_base("base", ["a", "b"], 3, False) == first  # cache hit: no third call
     assert len(calls) == 2 and (first / "config.json").read_text() == "{}"
     assert [path.name for path in (tmp_path / "demo").iterdir()] == [first.name]
-    assert module.cached_contaminated_base("base", ["a", "c"], 3, False) != first  # other texts, another folder
-    assert module.cached_contaminated_base("base", ["a", "b"], 3, True) != first  # bf16: another folder
+    assert module.cached_base("base", ["a", "c"], 3, False) != first  # other texts, another folder
+    assert module.cached_base("base", ["a", "b"], 3, True) != first  # bf16: another folder
 
 
 def test_contrasts_are_hand_computed_differences():

@@ -11,7 +11,7 @@ import time
 import pytest
 from tiny_models import tiny_llama, train_tokenizer
 
-from trl_ib.evaluation import main
+from trl_ib.cli.eval import main
 
 # 30 problems whose completions never pass: the point is which samples exist, not their verdicts.
 PROBLEMS = [

@@ -8,8 +8,10 @@ from test_problem_sets import write_verilog_eval
 from tiny_models import CHAT_TEMPLATE, tiny_llama, train_tokenizer
 
 from trl_ib.code_eval import score
-from trl_ib.evaluation import EvalArguments, load_model, load_problems, main, plot_pass_at_k_m
-from trl_ib.generation import generate_samples
+from trl_ib.cli.eval import EvalArguments, main, plot_pass_at_k_m
+from trl_ib.code_eval.problem_sets import load_problems
+from trl_ib.models import load_model
+from trl_ib.generation.hf_generation import generate_samples
 from trl_ib.code_eval.metrics import PASS_AT_K_M
 
 
@@ -53,12 +55,12 @@ def test_arguments():
 
 def test_verilog_eval_directory_needs_language_verilog(tmp_path, monkeypatch):
     """Scored as Python, every VerilogEval sample would fail: main refuses, before loading the model."""
-    import trl_ib.evaluation
+    import trl_ib.cli.eval
 
     def load_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the language was checked")
 
-    monkeypatch.setattr(trl_ib.evaluation, "load_model", load_model)
+    monkeypatch.setattr(trl_ib.cli.eval, "load_model", load_model)
     problems = write_verilog_eval(tmp_path / "verilog-eval")
     message = r"is a VerilogEval directory, and --language is 'python'.*Pass --language verilog"
     with pytest.raises(ValueError, match=message):

@@ -11,12 +11,13 @@ from test_callbacks import PROBLEMS as CALLBACK_PROBLEMS
 from test_callbacks import make_trainer
 from tiny_models import CHAT_TEMPLATE, tiny_llama, train_tokenizer
 
-import trl_ib.callbacks
-from trl_ib.callbacks import PassAtKMCallback
+import trl_ib.trainer.callbacks
+from trl_ib.trainer.callbacks import PassAtKMCallback
 from trl_ib.code_eval import LANGUAGES, score
 from trl_ib.code_eval.extraction import code_in_answer, python_program, sanitize_python
-from trl_ib.evaluation import build_programs, main
-from trl_ib.prompting import PromptFormat
+from trl_ib.cli.eval import main
+from trl_ib.generation.prompting import build_programs
+from trl_ib.generation.prompting import PromptFormat
 
 CHAT = PromptFormat("chat")
 # HumanEval/38: the tests take encode_cyclic from the candidate's namespace and draw strings with random.randint.
@@ -235,7 +236,7 @@ def test_the_callback_scores_an_answer_that_used_to_raise(tmp_path, monkeypatch)
     trainer.processing_class.chat_template = CHAT_TEMPLATE
     callback = PassAtKMCallback(trainer, CALLBACK_PROBLEMS, num_samples=1, prompt_mode="chat", timeout=2.0)
     answers = [["def f():\n    return 1\n"], [DEEP]]  # problem 0 passes, problem 1's answer used to raise
-    monkeypatch.setattr(trl_ib.callbacks, "generate_samples", lambda *args, **kwargs: answers)
+    monkeypatch.setattr(trl_ib.trainer.callbacks, "generate_samples", lambda *args, **kwargs: answers)
     assert callback.evaluate() == {"eval_pass@1^(1)": 0.5}
 
 

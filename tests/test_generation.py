@@ -5,8 +5,8 @@ import torch
 from tiny_models import CHAT_TEMPLATE, tiny_gpt2, tiny_llama, train_tokenizer
 
 from trl_ib.code_eval.extraction import cut_at_stop
-from trl_ib.generation import generate_samples, sample_batches
-from trl_ib.prompting import PromptFormat
+from trl_ib.generation.hf_generation import generate_samples, sample_batches
+from trl_ib.generation.prompting import PromptFormat
 
 CHAT_PROMPT = 'def one():\n    """Return 1."""\n'
 PROMPTS = ["def add(a, b):\n", "Write a function that returns the sum of a list.\n", "module top(input a"]

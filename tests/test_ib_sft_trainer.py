@@ -18,11 +18,11 @@ from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 import peft_ib.model as peft_ib_model
-import trl_ib.ib_sft_trainer as ib_sft_trainer
+import trl_ib.trainer.ib_sft_trainer as ib_sft_trainer
 from peft_ib import IBLoraConfig, find_ib_model, ib_terms
 from peft_ib.layer import kl_to_standard_normal
 from trl_ib import IBSFTConfig, IBSFTTrainer, to_prompt_completion
-from trl_ib.ib_sft_trainer import CONTROLLER_FILE, chunked_target_log_probs, trl_kernel_is_fast
+from trl_ib.trainer.ib_sft_trainer import CONTROLLER_FILE, chunked_target_log_probs, trl_kernel_is_fast
 
 IB_BLOCK = 1  # of the tiny Llama's 4 blocks
 

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from trl_ib.kl_controller import KLController
+from trl_ib.trainer.kl_controller import KLController
 
 
 def test_update_moves_alpha_by_rate_times_log_ratio():

@@ -7,7 +7,7 @@ import pytest
 
 from trl_ib.code_eval.execution import LANGUAGES, Backend, ExecutionResult, Language, Limits, Sample, run_samples
 from trl_ib.code_eval.execution import python, verilog
-from trl_ib.prompting import PromptFormat
+from trl_ib.generation.prompting import PromptFormat
 
 
 def test_every_record_is_keyed_by_its_name_and_its_backend_follows_the_protocol():

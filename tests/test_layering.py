@@ -30,11 +30,11 @@ def loaded_by(statement: str) -> set[str]:
     ("import peft_ib", {"trl", "trl_ib", "hub_cards", "matplotlib"}),
     ("import hub_cards", {"trl_ib", "trl", "peft_ib", "torch"}),
     ("import trl_ib", {"torch", "transformers", "trl", "peft_ib", "hub_cards", "trl_ib.code_eval"}),
-    ("import trl_ib.code_eval", {"torch", "transformers", "trl", "peft_ib", "hub_cards", "trl_ib.evaluation"}),
+    ("import trl_ib.code_eval", {"torch", "transformers", "trl", "peft_ib", "hub_cards", "trl_ib.cli.eval"}),
     # `import evaluate` loads torch itself (its evaluator imports transformers.pipelines); the metric adds none of ours.
-    (LOAD_METRIC, {"trl", "peft_ib", "hub_cards", "trl_ib.evaluation", "trl_ib.ib_sft_trainer"}),
+    (LOAD_METRIC, {"trl", "peft_ib", "hub_cards", "trl_ib.cli.eval", "trl_ib.trainer.ib_sft_trainer"}),
     # Plots are drawn with matplotlib's object API: no pyplot, no process-wide backend switch.
-    ("import hub_cards, trl_ib.memorization, trl_ib.evaluation", {"matplotlib.pyplot"}),
+    ("import hub_cards, trl_ib.memorization, trl_ib.cli.eval", {"matplotlib.pyplot"}),
 ])
 def test_imports_point_one_way(statement, absent):
     loaded = loaded_by(statement)
@@ -47,8 +47,8 @@ def test_public_names_of_trl_ib_load_on_first_use():
     listed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert listed.stdout == "[] False\n", listed.stderr[-3000:]
     import trl_ib
-    from trl_ib.callbacks import PassAtKMCallback
-    from trl_ib.ib_sft_trainer import IBSFTTrainer
+    from trl_ib.trainer.callbacks import PassAtKMCallback
+    from trl_ib.trainer.ib_sft_trainer import IBSFTTrainer
 
     assert trl_ib.PassAtKMCallback is PassAtKMCallback and trl_ib.IBSFTTrainer is IBSFTTrainer
     assert set(trl_ib.__all__) == {"IBSFTConfig", "IBSFTTrainer", "PassAtKMCallback", "to_prompt_completion"}
@@ -92,3 +92,12 @@ def test_no_import_circles(package):
 
     for name in sorted(graph):
         assert circle_from(name, [name]) is None, " -> ".join(circle_from(name, [name]))
+
+
+def test_no_library_module_imports_the_command_line():
+    def in_cli(name):
+        return name == "trl_ib.cli" or name.startswith("trl_ib.cli.")
+
+    graph = imports_within("trl_ib")
+    assert {name: sorted(filter(in_cli, others)) for name, others in graph.items()
+            if not in_cli(name) and any(map(in_cli, others))} == {}

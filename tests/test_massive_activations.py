@@ -101,10 +101,10 @@ def test_trainer_warns_when_the_first_penalty_swamps_ce(tmp_path, tokenizer, cap
     args = IBSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=1, logging_steps=1,
                        per_device_train_batch_size=4, save_strategy="no", disable_tqdm=True)
     trainer = IBSFTTrainer(model, args=args, train_dataset=data, processing_class=tokenizer)
-    with caplog.at_level("WARNING", logger="trl_ib.ib_sft_trainer"):
+    with caplog.at_level("WARNING", logger="trl_ib.trainer.ib_sft_trainer"):
         trainer.train()
     log = trainer.state.log_history[0]
-    messages = [r.getMessage() for r in caplog.records if r.name == "trl_ib.ib_sft_trainer"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "trl_ib.trainer.ib_sft_trainer"]
     assert (log["ib_penalty"] > 10 * log["ce"]) == warns
     if warns:
         (message,) = messages
@@ -140,9 +140,9 @@ def smollm2_train_logs(tmp_path, input_norm: str, max_steps: int) -> list[dict]:
 
 @pytest.mark.slow
 def test_smollm2_first_steps_with_the_default_norm(tmp_path, caplog):
-    with caplog.at_level("WARNING", logger="trl_ib.ib_sft_trainer"):
+    with caplog.at_level("WARNING", logger="trl_ib.trainer.ib_sft_trainer"):
         logs = smollm2_train_logs(tmp_path, "rms", max_steps=2)
-    assert not [r for r in caplog.records if r.name == "trl_ib.ib_sft_trainer"]
+    assert not [r for r in caplog.records if r.name == "trl_ib.trainer.ib_sft_trainer"]
     for log in logs:
         assert log["loss"] == pytest.approx(log["ce"] + log["ib_penalty"], rel=1e-4)
         assert log["ib_penalty"] == pytest.approx(0.2 * (log["ib_kl"] + 0.01 * log["ib_ce"]), rel=1e-4)
@@ -155,9 +155,9 @@ def test_smollm2_first_steps_with_the_default_norm(tmp_path, caplog):
 
 @pytest.mark.slow
 def test_smollm2_without_the_norm_the_sink_swamps_ce_and_the_trainer_says_so(tmp_path, caplog):
-    with caplog.at_level("WARNING", logger="trl_ib.ib_sft_trainer"):
+    with caplog.at_level("WARNING", logger="trl_ib.trainer.ib_sft_trainer"):
         (first,) = smollm2_train_logs(tmp_path, "none", max_steps=1)
     assert first["ce"] == pytest.approx(CE_FIRST_BATCH, rel=1e-3)  # the same batch: ce does not see the IB branch
     assert first["ib_kl"] > 1000 and first["ib_penalty"] > 100 * first["ce"]
-    (message,) = [r.getMessage() for r in caplog.records if r.name == "trl_ib.ib_sft_trainer"]
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "trl_ib.trainer.ib_sft_trainer"]
     assert "ib_input_norm='none'" in message and "ib_input_norm='rms' bounds it" in message

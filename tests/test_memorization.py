@@ -6,11 +6,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from tests.tiny_models import tiny_llama, train_tokenizer
+from trl_ib.cli.memorization import main
 from trl_ib.memorization import (
     centroid_gap,
     drop_top_memorized,
     extreme_groups,
-    main,
     num_lowest,
     pooled_hidden_states,
     representation_gap,

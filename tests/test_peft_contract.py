@@ -24,7 +24,6 @@ from transformers import (
     TrainingArguments,
 )
 
-import peft_ib
 from peft_ib import IBLoraConfig, find_ib_model, ib_loss, ib_terms
 
 VOCAB = 300
@@ -406,9 +405,3 @@ def test_a_refused_model_is_left_unchanged():
         get_peft_model(model, IBLoraConfig(r=2, target_modules=["0", "1"], ib_layers=0, ib_dim=2))
     assert {n: type(m) for n, m in model.named_modules()} == before
     assert not hasattr(model, "peft_config")
-
-
-def test_public_api():
-    assert set(peft_ib.__all__) == {
-        "IBLoraConfig", "IBLoraModel", "IBEncoder", "IBTerms", "ib_loss", "ib_terms", "find_ib_model", "export_lora"
-    }

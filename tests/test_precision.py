@@ -7,7 +7,7 @@ from peft import get_peft_model
 from peft_ib import IBLoraConfig, ib_terms
 from trl_ib import IBSFTConfig
 from trl_ib import precision
-from trl_ib.evaluation import EvalArguments
+from trl_ib.cli.eval import EvalArguments
 
 from tiny_models import batch, tiny_llama
 
@@ -41,7 +41,7 @@ def test_explicit_dtypes_and_a_bad_one():
 
 @pytest.mark.parametrize("native", [True, False])
 def test_ib_sft_config_bf16_default_is_the_rule_and_overrides_win(tmp_path, monkeypatch, native):
-    monkeypatch.setattr("trl_ib.ib_sft_config.native_bf16", lambda device: native)
+    monkeypatch.setattr("trl_ib.trainer.ib_sft_config.native_bf16", lambda device: native)
     monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda: None)  # a CPU-only machine
     args = IBSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True)
     assert (args.bf16, args.device.type) == (native, "cpu")

@@ -3,7 +3,7 @@ from tiny_models import CHAT_TEMPLATE, train_tokenizer
 
 from trl_ib.code_eval.extraction import cut_at_stop
 from trl_ib.code_eval.execution import LANGUAGES
-from trl_ib.prompting import PromptFormat, resolve_prompt_mode
+from trl_ib.generation.prompting import PromptFormat, resolve_prompt_mode
 
 PROMPT = 'def one():\n    """Return 1."""\n'
 

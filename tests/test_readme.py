@@ -16,7 +16,7 @@ from tiny_models import tiny_llama, train_tokenizer
 from transformers import AutoModelForCausalLM
 
 from peft_ib.config import IB_FIELDS
-from trl_ib.evaluation import main as ib_ft_eval
+from trl_ib.cli.eval import main as ib_ft_eval
 
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()

@@ -5,7 +5,7 @@ import torch
 from transformers import GenerationConfig
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from trl_ib.sampling import TopKTopPSampler, sampling_arguments
+from trl_ib.generation.sampling import TopKTopPSampler, sampling_arguments
 
 SETTINGS = [(0.8, 50, 0.95), (1.0, 5, 0.5), (0.2, 50, 1.0), (0.8, 1, 0.95), (0.8, 2000, 0.9)]
 

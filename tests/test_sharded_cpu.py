@@ -26,9 +26,9 @@ from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from peft_ib import export
+from trl_ib.cli import export
 from test_cli_train import _free_port, assert_adapter_reloads, train
-from trl_ib.ib_sft_trainer import check_distributed_run
+from trl_ib.trainer.distributed import check_distributed_run
 from tiny_models import tiny_llama, train_tokenizer
 
 

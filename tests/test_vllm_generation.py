@@ -1,4 +1,4 @@
-"""trl_ib.vllm_generation: vLLM's completions are `generate_samples`' completions, adapters included.
+"""trl_ib.generation.vllm_generation: vLLM's completions are `generate_samples`' completions, adapters included.
 
 The tests marked `vllm` need vLLM (`pip install "ib-ft[vllm]"`, docs/INSTALL.md); they are deselected by default and
 run with `python -m pytest -m vllm tests/test_vllm_generation.py`. The others run everywhere.
@@ -18,9 +18,9 @@ from tiny_models import CHAT_TEMPLATE, tiny_llama, train_tokenizer
 from trl_ib import builtin
 from peft_ib import IBLoraConfig
 from trl_ib.code_eval.extraction import cut_at_stop
-from trl_ib.generation import generate_samples
-from trl_ib.prompting import PromptFormat
-from trl_ib.vllm_generation import (
+from trl_ib.generation.hf_generation import generate_samples
+from trl_ib.generation.prompting import PromptFormat
+from trl_ib.generation.vllm_generation import (
     INSTALL_HINT,
     generate_samples_vllm,
     generate_samples_with,
@@ -58,7 +58,7 @@ def adapter(model, config, directory, seed):
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(tiny Llama folder, tokenizer with a chat template, LoRA and IB-LoRA PEFT models and their folders, a vLLM LLM)."""
-    from trl_ib.vllm_generation import make_llm
+    from trl_ib.generation.vllm_generation import make_llm
 
     root = tmp_path_factory.mktemp("vllm")
     tokenizer = train_tokenizer(root / "model")
@@ -123,7 +123,7 @@ def test_sampling_is_seeded_per_request_and_cut_at_stops(served):
 @pytest.mark.vllm
 def test_an_llm_without_lora_refuses_an_adapter(served, tmp_path):
     root, tokenizer, _, _ = served
-    from trl_ib.vllm_generation import make_llm
+    from trl_ib.generation.vllm_generation import make_llm
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -178,7 +178,7 @@ def test_adapter_ranks_and_unsupported_adapter_types(tmp_path):
 def test_decoding_defaults_are_those_generate_applies(tmp_path):
     from transformers import GenerationConfig
 
-    from trl_ib.vllm_generation import _generate_defaults
+    from trl_ib.generation.vllm_generation import _generate_defaults
 
     GenerationConfig(top_k=7, min_p=0.1, repetition_penalty=1.2, do_sample=True).save_pretrained(tmp_path / "set")
     GenerationConfig(bos_token_id=1).save_pretrained(tmp_path / "unset")
@@ -213,7 +213,7 @@ def eval_rows(output):
 def test_ib_ft_eval_backend_vllm_equals_hf_and_resumes(served, tmp_path):
     """`ib-ft eval --backend vllm`: greedy completions equal `--backend hf`'s (an IB-LoRA adapter served as its
     export); sampled, a run torn after its first call resumes to the samples of an uninterrupted one."""
-    from trl_ib.evaluation import main
+    from trl_ib.cli.eval import main
 
     root = served[0]
     llm_kwargs = ["--vllm_kwargs", json.dumps({"dtype": "float32", "max_model_len": MAX_LENGTH})]
@@ -237,7 +237,7 @@ def test_ib_ft_eval_backend_vllm_equals_hf_and_resumes(served, tmp_path):
 
 
 def test_backend_vllm_without_vllm_names_the_route(monkeypatch, tmp_path):
-    from trl_ib.evaluation import main
+    from trl_ib.cli.eval import main
 
     monkeypatch.setitem(sys.modules, "vllm", None)
     tokenizer = train_tokenizer(tmp_path / "model")

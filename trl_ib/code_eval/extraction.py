@@ -20,7 +20,7 @@ Rules (what a human grader would accept decides; a case a grader could read two 
   next); a block that repeats or changes a definition overrides it, as a later definition in one block does. An
   answer that closes the opened block at once and opens none gives the text after that fence when a line of it
   starts code (`def`, `class`, `import`, `from`, `@`, `module`). With the default chat stop (`\\n```\\n`,
-  `trl_ib.prompting`) generation ends at the first closing fence, so a second block or code after a bare closing
+  `trl_ib.generation.prompting`) generation ends at the first closing fence, so a second block or code after a bare closing
   fence is never generated: the stop stays, as in EvalPlus, because nearly every answer ends there and going on
   costs prose tokens on all of them; a fence alone on a line at column 0 inside a docstring also ends
   generation, a plain stop string cannot know it is in a string.

@@ -42,3 +42,37 @@ def load_verilog_eval(directory: str | Path) -> list[dict]:
         test = test_file.read_text().rstrip("\n") + "\n\n" + ref_file.read_text()
         problems.append({"task_id": task_id, "prompt": prompt_file.read_text(), "test": test, "entry_point": "tb"})
     return problems
+
+
+def load_problems(
+    dataset: str,
+    split: str = "test",
+    num_problems: int | None = None,
+    columns: dict[str, str] | None = None,
+) -> list[dict]:
+    """The first `num_problems` problems of `dataset` as dicts with keys task_id, prompt, test, entry_point.
+
+    Args:
+        dataset: a .json/.jsonl(.gz) file, a VerilogEval directory, or a name or directory for `datasets.load_dataset`.
+        columns: {"prompt": column, "test": column, "entry_point": column} where the dataset names them otherwise.
+    """
+    if is_verilog_eval_dir(dataset):
+        problems = load_verilog_eval(dataset)
+    else:
+        import datasets  # only for these sources, so that the evaluator imports without it
+        if dataset.endswith((".json", ".jsonl", ".json.gz", ".jsonl.gz")):
+            rows = datasets.load_dataset("json", data_files=dataset, split="train")
+        else:
+            rows = datasets.load_dataset(dataset, split=split)
+        columns = {"prompt": "prompt", "test": "test", "entry_point": "entry_point", **(columns or {})}
+        missing = sorted(column for column in columns.values() if column not in rows.column_names)
+        if missing:
+            raise ValueError(
+                f"dataset {dataset!r} lacks columns {missing}; it has {rows.column_names}. Name the prompt, test and "
+                "entry point columns with --prompt_column, --test_column and --entry_point_column"
+            )
+        problems = [
+            {"task_id": row.get("task_id", index), **{key: row[column] for key, column in columns.items()}}
+            for index, row in enumerate(rows)
+        ]
+    return problems[:num_problems] if num_problems else problems

@@ -1,15 +1,14 @@
-"""The demo's contaminated base: the real model after it has memorized D_code, as pre-training did in the paper.
+"""The demo's two bases: the real model after full fine-tuning on problem texts, one recipe for both.
 
 Contamination is plain language modeling of every token (EOS appended) of prompt + canonical solution of every
-D_code problem, full fine-tuning for a few epochs. The result depends only on the base model, the task and this
-recipe, not on the demo's seed, so it is trained once per machine and cached on disk (`cached_contaminated_base`).
-The same recipe on the fresh reference problems makes the demo's clean base.
+problem, full fine-tuning for a few epochs: on D_code it makes the contaminated base (D_code memorized, as
+pre-training did in the paper), on the fresh reference problems the clean base. A base depends only on the model,
+the texts and this recipe, not on the demo's seed, so it is trained once per machine and cached on disk
+(`cached_base`).
 """
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from trl_ib.builtin import cache_dir, resolve_model
+from trl_ib.files import folder_written_atomically
 
 # Full fine-tuning at a high learning rate for its size, so that D_code is partly memorized (Min-K% of D_code below
 # that of fresh problems) within the demo's time budget; epochs come from the demo's budget.
@@ -49,25 +49,17 @@ def key_hash(*key) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cached_contaminated_base(model_name: str, texts: list[str], epochs: float, bf16: bool) -> Path:
+def cached_base(model_name: str, texts: list[str], epochs: float, bf16: bool) -> Path:
     """
-    The folder (under `trl_ib.builtin.cache_dir()` / "demo") of `model_name` contaminated with `texts` for `epochs`
-    (bf16 autocast or not): trained on first use, read from the cache afterwards. The key hashes the base, the texts,
-    the recipe and the precision; a run
-    trains into a private folder and renames it into place, so concurrent first uses never leave a half-written
-    model.
+    The folder (under `trl_ib.builtin.cache_dir()` / "demo") of `model_name` trained on `texts` for `epochs` by the
+    contamination recipe (bf16 autocast or not): trained on first use, read from the cache afterwards. The key
+    hashes the base, the texts, the recipe and the precision; a run trains into a private folder and renames it into
+    place, so concurrent first uses never leave a half-written model.
     """
     recipe = key_hash(model_name, texts, epochs, CONTAMINATION_ARGS, *([{"bf16": True}] if bf16 else []))
     target = cache_dir() / "demo" / f"contaminated-{recipe}"
     if (target / "config.json").exists():
         return target
-    scratch = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    try:
-        contaminate(model_name, texts, scratch, epochs, bf16)
-        scratch.rename(target)
-    except OSError:
-        if not (target / "config.json").exists():  # not another process having finished first: a real failure
-            raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)  # an interrupted or lost run leaves no 538 MB folder behind
+    with folder_written_atomically(target) as folder:  # an interrupted run leaves no 538 MB folder behind
+        contaminate(model_name, texts, folder, epochs, bf16)
     return target

@@ -1,4 +1,4 @@
-"""`ib-ft demo`: does memorizing D_code block fine-tuning on it, and does IB-FT help? SmolLM2-135M-Instruct, on CPU.
+"""The demo (`ib-ft demo`): does memorizing D_code block fine-tuning on it, and does IB-FT help? SmolLM2-135M-Instruct, on CPU.
 
     ib-ft demo                          # one strength, one seed, six rows (the bases are cached for later runs)
     ib-ft demo --small                  # 64 D_code / 30 held-out problems: faster, not a test of the barrier
@@ -37,19 +37,22 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-from trl import SFTConfig, SFTTrainer, TrlParser
+from trl import SFTConfig, SFTTrainer
 
 from hub_cards.plots import plot_against_m
 from peft_ib import IBLoraConfig
 from trl_ib import IBSFTConfig, IBSFTTrainer
 from trl_ib.builtin import SMOLLM2_NAME
 from trl_ib.code_eval import score
-from trl_ib.evaluation import EvalArguments, build_programs, merge_adapter, write_atomically
+from trl_ib.files import write_atomically
+from trl_ib.generation.prompting import build_programs
+from trl_ib.generation.sampling import TEMPERATURE, TOP_P
+from trl_ib.models import merge_adapter
 from trl_ib.memorization import plot_distributions, representation_gap, score_min_k, summarize
 from trl_ib.precision import native_bf16, resolve_dtype
-from trl_ib.vllm_generation import generate_samples_with, resolve_backend
+from trl_ib.generation.vllm_generation import generate_samples_with, resolve_backend
 
-from .contaminate import cached_contaminated_base, key_hash
+from .contaminate import cached_base, key_hash
 from .study import ARMS, BASES, contrasts, format_strength, plot_barrier
 from .tasks import Task, make_task, sft_rows
 
@@ -208,7 +211,7 @@ def sample_and_score(model, tokenizer, problems: list[dict], budget: Budget, see
     set_seed(seed)
     prompts = [p["prompt"] for p in problems]
     completions = generate_samples_with(
-        "auto", model, tokenizer, prompts, budget.num_samples, EvalArguments.temperature, EvalArguments.top_p,
+        "auto", model, tokenizer, prompts, budget.num_samples, TEMPERATURE, TOP_P,
         budget.max_new_tokens, batch_size=80, progress=True,
     )  # fmt: skip
     programs = build_programs(prompts, completions, "python")
@@ -216,7 +219,7 @@ def sample_and_score(model, tokenizer, problems: list[dict], budget: Budget, see
     return score(programs, [p["test"] for p in problems], [p["entry_point"] for p in problems], K_VALUES, m)
 
 
-def memorization(model, tokenizer, d_code, groups_by, dtype) -> dict:
+def memorization_row(model, tokenizer, d_code, groups_by, dtype) -> dict:
     """
     The summary of the model's Min-K% of `d_code` (float32 weights) and the representation gap between the most and
     least memorized groups of `d_code` by the scores `groups_by` (None: the model's own), with the weights in `dtype`.
@@ -234,13 +237,13 @@ def sampled(model, tokenizer, problems, budget, seed) -> dict:
     return {"pass": scores.table, "num_correct": scores.num_correct}
 
 
-def evaluate(model, tokenizer, problems, d_code, groups_by, budget, seed, dtype) -> dict:
+def score_model(model, tokenizer, problems, d_code, groups_by, budget, seed, dtype) -> dict:
     """
     `sampled` | `memorization` of the model with the weights in `dtype`. An adapter is merged into the weights first
     (in float32, `merge_adapter`), and the model is left merged and in `dtype`.
     """
     model = merge_adapter(model)
-    memorized = memorization(model, tokenizer, d_code, groups_by, dtype)
+    memorized = memorization_row(model, tokenizer, d_code, groups_by, dtype)
     return sampled(model, tokenizer, problems, budget, seed) | memorized
 
 
@@ -256,8 +259,8 @@ def demo_task(task_seed: int, budget: Budget) -> Task:
 
 def bases(model: str, task: Task, epochs: float, bf16: bool) -> dict[str, Path]:
     """{"clean": `model` fully fine-tuned on the reference problems, "contaminated": on D_code}, `epochs` each."""
-    return {"clean": cached_contaminated_base(model, texts(task.reference), epochs, bf16),
-            "contaminated": cached_contaminated_base(model, texts(task.train), epochs, bf16)}  # fmt: skip
+    return {"clean": cached_base(model, texts(task.reference), epochs, bf16),
+            "contaminated": cached_base(model, texts(task.train), epochs, bf16)}  # fmt: skip
 
 
 def cached_json(path: Path, compute) -> dict:
@@ -280,7 +283,7 @@ def base_scores(base_dir: Path, tokenizer, d_code, reference, problems, budget: 
 
     def memorized() -> dict:
         reference_min_k = score_min_k(base(), tokenizer, reference)
-        return memorization(base(), tokenizer, d_code, None, dtype) | {"min_k_reference": reference_min_k}
+        return memorization_row(base(), tokenizer, d_code, None, dtype) | {"min_k_reference": reference_min_k}
 
     memorized_row = cached_json(base_dir / f"base-memorization-{key_hash(d_code, reference, str(dtype))}.json",
                                 memorized)  # fmt: skip
@@ -320,7 +323,7 @@ def run_strength(args: DemoArguments, task: Task, epochs: float, budget: Budget,
                     model, _ = fine_tune(ARM_FOLDERS[arm], folder, tokenizer, d_code, output_dir, seed,
                                          budget, args.ib_options(), bf16)  # fmt: skip
                 with stage(seconds, f"{epochs:g} epochs: scoring {arm}"):
-                    seeds[str(seed)][name][arm] = evaluate(model, tokenizer, problems, d_code, memorized_first,
+                    seeds[str(seed)][name][arm] = score_model(model, tokenizer, problems, d_code, memorized_first,
                                                            budget, seed, dtype)  # fmt: skip
     contaminated = draws[str(args.seeds[0])]["contaminated"]
     shift = {"d_code": contaminated["min_k_d_code"]["median"],
@@ -349,8 +352,9 @@ def plots(strengths: dict[str, dict], output_dir: Path, split: str) -> None:
         plot_barrier(strengths, output_dir / "barrier.png")
 
 
-def main(argv: list[str] | None = None) -> None:
-    (args,) = TrlParser((DemoArguments,)).parse_args_and_config(argv)
+def run_demo(args: DemoArguments) -> dict:
+    """The whole demo for `args` (module docstring): writes to args.output_dir, prints the tables, returns the summary
+    written to results.json."""
     if not torch.cuda.is_available():
         torch.set_num_threads(min(torch.get_num_threads(), 2))  # the 2-core budget; OMP_NUM_THREADS=1 lowers it
     budget = args.budget()
@@ -378,3 +382,4 @@ def main(argv: list[str] | None = None) -> None:
     print("wall seconds per stage: " + ", ".join(f"{name} {value:.0f}" for name, value in seconds.items()))
     print(f"wrote {output_dir}/: *ep/seed-*/*/{{lora,ib-lora}}, min_k.png, pass_at_10_m.png, results.json"
           + (", barrier.png" if len(results) > 1 else ""))  # fmt: skip
+    return summary

@@ -12,12 +12,12 @@ import sys
 
 # subcommand -> (module with `main(argv)`, one-line help)
 SUBCOMMANDS = {
-    "train": ("trl_ib.train", "fine-tune with IB-LoRA (IBSFTTrainer); YAML config + overrides"),
-    "eval": ("trl_ib.evaluation", "generate samples and score Pass@k^(m) in the sandbox"),
-    "memorization": ("trl_ib.memorization", "Min-K% Prob memorization scores of a dataset"),
-    "export": ("peft_ib.export", "write an IB-LoRA adapter as a plain LoRA adapter for serving"),
-    "lm-eval": ("trl_ib.lm_eval_route", "lm-evaluation-harness's CLI, with IB-LoRA adapters loadable (peft=...)"),
-    "demo": ("trl_ib.demo.run", "LoRA FT vs IB-FT on SmolLM2-135M-Instruct, end to end on CPU"),
+    "train": ("trl_ib.cli.train", "fine-tune with IB-LoRA (IBSFTTrainer); YAML config + overrides"),
+    "eval": ("trl_ib.cli.eval", "generate samples and score Pass@k^(m) in the sandbox"),
+    "memorization": ("trl_ib.cli.memorization", "Min-K% Prob memorization scores of a dataset"),
+    "export": ("trl_ib.cli.export", "write an IB-LoRA adapter as a plain LoRA adapter for serving"),
+    "lm-eval": ("trl_ib.cli.lm_eval", "lm-evaluation-harness's CLI, with IB-LoRA adapters loadable (peft=...)"),
+    "demo": ("trl_ib.cli.demo", "LoRA FT vs IB-FT on SmolLM2-135M-Instruct, end to end on CPU"),
 }
 
 
@@ -44,6 +44,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ib-ft {command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
         sys.exit(2)
 
-
-if __name__ == "__main__":
-    main()

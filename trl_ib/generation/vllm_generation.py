@@ -35,8 +35,8 @@ from peft import PeftConfig, PeftType
 from tqdm.auto import tqdm
 from transformers import AutoConfig, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from .code_eval.extraction import cut_at_stop
-from .generation import batch_seed, generate_samples
+from ..code_eval.extraction import cut_at_stop
+from .hf_generation import batch_seed, generate_samples
 from .prompting import PromptFormat
 from .sampling import generation_value
 
@@ -99,7 +99,7 @@ def make_llm(model_name_or_path: str, max_lora_rank: int | None = None, seed: in
     vllm = _vllm()
     from vllm.config.lora import MaxLoRARanks
 
-    from .builtin import resolve_model
+    from ..builtin import resolve_model
 
     # The engine otherwise runs in a spawned process that re-imports the caller's __main__: scripts without an
     # `if __name__ == "__main__"` guard, and pytest, fail to start it.
@@ -120,7 +120,7 @@ def serving(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, seed: in
     engine is built from. The engine is shut down, and the folder removed, after the block."""
     from peft import PeftModel
 
-    from .evaluation import merge_adapter
+    from ..models import merge_adapter
 
     with tempfile.TemporaryDirectory(prefix="ib-ft-vllm-") as folder:
         plain = merge_adapter(copy.deepcopy(model)) if isinstance(model, PeftModel) else model

@@ -16,12 +16,13 @@ sequences, chat prefixes, the program builders) is the language's record, `trl_i
 """
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from .code_eval.execution.languages import Language, check_language
-from .code_eval.extraction import FENCE
+from ..code_eval.execution.languages import Language, check_language
+from ..code_eval.extraction import FENCE, failing_program
 
 PROMPT_MODES = ("auto", "completion", "chat")
 _CHAT_MODEL_NAME = re.compile(r"instruct|chat|-it\b", re.IGNORECASE)
@@ -97,3 +98,29 @@ class PromptFormat:
         language = self.language_record
         build = language.chat_program if self.mode == "chat" else language.completion_program
         return build(prompt, answer, entry_point)
+
+
+def build_programs(
+    prompts: Sequence[str],
+    completions: Sequence[Sequence[str]],
+    prompt_format: PromptFormat | str = "python",
+    entry_points: Sequence[str | None] | None = None,
+) -> list[list[str | None]]:
+    """programs[problem][sample]: what `prompt_format` builds from each prompt and completion (a language name
+    means completion mode in that language); None for a completion with no code. A completion that cannot be
+    read (any exception while building its program) gets `failing_program` with the reason: one hostile answer
+    fails its sample, never the run."""
+    prompt_format = PromptFormat(language=prompt_format) if isinstance(prompt_format, str) else prompt_format
+    entry_points = [None] * len(prompts) if entry_points is None else entry_points
+
+    def program(prompt: str, completion: str, entry_point: str | None) -> str | None:
+        try:
+            return prompt_format.program(prompt, completion, entry_point)
+        except Exception as error:  # noqa: BLE001  generated text is hostile: its failure is its verdict
+            reason = f"the answer could not be read ({type(error).__name__}: {error})"
+            return failing_program(prompt_format.language, reason)
+
+    return [
+        [program(prompt, completion, entry_point) for completion in group]
+        for prompt, group, entry_point in zip(prompts, completions, entry_points)
+    ]

@@ -6,7 +6,7 @@ import torch
 
 from trl import SFTConfig
 
-from .precision import native_bf16
+from ..precision import native_bf16
 
 
 @dataclass

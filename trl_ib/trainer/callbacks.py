@@ -6,10 +6,9 @@ from accelerate.utils import broadcast_object_list, gather_object
 from transformers import Trainer, TrainerCallback
 from trl.models.utils import unwrap_model_for_generation
 
-from .code_eval import score
-from .evaluation import build_programs
-from .prompting import PromptFormat, resolve_prompt_mode
-from .vllm_generation import generate_samples_with, resolve_backend
+from ..code_eval import score
+from ..generation.prompting import PromptFormat, build_programs, resolve_prompt_mode
+from ..generation.vllm_generation import generate_samples_with, resolve_backend
 
 
 class PassAtKMCallback(TrainerCallback):
@@ -26,18 +25,18 @@ class PassAtKMCallback(TrainerCallback):
 
     Args:
         trainer: the Trainer this callback is added to; its `processing_class` must be a tokenizer.
-        problems: dicts with keys prompt, test, entry_point (HumanEval layout; `trl_ib.evaluation.load_problems`
+        problems: dicts with keys prompt, test, entry_point (HumanEval layout; `trl_ib.cli.eval.load_problems`
             reads them from a file, a dataset or a VerilogEval directory).
         k, m: the Pass@k^(m) pairs to log; "k" in `m` means m = k.
         num_samples: n, samples per problem, at least max(k).
         every_n_steps: evaluate when `global_step` is a multiple of this.
-        prompt_mode: "completion", "chat" or "auto" (`trl_ib.prompting`; auto looks at the trainer's tokenizer and
+        prompt_mode: "completion", "chat" or "auto" (`trl_ib.generation.prompting`; auto looks at the trainer's tokenizer and
             the model's `name_or_path`).
         language, instruction_prefix, response_prefix, temperature, top_p, max_new_tokens, stop_sequences,
-            batch_size, timeout, num_workers: as in `ib-ft eval` (`trl_ib.evaluation.EvalArguments`).
+            batch_size, timeout, num_workers: as in `ib-ft eval` (`trl_ib.cli.eval.EvalArguments`).
         backend: what samples: hf (`generate_samples` on the model being trained, split across processes), vllm (an
             engine built at each evaluation from the model as it stands, merged into a copy and saved to a temporary
-            folder: `trl_ib.vllm_generation.serving`; one process) or auto: vllm where it is installed and one process
+            folder: `trl_ib.generation.vllm_generation.serving`; one process) or auto: vllm where it is installed and one process
             trains, else hf.
         vllm_kwargs: `vllm.LLM` arguments for the vllm backend; its dtype defaults to the trainer's mixed precision
             (bf16 or fp16), else the weights' dtype. On a GPU the trainer holds memory that vLLM's default

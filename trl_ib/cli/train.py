@@ -21,24 +21,13 @@ from peft_ib import IBLoraConfig
 from peft_ib.config import IB_FIELDS
 from peft_ib.export import to_lora_config
 
-from . import builtin
-from .ib_sft_config import IBSFTConfig
-from .ib_sft_trainer import IBSFTTrainer, check_distributed_run
+from trl_ib import builtin
+from trl_ib.trainer.data import PAPER_COLUMNS, to_prompt_completion
+from trl_ib.trainer.distributed import check_distributed_run
+from trl_ib.trainer.ib_sft_config import IBSFTConfig
+from trl_ib.trainer.ib_sft_trainer import IBSFTTrainer
 
-# The paper's datasets (OriGen, Evol-CodeAlpaca-V1) as the official code reads them.
-PAPER_COLUMNS = ("Instruction", "Response")
-
-
-def to_prompt_completion(dataset, prompt_column: str = PAPER_COLUMNS[0], completion_column: str = PAPER_COLUMNS[1]):
-    """The paper's format: prompt = instruction + "\\n", completion = response, so the loss is on the response."""
-    missing = [c for c in (prompt_column, completion_column) if c not in dataset.column_names]
-    if missing:
-        raise ValueError(f"Dataset has no column(s) {missing}; its columns are {dataset.column_names}.")
-    return dataset.map(
-        lambda row: {"prompt": row[prompt_column] + "\n", "completion": row[completion_column]},
-        remove_columns=dataset.column_names,
-    )
-
+from .arguments import parse_ib_layers
 
 PEFT_TYPES = ("iblora", "lora")
 # IBSFTConfig has its own ib_alpha / ib_beta flags (None: the adapter's values); the other IB fields are flags here.
@@ -83,22 +72,7 @@ class IBArguments(IBEncoderArguments):
 
     def encoder_settings(self) -> dict:
         """The IBLoraConfig keyword arguments these flags give (ib_layers parsed)."""
-        return {f.name: getattr(self, f.name) for f in ENCODER_FIELDS} | {"ib_layers": self.parsed_ib_layers()}
-
-    def parsed_ib_layers(self) -> int | float | list[int]:
-        # A flag is a string; a YAML config gives an int, a float or a list as such.
-        if isinstance(self.ib_layers, (int, float, list)) and not isinstance(self.ib_layers, bool):
-            return self.ib_layers
-        text = str(self.ib_layers).strip()
-        try:
-            if "," in text:
-                return [int(part) for part in text.split(",")]
-            return float(text) if "." in text else int(text)
-        except ValueError:
-            raise ValueError(
-                f"ib_layers={self.ib_layers!r}: expected a relative depth like '0.625', a block index like '19' "
-                "or a comma-separated list like '10,19'."
-            ) from None
+        return {f.name: getattr(self, f.name) for f in ENCODER_FIELDS} | {"ib_layers": parse_ib_layers(self.ib_layers)}
 
 
 def make_parser() -> TrlParser:

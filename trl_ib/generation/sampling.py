@@ -23,6 +23,10 @@ typical_p, epsilon or eta cutoffs) and top-k is on; otherwise it hands `generate
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+# The sampling settings of a Pass@k^(m) evaluation unless told otherwise (`ib-ft eval`, the demo).
+TEMPERATURE = 0.8
+TOP_P = 0.95
+
 
 def generation_value(config: GenerationConfig, name: str):
     """What `generate` uses for `name`: the model's generation_config, else transformers' default (None if it has

@@ -6,12 +6,12 @@
     ib-ft eval --model_name_or_path M --dataset VerilogEval/dataset_spec-to-rtl --language verilog
     ib-ft eval --config eval.yaml --temperature 0.2        # YAML config, command line overrides
 
-Prompt modes (completion, chat, auto) are described in `trl_ib.prompting`. Problem sets: a HumanEval-style
+Prompt modes (completion, chat, auto) are described in `trl_ib.generation.prompting`. Problem sets: a HumanEval-style
 .json/.jsonl(.gz) file or `datasets` dataset (columns renamed with --prompt_column etc.), or a VerilogEval
 directory (`trl_ib.code_eval.problem_sets`). Writes to `output_dir`: samples.jsonl (one row per sample with its
 answer, program and verdict), results.json (the table, per-problem pass counts and the arguments) and
-pass_at_k_m.png (Pass@k^(m) against m for each k). The pieces (`generate_samples`, `build_programs`, `score`)
-are reused by `PassAtKMCallback` and the demo.
+pass_at_k_m.png (Pass@k^(m) against m for each k). The pieces it runs (`generate_samples`, `build_programs`,
+`score`) are the library's, which `PassAtKMCallback` and the demo use too.
 """
 
 import fcntl
@@ -21,25 +21,29 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-import datasets
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers import AutoTokenizer, set_seed
 from trl import TrlParser
 
 from hub_cards.plots import plot_against_m
-
-from .builtin import resolve_model
-from .code_eval import LANGUAGES, pass_at_k_m_table, resolve_m, score
-from .code_eval.extraction import failing_program
-from .code_eval.problem_sets import is_verilog_eval_dir, load_verilog_eval
-from .generation import sample_batches
-from .precision import DTYPE_CHOICES, resolve_dtype
-from .prompting import PROMPT_MODES, PromptFormat, check_prompt_mode, resolve_prompt_mode
-from .vllm_generation import BACKENDS, resolve_backend
-
-__all__ = ["EvalArguments", "build_programs", "load_model", "load_problems", "main", "merge_adapter"]
+from trl_ib.builtin import resolve_model
+from trl_ib.code_eval import LANGUAGES, pass_at_k_m_table, resolve_m, score
+from trl_ib.code_eval.problem_sets import is_verilog_eval_dir, load_problems
+from trl_ib.files import write_atomically
+from trl_ib.generation.hf_generation import sample_batches
+from trl_ib.generation.prompting import (
+    PROMPT_MODES,
+    PromptFormat,
+    build_programs,
+    check_prompt_mode,
+    resolve_prompt_mode,
+)
+from trl_ib.generation.sampling import TEMPERATURE, TOP_P
+from trl_ib.generation.vllm_generation import BACKENDS, resolve_backend
+from trl_ib.models import load_model
+from trl_ib.precision import DTYPE_CHOICES, resolve_dtype
 
 
 
@@ -85,8 +89,8 @@ class EvalArguments:
     m: list[str] = field(
         default_factory=lambda: ["1", "k"], metadata={"help": "The m values of Pass@k^(m); 'k' means m = k."}
     )
-    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature; 0 decodes greedily."})
-    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling probability mass."})
+    temperature: float = field(default=TEMPERATURE, metadata={"help": "Sampling temperature; 0 decodes greedily."})
+    top_p: float = field(default=TOP_P, metadata={"help": "Nucleus sampling probability mass."})
     max_new_tokens: int = field(default=512, metadata={"help": "Longest completion, in tokens."})
     stop_sequences: list[str] | None = field(
         default=None,
@@ -148,32 +152,6 @@ class EvalArguments:
         resolve_dtype(self.dtype)
 
 
-def build_programs(
-    prompts: Sequence[str],
-    completions: Sequence[Sequence[str]],
-    prompt_format: PromptFormat | str = "python",
-    entry_points: Sequence[str | None] | None = None,
-) -> list[list[str | None]]:
-    """programs[problem][sample]: what `prompt_format` builds from each prompt and completion (a language name
-    means completion mode in that language); None for a completion with no code. A completion that cannot be
-    read (any exception while building its program) gets `failing_program` with the reason: one hostile answer
-    fails its sample, never the run."""
-    prompt_format = PromptFormat(language=prompt_format) if isinstance(prompt_format, str) else prompt_format
-    entry_points = [None] * len(prompts) if entry_points is None else entry_points
-
-    def program(prompt: str, completion: str, entry_point: str | None) -> str | None:
-        try:
-            return prompt_format.program(prompt, completion, entry_point)
-        except Exception as error:  # noqa: BLE001  generated text is hostile: its failure is its verdict
-            reason = f"the answer could not be read ({type(error).__name__}: {error})"
-            return failing_program(prompt_format.language, reason)
-
-    return [
-        [program(prompt, completion, entry_point) for completion in group]
-        for prompt, group, entry_point in zip(prompts, completions, entry_points)
-    ]
-
-
 def plot_pass_at_k_m(num_samples: Sequence[int] | int, num_correct: Sequence[int], k: Sequence[int], path: str) -> None:
     """Save a PNG of Pass@k^(m) against m = 1..k, one line per k."""
     curves = {
@@ -181,70 +159,6 @@ def plot_pass_at_k_m(num_samples: Sequence[int] | int, num_correct: Sequence[int
         for k_ in k
     }
     plot_against_m(curves, path, "Pass@k^(m) against m")
-
-
-def merge_adapter(model: PreTrainedModel) -> PreTrainedModel:
-    """
-    `model` for sampling: a PeftModel with a LoRA or IB-LoRA adapter becomes its base model with the adapter merged into
-    the weights (`merge_and_unload`, in place), anything else is returned as it is. IB-LoRA's encoders act only in a
-    training forward, so the merged model is the adapter's eval-mode model up to rounding, without PEFT's rank-r side
-    products beside every linear layer.
-    """
-    from peft import PeftModel
-
-    return model.merge_and_unload() if isinstance(model, PeftModel) else model
-
-
-def load_model(
-    model_name_or_path: str, adapter_path: str | None = None, dtype: str | torch.dtype = "auto", merge: bool = True
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """
-    The base model and its tokenizer; with `adapter_path` (LoRA or IB-LoRA, loaded through PEFT) the adapter is merged
-    into the weights (`merge_adapter`) unless `merge` is False, which keeps the PeftModel.
-    """
-    model_name_or_path = resolve_model(model_name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-    if adapter_path is not None:
-        import peft_ib  # noqa: F401  registers the IB-LoRA adapter type with PEFT
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter_path)
-        model = merge_adapter(model) if merge else model
-    return model, tokenizer
-
-
-def load_problems(
-    dataset: str,
-    split: str = "test",
-    num_problems: int | None = None,
-    columns: dict[str, str] | None = None,
-) -> list[dict]:
-    """The first `num_problems` problems of `dataset` as dicts with keys task_id, prompt, test, entry_point.
-
-    Args:
-        dataset: a .json/.jsonl(.gz) file, a VerilogEval directory, or a name or directory for `datasets.load_dataset`.
-        columns: {"prompt": column, "test": column, "entry_point": column} where the dataset names them otherwise.
-    """
-    if is_verilog_eval_dir(dataset):
-        problems = load_verilog_eval(dataset)
-    else:
-        if dataset.endswith((".json", ".jsonl", ".json.gz", ".jsonl.gz")):
-            rows = datasets.load_dataset("json", data_files=dataset, split="train")
-        else:
-            rows = datasets.load_dataset(dataset, split=split)
-        columns = {"prompt": "prompt", "test": "test", "entry_point": "entry_point", **(columns or {})}
-        missing = sorted(column for column in columns.values() if column not in rows.column_names)
-        if missing:
-            raise ValueError(
-                f"dataset {dataset!r} lacks columns {missing}; it has {rows.column_names}. Name the prompt, test and "
-                "entry point columns with --prompt_column, --test_column and --entry_point_column"
-            )
-        problems = [
-            {"task_id": row.get("task_id", index), **{key: row[column] for key, column in columns.items()}}
-            for index, row in enumerate(rows)
-        ]
-    return problems[:num_problems] if num_problems else problems
 
 
 # The EvalArguments that decide the samples: a rerun resumes an output_dir only if these, and the prompts, match.
@@ -297,15 +211,6 @@ def append_samples(path: str, rows: list[tuple[int, int, str]], task_ids: list) 
         file.flush()
 
 
-def write_atomically(path: str, text: str) -> None:
-    """`text` into `path`, written whole to a scratch file of this process first and then renamed into place, so a
-    reader (or a concurrent writer) never sees a half-written file."""
-    scratch = f"{path}.tmp-{os.getpid()}"
-    with open(scratch, "w") as file:
-        file.write(text)
-    os.replace(scratch, path)
-
-
 def process_state() -> PartialState:
     """accelerate's view of the processes, joined over gloo on a machine without an accelerator (accelerate would
     otherwise leave each CPU process alone, and each would evaluate everything). Raises RuntimeError where the
@@ -340,7 +245,7 @@ def main(argv: list[str]) -> None:
     dtype = resolve_dtype(args.dtype, device=state.device)  # "rule" resolves per machine
     llm_kwargs = json.loads(args.vllm_kwargs)
     if backend == "vllm":
-        from .vllm_generation import vllm_dtype
+        from trl_ib.generation.vllm_generation import vllm_dtype
 
         model_path = resolve_model(args.model_name_or_path)
         llm_kwargs = {"dtype": vllm_dtype(dtype, model_path), **llm_kwargs}
@@ -358,7 +263,7 @@ def main(argv: list[str]) -> None:
     state.wait_for_everyone()
 
     if backend == "vllm":
-        from .vllm_generation import lora_rank, make_llm, vllm_sample_batches
+        from trl_ib.generation.vllm_generation import lora_rank, make_llm, vllm_sample_batches
 
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         rank = None if args.adapter_path is None else lora_rank(args.adapter_path)

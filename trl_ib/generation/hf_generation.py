@@ -9,7 +9,7 @@ What `generate_samples` does beyond a `generate` call per prompt (each compared 
   looks at the new tokens only, as `cut_at_stop` does: a stop sequence that starts in the prompt (a chat prompt
   ends with "```python\n", so an answer starting with "```\n" completes "\n```\n") does not end generation;
 - `generate` stops a batch as soon as every row has produced a stop sequence or the end-of-sequence token;
-- sampling draws each token over the top-k candidates (`trl_ib.sampling`), not over the whole vocabulary: the
+- sampling draws each token over the top-k candidates (`trl_ib.generation.sampling`), not over the whole vocabulary: the
   distribution of `generate`'s own temperature, top-k and top-p, at a fraction of their cost;
 - the n samples of a prompt share one prefill (`prompt_cache`): each distinct prompt of a batch runs through the
   model once, all but its last token, and its KV cache is copied to the rows that sample it; `generate` then runs
@@ -43,7 +43,7 @@ from transformers import (
     StopStringCriteria,
 )
 
-from .code_eval.extraction import cut_at_stop
+from ..code_eval.extraction import cut_at_stop
 from .prompting import PromptFormat
 from .sampling import sampling_arguments
 
