@@ -4,6 +4,7 @@ traceback."""
 import pytest
 
 from trl_ib import cli
+from trl_ib.cli.arguments import parse_ib_layers
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -28,3 +29,15 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
 def test_unknown_command_names_the_choices(capsys):
     with pytest.raises(SystemExit, match="unknown command 'trian'; choose one of train, eval"):
         cli.main(["trian"])
+
+
+@pytest.mark.parametrize("value, expected", [("19", 19), ("0.625", 0.625), ("10,19", [10, 19]), (3, 3), ([1, 2], [1, 2])])
+def test_ib_layers_flags_parse_as_the_config_takes_them(value, expected):
+    assert parse_ib_layers(value) == expected
+
+
+def test_ib_layers_flag_errors_name_the_field():
+    with pytest.raises(ValueError, match=r"^ib_layers='x': expected a relative depth"):
+        parse_ib_layers("x")
+    with pytest.raises(ValueError, match=r"^ib_layers='1,2': one block is read here"):  # ib-ft memorization
+        parse_ib_layers("1,2", single=True)

@@ -96,7 +96,7 @@ def test_yaml_config_and_flag_overrides(tmp_path):
 def test_yaml_ib_layers_keep_their_yaml_type(tmp_path, yaml_value, expected):
     (tmp_path / "run.yaml").write_text(yaml.safe_dump({"ib_layers": yaml_value, "output_dir": str(tmp_path)}))
     *_, ib_args = make_parser().parse_args_and_config(args=["--config", str(tmp_path / "run.yaml")])
-    assert ib_args.parsed_ib_layers() == expected
+    assert ib_args.encoder_settings()["ib_layers"] == expected
 
 
 def test_data_loading_maps_the_papers_columns(tmp_path):

@@ -123,7 +123,7 @@ def test_two_processes_split_the_batches_and_score_once(setup, tmp_path, decodin
 
 
 def test_processes_that_did_not_join_are_refused(monkeypatch):
-    from trl_ib import evaluation
+    from trl_ib.cli import eval as evaluation
 
     class Alone:  # what accelerate reports in each of 2 launched processes it did not join
         num_processes = 1

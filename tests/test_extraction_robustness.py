@@ -236,7 +236,7 @@ def test_the_callback_scores_an_answer_that_used_to_raise(tmp_path, monkeypatch)
     trainer.processing_class.chat_template = CHAT_TEMPLATE
     callback = PassAtKMCallback(trainer, CALLBACK_PROBLEMS, num_samples=1, prompt_mode="chat", timeout=2.0)
     answers = [["def f():\n    return 1\n"], [DEEP]]  # problem 0 passes, problem 1's answer used to raise
-    monkeypatch.setattr(trl_ib.trainer.callbacks, "generate_samples", lambda *args, **kwargs: answers)
+    monkeypatch.setattr(trl_ib.trainer.callbacks, "generate_samples_with", lambda *args, **kwargs: answers)
     assert callback.evaluate() == {"eval_pass@1^(1)": 0.5}
 
 

@@ -187,7 +187,7 @@ def test_a_shared_prefill_gives_the_samples_of_a_prefill_per_row(tmp_path, archi
     try:
         shared = generate_samples(model, tokenizer, PROMPTS, 4, 1.0, max_new_tokens=8, batch_size=5, seed=3)
         seen, prefills[:] = list(prefills), []
-        with mock.patch("trl_ib.generation.prompt_cache", lambda model, inputs, rows: None):
+        with mock.patch("trl_ib.generation.hf_generation.prompt_cache", lambda model, inputs, rows: None):
             per_row = generate_samples(model, tokenizer, PROMPTS, 4, 1.0, max_new_tokens=8, batch_size=5, seed=3)
     finally:
         spy.remove()

@@ -23,7 +23,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from peft_ib import IBLoraConfig, export_lora
 from hub_server import HubServer, Repo, serving
 from tiny_models import tiny_llama, train_tokenizer
-from trl_ib import cli, evaluation
+from trl_ib import cli
+from trl_ib.cli import eval as evaluation
 
 PROBLEMS = [
     {"task_id": f"tiny/{index}", "prompt": prompt, "test": "def check(f):\n    assert f(1) == 1\n", "entry_point": "f"}

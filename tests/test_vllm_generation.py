@@ -276,7 +276,7 @@ def test_pass_at_k_m_callback_samples_alike_on_both_backends(served, tmp_path, m
     import datasets
     from transformers import Trainer, TrainingArguments
 
-    from trl_ib import callbacks
+    from trl_ib.trainer import callbacks
 
     _, tokenizer, _, _ = served
     lora = adapter(base_model(len(tokenizer)), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),

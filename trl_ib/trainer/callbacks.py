@@ -25,7 +25,7 @@ class PassAtKMCallback(TrainerCallback):
 
     Args:
         trainer: the Trainer this callback is added to; its `processing_class` must be a tokenizer.
-        problems: dicts with keys prompt, test, entry_point (HumanEval layout; `trl_ib.cli.eval.load_problems`
+        problems: dicts with keys prompt, test, entry_point (HumanEval layout; `trl_ib.code_eval.problem_sets.load_problems`
             reads them from a file, a dataset or a VerilogEval directory).
         k, m: the Pass@k^(m) pairs to log; "k" in `m` means m = k.
         num_samples: n, samples per problem, at least max(k).
@@ -33,7 +33,7 @@ class PassAtKMCallback(TrainerCallback):
         prompt_mode: "completion", "chat" or "auto" (`trl_ib.generation.prompting`; auto looks at the trainer's tokenizer and
             the model's `name_or_path`).
         language, instruction_prefix, response_prefix, temperature, top_p, max_new_tokens, stop_sequences,
-            batch_size, timeout, num_workers: as in `ib-ft eval` (`trl_ib.cli.eval.EvalArguments`).
+            batch_size, timeout, num_workers: as in `ib-ft eval`.
         backend: what samples: hf (`generate_samples` on the model being trained, split across processes), vllm (an
             engine built at each evaluation from the model as it stands, merged into a copy and saved to a temporary
             folder: `trl_ib.generation.vllm_generation.serving`; one process) or auto: vllm where it is installed and one process
