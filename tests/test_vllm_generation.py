@@ -258,6 +258,7 @@ def test_an_in_memory_model_samples_alike_on_both_backends(served, adapter_name)
     model = base_model(len(tokenizer)).eval() if adapter_name is None else peft_models[adapter_name]
     greedy = (model, tokenizer, PROMPTS, 2, 0.0, 1.0, MAX_NEW_TOKENS, STOPS)
     expected = generate_samples_with("hf", *greedy)
+    set_num_threads, num_threads = torch.set_num_threads, torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
         assert generate_samples_with("vllm", *greedy, llm_kwargs={"max_model_len": MAX_LENGTH}) == expected
@@ -268,6 +269,7 @@ def test_an_in_memory_model_samples_alike_on_both_backends(served, adapter_name)
             draws.append(generate_samples_with("vllm", *sampled, llm_kwargs={"max_model_len": MAX_LENGTH}))
     assert draws[0] == draws[1] != draws[2] and len({s for group in draws[0] for s in group}) > len(PROMPTS)
     assert generate_samples_with("hf", *greedy) == expected  # the model itself was not merged or changed
+    assert torch.set_num_threads is set_num_threads and torch.get_num_threads() == num_threads  # as before vLLM
 
 
 @pytest.mark.vllm

@@ -46,6 +46,7 @@ INSTALL_HINT = (
     "install vllm. docs/INSTALL.md has both routes."
 )
 BACKENDS = ("auto", "hf", "vllm")
+DEFAULT_CPU_KV_CACHE_BYTES = 4 * 2**30  # make_llm's KV cache on a CPU, where vLLM's own default takes 92% of the RAM
 # one id per call: vLLM caches adapters by id, and a folder re-exported between calls must not be served stale
 _lora_ids = itertools.count(1)
 
@@ -94,7 +95,10 @@ def make_llm(model_name_or_path: str, max_lora_rank: int | None = None, seed: in
     Args:
         max_lora_rank: the largest adapter rank r it will serve; rounded up to a rank vLLM accepts.
         llm_kwargs: passed to `vllm.LLM` (dtype, max_model_len, enforce_eager, ...); enforce_eager defaults to True
-            (on CPU, compiling lengthens start-up and decoded no faster: benchmarks/README.md).
+            (on CPU, compiling lengthens start-up and decoded no faster: benchmarks/README.md). On a CPU the KV cache
+            defaults to `DEFAULT_CPU_KV_CACHE_BYTES` unless VLLM_CPU_KVCACHE_SPACE (GiB), kv_cache_memory_bytes or
+            gpu_memory_utilization says otherwise: vLLM's own default reserves 92% of the machine's memory, and
+            refuses to start where less is free.
     """
     vllm = _vllm()
     from vllm.config.lora import MaxLoRARanks
@@ -110,6 +114,11 @@ def make_llm(model_name_or_path: str, max_lora_rank: int | None = None, seed: in
             raise ValueError(f"max_lora_rank={max_lora_rank} exceeds the largest rank vLLM serves, "
                              f"{max(typing.get_args(MaxLoRARanks))}")
         llm_kwargs = {"enable_lora": True, "max_lora_rank": ranks[0], "max_loras": 1, **llm_kwargs}
+    from vllm.platforms import current_platform
+
+    memory_set = {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(llm_kwargs)
+    if current_platform.is_cpu() and not memory_set and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        llm_kwargs = {"kv_cache_memory_bytes": DEFAULT_CPU_KV_CACHE_BYTES, **llm_kwargs}
     return vllm.LLM(model=resolve_model(model_name_or_path), seed=seed, **{"enforce_eager": True, **llm_kwargs})
 
 
@@ -117,16 +126,17 @@ def make_llm(model_name_or_path: str, max_lora_rank: int | None = None, seed: in
 def serving(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, seed: int = 0, **llm_kwargs):
     """A `vllm.LLM` serving the in-memory `model` as it stands (a PeftModel merged into a copy of it), in the dtype
     of its weights unless `llm_kwargs` names one: the model and `tokenizer` are saved to a temporary folder that the
-    engine is built from. The engine is shut down, and the folder removed, after the block."""
+    engine is built from. The engine is shut down, and the folder removed, after the block. The engine runs in this
+    process, and vLLM's CPU worker disables `torch.set_num_threads` there: the block restores it, and the thread
+    count, for what the caller runs next (training, say)."""
     from peft import PeftModel
 
-    from ..models import merge_adapter
-
     with tempfile.TemporaryDirectory(prefix="ib-ft-vllm-") as folder:
-        plain = merge_adapter(copy.deepcopy(model)) if isinstance(model, PeftModel) else model
+        plain = copy.deepcopy(model).merge_and_unload() if isinstance(model, PeftModel) else model
         plain.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         del plain
+        set_num_threads, num_threads = torch.set_num_threads, torch.get_num_threads()
         llm = make_llm(folder, seed=seed, **{"dtype": vllm_dtype(model.dtype, folder), **llm_kwargs})
         try:
             yield llm
@@ -134,6 +144,8 @@ def serving(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, seed: in
             llm.llm_engine.engine_core.shutdown()  # frees its KV cache; dropping the LLM alone leaves it to the GC
             del llm
             gc.collect()
+            torch.set_num_threads = set_num_threads
+            torch.set_num_threads(num_threads)
 
 
 def generate_samples_with(
