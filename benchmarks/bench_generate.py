@@ -77,12 +77,19 @@ def plain_loop(model, tokenizer, texts, num_samples, temperature, max_new_tokens
             input_ids, sampling = input_ids.repeat(num_samples, 1), dict(do_sample=False)
         with torch.inference_mode():
             output = model.generate(
-                input_ids, attention_mask=torch.ones_like(input_ids), **sampling, max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id, stop_strings=stop_sequences, tokenizer=tokenizer,
-            )  # fmt: skip
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                **sampling,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                stop_strings=stop_sequences,
+                tokenizer=tokenizer,
+            )
         generated = output[:, input_ids.shape[1] :]
         new_tokens += int((generated != tokenizer.pad_token_id).sum())
-        completions.append([cut_at_stop(t, stop_sequences) for t in tokenizer.batch_decode(generated, skip_special_tokens=True)])
+        completions.append(
+            [cut_at_stop(t, stop_sequences) for t in tokenizer.batch_decode(generated, skip_special_tokens=True)]
+        )
     return completions, new_tokens
 
 
@@ -144,19 +151,40 @@ def precision_rows(model, tokenizer, prompts, prompt_format, n, batch_size):
                     for patch, _ in PREVIOUS.values():
                         previous.enter_context(patch)
                 completions, seconds = timed(
-                    generate_samples, model, tokenizer, prompts, n, 0.8, 0.95, max_new_tokens, None, batch_size,
-                    prompt_format, True, 0,
-                )  # fmt: skip
+                    generate_samples,
+                    model,
+                    tokenizer,
+                    prompts,
+                    n,
+                    0.8,
+                    0.95,
+                    max_new_tokens,
+                    None,
+                    batch_size,
+                    prompt_format,
+                    True,
+                    0,
+                )
             limit = gflops[str(dtype)] * 1e9 / (2 * linear_weights)
-            rows.append({
-                "dtype": str(dtype).removeprefix("torch."), "path": path, "max_new_tokens": max_new_tokens,
-                "samples": n * len(prompts), "seconds": round(seconds, 1),
-                "useful_tokens_per_s": round(useful_tokens(tokenizer, completions) / seconds, 1),
-                "computed_tokens_per_s": round(computed[0] / seconds, 1), "gemm_limit_tokens_per_s": round(limit, 1),
-                "computed_share_of_limit": round(computed[0] / seconds / limit, 3),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "path": path,
+                    "max_new_tokens": max_new_tokens,
+                    "samples": n * len(prompts),
+                    "seconds": round(seconds, 1),
+                    "useful_tokens_per_s": round(useful_tokens(tokenizer, completions) / seconds, 1),
+                    "computed_tokens_per_s": round(computed[0] / seconds, 1),
+                    "gemm_limit_tokens_per_s": round(limit, 1),
+                    "computed_share_of_limit": round(computed[0] / seconds / limit, 3),
+                }
+            )
     for row in rows:
-        reference = next(r for r in rows if (r["dtype"], r["path"], r["max_new_tokens"]) == ("float32", "previous", row["max_new_tokens"]))
+        reference = next(
+            r
+            for r in rows
+            if (r["dtype"], r["path"], r["max_new_tokens"]) == ("float32", "previous", row["max_new_tokens"])
+        )
         row["speedup_vs_float32_previous"] = round(reference["seconds"] / row["seconds"], 2)
     return rows, {name.removeprefix("torch."): round(value, 1) for name, value in gflops.items()}
 
@@ -168,7 +196,10 @@ def generates_own_sampling(config, temperature, top_p) -> dict:
 
 # --frozen, --sampler and --prefill: (what `generate_samples` did before, patched in, name of the path as it is now)
 PREVIOUS = {
-    "frozen": (mock.patch("trl_ib.generation.contiguous_output_layer_input", lambda model: nullcontext()), "contiguous"),
+    "frozen": (
+        mock.patch("trl_ib.generation.contiguous_output_layer_input", lambda model: nullcontext()),
+        "contiguous",
+    ),
     "sampler": (mock.patch("trl_ib.generation.sampling_arguments", generates_own_sampling), "sampler"),
     "prefill": (mock.patch("trl_ib.generation.prompt_cache", lambda model, inputs, rows: None), "shared_prefill"),
 }
@@ -185,16 +216,37 @@ def previous_vs_now_rows(comparison, model, tokenizer, prompts, prompt_format, n
         runs = {}
         for path in ("previous", now) if dtype == torch.float32 else (now, "previous"):
             with previous if path == "previous" else nullcontext():
-                runs[path] = timed(generate_samples, model, tokenizer, prompts, n, 0.8, 0.95, max_new_tokens, None,
-                                   batch_size, prompt_format, True, 0)  # fmt: skip
+                runs[path] = timed(
+                    generate_samples,
+                    model,
+                    tokenizer,
+                    prompts,
+                    n,
+                    0.8,
+                    0.95,
+                    max_new_tokens,
+                    None,
+                    batch_size,
+                    prompt_format,
+                    True,
+                    0,
+                )
         (old, old_s), (new, new_s) = runs["previous"], runs[now]
         same = sum(a == b for group_a, group_b in zip(old, new) for a, b in zip(group_a, group_b))
-        rows.append({
-            "dtype": str(dtype).removeprefix("torch."), "batch_size": batch_size, "max_new_tokens": max_new_tokens,
-            "samples": n * len(prompts), "previous_s": round(old_s, 1), f"{now}_s": round(new_s, 1),
-            "speedup": round(old_s / new_s, 2), "identical_samples": f"{same}/{n * len(prompts)}",
-            "useful_tokens_previous": useful_tokens(tokenizer, old), f"useful_tokens_{now}": useful_tokens(tokenizer, new),
-        })  # fmt: skip
+        rows.append(
+            {
+                "dtype": str(dtype).removeprefix("torch."),
+                "batch_size": batch_size,
+                "max_new_tokens": max_new_tokens,
+                "samples": n * len(prompts),
+                "previous_s": round(old_s, 1),
+                f"{now}_s": round(new_s, 1),
+                "speedup": round(old_s / new_s, 2),
+                "identical_samples": f"{same}/{n * len(prompts)}",
+                "useful_tokens_previous": useful_tokens(tokenizer, old),
+                f"useful_tokens_{now}": useful_tokens(tokenizer, new),
+            }
+        )
     return rows
 
 
@@ -218,8 +270,12 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: see benchmarks/README.md)")
     parser.add_argument("--batch_size", type=int, default=16, help="generate_samples' rows per generate call")
     parser.add_argument("--precision", action="store_true", help="float32 vs bfloat16, previous vs today's path")
-    parser.add_argument("--frozen", action="store_true", help="frozen weights: the output layer's input contiguous or not")
-    parser.add_argument("--sampler", action="store_true", help="frozen weights: top-k sampler or generate's own sampling")
+    parser.add_argument(
+        "--frozen", action="store_true", help="frozen weights: the output layer's input contiguous or not"
+    )
+    parser.add_argument(
+        "--sampler", action="store_true", help="frozen weights: top-k sampler or generate's own sampling"
+    )
     parser.add_argument("--prefill", action="store_true", help="frozen weights: one prefill per prompt or per row")
     parser.add_argument("--output", type=Path, default=results_path(__file__), help="JSON file of every run's table")
     args = parser.parse_args()
@@ -229,7 +285,10 @@ def main():
     arguments = {name: value for name, value in vars(args).items() if name != "output"}
 
     path = resolve_model(args.model)
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
+    model, tokenizer = (
+        AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(),
+        AutoTokenizer.from_pretrained(path),
+    )
     prompt_format = PromptFormat(resolve_prompt_mode("auto", tokenizer, args.model))
     prompts = [problem["prompt"] for problem in list(read_problems().values())[: args.num_problems]]
     texts = [prompt_format.render(prompt, tokenizer) for prompt in prompts]
@@ -239,8 +298,9 @@ def main():
         f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
     )
     if comparison:
-        rows = previous_vs_now_rows(comparison, model, tokenizer, prompts, prompt_format, n, args.batch_size,
-                                    args.max_new_tokens)  # fmt: skip
+        rows = previous_vs_now_rows(
+            comparison, model, tokenizer, prompts, prompt_format, n, args.batch_size, args.max_new_tokens
+        )
         record(args.output, key, {"setup": setup, "rows": rows, "args": arguments})
         print(f"{setup}\n{markdown(rows)}")
         return
@@ -273,17 +333,25 @@ def main():
             variants.append((f"generate_samples, batch {args.batch_size}, static cache", completions, seconds))
         for name, completions, seconds in variants:
             same = sum(a == b for group, ref in zip(completions, base) for a, b in zip(group, ref))
-            rows.append({
-                "variant": name, "decoding": decoding, "samples": n * len(prompts), "seconds": round(seconds, 1),
-                "samples_per_s": round(n * len(prompts) / seconds, 3), "speedup": round(base_s / seconds, 2),
-                "identical_to_baseline": f"{same}/{n * len(prompts)}" if temperature == 0 else "n/a (sampled)",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "variant": name,
+                    "decoding": decoding,
+                    "samples": n * len(prompts),
+                    "seconds": round(seconds, 1),
+                    "samples_per_s": round(n * len(prompts) / seconds, 3),
+                    "speedup": round(base_s / seconds, 2),
+                    "identical_to_baseline": f"{same}/{n * len(prompts)}" if temperature == 0 else "n/a (sampled)",
+                }
+            )
         if temperature > 0:
             prefill_share = prefill_seconds(model, tokenizer, texts, n) / base_s
 
     setup += f", max_new_tokens = {args.max_new_tokens}"
     share = round(prefill_share, 3)
-    record(args.output, key, {"setup": setup, "rows": rows, "baseline_prefill_share_sampled": share, "args": arguments})
+    record(
+        args.output, key, {"setup": setup, "rows": rows, "baseline_prefill_share_sampled": share, "args": arguments}
+    )
     print(setup)
     print(f"prefill share of the sampled baseline's time: {prefill_share:.3f} (the most prefill-once could save)")
     print(markdown(rows))

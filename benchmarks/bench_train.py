@@ -93,15 +93,26 @@ SCALE = dict(hidden=64, layers=4, intermediate=172, heads=1, ib_dim=32)
 SEVEN_B_SHAPED = dict(hidden=256, layers=16, intermediate=688, heads=4, vocab=1000, ib_dim=16)
 SEVEN_B = dict(hidden=4096, layers=32, intermediate=11008, heads=32, vocab=32000, ib_dim=256)
 # The built-in base with its real weights: 30 blocks, GQA (9 query, 3 K/V heads), tied embeddings; the paper's D.
-SMOLLM2 = dict(hidden=576, layers=30, intermediate=1536, heads=9, kv_heads=3, vocab=49152, ib_dim=256,
-               weights="smollm2-135m-instruct")
+SMOLLM2 = dict(
+    hidden=576,
+    layers=30,
+    intermediate=1536,
+    heads=9,
+    kv_heads=3,
+    vocab=49152,
+    ib_dim=256,
+    weights="smollm2-135m-instruct",
+)
 ROWS = {512: 2, 1024: 1, 2048: 1}  # rows per step: what 2 shared CPU cores get through, not a GPU batch
 
 FULL_CONFIGS = [
     BenchConfig("small-32k-512", **SMALL, vocab=32000, seq=512, rows=2, steps=3),
     BenchConfig("7b-shaped-512", **SEVEN_B_SHAPED, seq=512, rows=2, steps=3),
-    *(BenchConfig(f"scale-{v // 1000}k-{s}", **SCALE, vocab=v, seq=s, rows=ROWS[s], steps=3 if v < 100000 else 2)
-      for v in (32000, 128256) for s in (512, 1024, 2048)),
+    *(
+        BenchConfig(f"scale-{v // 1000}k-{s}", **SCALE, vocab=v, seq=s, rows=ROWS[s], steps=3 if v < 100000 else 2)
+        for v in (32000, 128256)
+        for s in (512, 1024, 2048)
+    ),
     BenchConfig("smollm2-135m-512", **SMOLLM2, seq=512, rows=ROWS[512], steps=3),
     BenchConfig("smollm2-135m-2048", **SMOLLM2, seq=2048, rows=ROWS[2048], steps=2),
 ]
@@ -180,7 +191,14 @@ def step_flops(config: BenchConfig, counts: dict, variant: str, checkpointing: b
     """
     import torch
 
-    h, n_layers, inter, vocab, d, r = config.hidden, config.layers, config.intermediate, config.vocab, config.ib_dim, LORA_R
+    h, n_layers, inter, vocab, d, r = (
+        config.hidden,
+        config.layers,
+        config.intermediate,
+        config.vocab,
+        config.ib_dim,
+        LORA_R,
+    )
     rows, seq = counts["rows"], counts["seq"]
     positions = rows * seq
     kv = h * (config.kv_heads or config.heads) // config.heads  # K/V width (GQA: fewer K/V heads)
@@ -222,7 +240,11 @@ def build_peer_model(config: BenchConfig):
             super().__init__()
             self.lm, self.layer, self.alpha, self.beta = lm, layer, alpha, beta
             hidden = lm.config.hidden_size
-            self.mu, self.logvar, self.up = nn.Linear(hidden, ib_dim), nn.Linear(hidden, ib_dim), nn.Linear(ib_dim, hidden)
+            self.mu, self.logvar, self.up = (
+                nn.Linear(hidden, ib_dim),
+                nn.Linear(hidden, ib_dim),
+                nn.Linear(ib_dim, hidden),
+            )
 
         @staticmethod
         def shifted_ce(logits, labels, attention_mask):
@@ -232,7 +254,9 @@ def build_peer_model(config: BenchConfig):
             return F.cross_entropy(shifted[keep], labels[:, 1:].reshape(-1)[keep])
 
         def forward(self, input_ids, attention_mask, labels):
-            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, return_dict=True)
+            out = self.lm(
+                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, return_dict=True
+            )
             h = out.hidden_states[self.layer]  # (B, N, H), padding included
             mu, logvar = self.mu(h), self.logvar(h).clamp(-4.0, 4.0)
             z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
@@ -268,18 +292,30 @@ def build_llama(config: BenchConfig, dtype=None):
 
         model = AutoModelForCausalLM.from_pretrained(resolve_model(config.weights), dtype=dtype)
         c = model.config
-        shape = (c.hidden_size, c.num_hidden_layers, c.intermediate_size, c.num_attention_heads,
-                 c.num_key_value_heads, c.vocab_size)
+        shape = (
+            c.hidden_size,
+            c.num_hidden_layers,
+            c.intermediate_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.vocab_size,
+        )
         expected = (config.hidden, config.layers, config.intermediate, config.heads, config.kv_heads, config.vocab)
         if shape != expected:  # step_flops counts from the config's fields
             raise ValueError(f"{config.name}: {config.weights} has shape {shape}, the config says {expected}")
         return model
     return LlamaForCausalLM(
         LlamaConfig(
-            vocab_size=config.vocab, hidden_size=config.hidden, intermediate_size=config.intermediate,
-            num_hidden_layers=config.layers, num_attention_heads=config.heads,
+            vocab_size=config.vocab,
+            hidden_size=config.hidden,
+            intermediate_size=config.intermediate,
+            num_hidden_layers=config.layers,
+            num_attention_heads=config.heads,
             num_key_value_heads=config.kv_heads or config.heads,
-            max_position_embeddings=config.seq, pad_token_id=0, bos_token_id=1, eos_token_id=1,
+            max_position_embeddings=config.seq,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=1,
             tie_word_embeddings=False,
         )
     ).to(dtype)
@@ -287,7 +323,9 @@ def build_llama(config: BenchConfig, dtype=None):
 
 def lora_config(cls, **kwargs):
     """The paper's LoRA (docs/METHOD.md, "The settings the paper reports") on every linear layer of the blocks."""
-    return cls(r=LORA_R, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM", **kwargs)
+    return cls(
+        r=LORA_R, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM", **kwargs
+    )
 
 
 def tokenizer():
@@ -306,6 +344,7 @@ def enable_checkpointing(model) -> None:
 
 
 def build_trainer(config: BenchConfig, variant: str, rows: list[dict], output_dir: str):
+    import torch
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
@@ -314,25 +353,43 @@ def build_trainer(config: BenchConfig, variant: str, rows: list[dict], output_di
     from trl_ib.trainer.ib_sft_config import IBSFTConfig
     from trl_ib.trainer.ib_sft_trainer import IBSFTTrainer
 
-    import torch
-
     base_dtype = torch.bfloat16 if variant in BF16_BASE else torch.float32
     variant = BF16_BASE.get(variant, variant)
     bf16 = variant.isupper()
     common = dict(
-        output_dir=output_dir, per_device_train_batch_size=config.batch, max_length=config.seq, learning_rate=1e-4,
-        bf16=bf16, use_cpu=bf16 and not torch.cuda.is_available(), report_to="none", logging_strategy="no",
-        save_strategy="no", seed=0, gradient_checkpointing=True, completion_only_loss=True, dataloader_num_workers=0,
+        output_dir=output_dir,
+        per_device_train_batch_size=config.batch,
+        max_length=config.seq,
+        learning_rate=1e-4,
+        bf16=bf16,
+        use_cpu=bf16 and not torch.cuda.is_available(),
+        report_to="none",
+        logging_strategy="no",
+        save_strategy="no",
+        seed=0,
+        gradient_checkpointing=True,
+        completion_only_loss=True,
+        dataloader_num_workers=0,
     )
     dataset = Dataset.from_list(rows)
     if variant.lower() in "aw":
         peft_config = lora_config(LoraConfig) if variant.lower() == "a" else None  # w: every weight trained
-        trainer = SFTTrainer(build_llama(config, base_dtype), args=SFTConfig(**common), train_dataset=dataset,
-                             processing_class=tokenizer(), peft_config=peft_config)
+        trainer = SFTTrainer(
+            build_llama(config, base_dtype),
+            args=SFTConfig(**common),
+            train_dataset=dataset,
+            processing_class=tokenizer(),
+            peft_config=peft_config,
+        )
     else:
         peft_config = lora_config(peft_ib.IBLoraConfig, ib_layers=IB_DEPTH, ib_dim=config.ib_dim)
-        trainer = IBSFTTrainer(build_llama(config, base_dtype), args=IBSFTConfig(**common), train_dataset=dataset,
-                               processing_class=tokenizer(), peft_config=peft_config)
+        trainer = IBSFTTrainer(
+            build_llama(config, base_dtype),
+            args=IBSFTConfig(**common),
+            train_dataset=dataset,
+            processing_class=tokenizer(),
+            peft_config=peft_config,
+        )
     enable_checkpointing(trainer.model)
     return trainer
 
@@ -357,8 +414,12 @@ def profile_summary(profiler, step_s: float, top: int = 8) -> dict:
     total = sum(e.self_cpu_time_total for e in events)
     head = sum(e.cpu_time_total for e in events if e.key.startswith("ChunkedLogProbFunction")) / 1e6
     ranked = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
-    return {"step_s": step_s, "self_cpu_s": total / 1e6, "fused_lm_head_s": head,
-            "top_ops": [(e.key, e.self_cpu_time_total / 1e6, e.self_cpu_time_total / total) for e in ranked]}  # fmt: skip
+    return {
+        "step_s": step_s,
+        "self_cpu_s": total / 1e6,
+        "fused_lm_head_s": head,
+        "top_ops": [(e.key, e.self_cpu_time_total / 1e6, e.self_cpu_time_total / total) for e in ranked],
+    }
 
 
 def run_worker(config: BenchConfig, variant: str, commands, replies, threads: int, profile: bool = False) -> dict:
@@ -384,12 +445,15 @@ def run_worker(config: BenchConfig, variant: str, commands, replies, threads: in
 
             model = build_peer_model(config).to(device)
             enable_checkpointing(model.lm)
-            batches = [pad_to_max_length(rows[i * config.batch:(i + 1) * config.batch], config.seq)
-                       for i in range(num_steps)]
+            batches = [
+                pad_to_max_length(rows[i * config.batch : (i + 1) * config.batch], config.seq)
+                for i in range(num_steps)
+            ]
             batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
             # The optimizer TRL's Trainer builds for a and b (same class, same kwargs)
             optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(
-                SFTConfig(output_dir, learning_rate=1e-4, bf16=False))
+                SFTConfig(output_dir, learning_rate=1e-4, bf16=False)
+            )
             params = [p for p in model.parameters() if p.requires_grad]
             optimizer = optimizer_cls(params, **optimizer_kwargs)
 
@@ -400,8 +464,10 @@ def run_worker(config: BenchConfig, variant: str, commands, replies, threads: in
             model = trainer.model
             dataset = trainer.train_dataset  # prepared by TRL: labels -100 on the prompt
             collate = trainer.data_collator  # TRL's: dynamic padding to the longest row of the batch
-            batches = [collate([dataset[j] for j in range(i * config.batch, (i + 1) * config.batch)])
-                       for i in range(num_steps)]
+            batches = [
+                collate([dataset[j] for j in range(i * config.batch, (i + 1) * config.batch)])
+                for i in range(num_steps)
+            ]
             trainer.create_optimizer()
             optimizer = trainer.optimizer
             params = [p for p in model.parameters() if p.requires_grad]
@@ -442,8 +508,8 @@ def run_worker(config: BenchConfig, variant: str, commands, replies, threads: in
         commands.readline()  # "finish"
     return {
         "variant": variant,
-        "step_times_s": times[config.warmup:],
-        "step_cpu_times_s": cpu_times[config.warmup:],
+        "step_times_s": times[config.warmup :],
+        "step_cpu_times_s": cpu_times[config.warmup :],
         "warmup_times_s": times[: config.warmup],
         "peak_memory_bytes": peak_memory_bytes(device),
         "memory_before_steps_bytes": memory_before,
@@ -467,10 +533,24 @@ class Worker:
         cmd_read, cmd_write = os.pipe()
         reply_read, reply_write = os.pipe()
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--worker", variant, "--config", json.dumps(asdict(config)),
-             "--out", str(self.out), "--fds", f"{cmd_read},{reply_write}", "--threads", str(threads)]
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                variant,
+                "--config",
+                json.dumps(asdict(config)),
+                "--out",
+                str(self.out),
+                "--fds",
+                f"{cmd_read},{reply_write}",
+                "--threads",
+                str(threads),
+            ]
             + (["--profile"] if profile else []),
-            pass_fds=(cmd_read, reply_write), stdout=self.log, stderr=subprocess.STDOUT,
+            pass_fds=(cmd_read, reply_write),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         os.close(cmd_read)
         os.close(reply_write)
@@ -507,8 +587,12 @@ def run_config(config: BenchConfig, variants: str, started: float, threads: int,
         for step in range(config.warmup + config.steps + profile):
             order = variants if step % 2 == 0 else variants[::-1]
             times = {v: float(workers[v].ask("step")) for v in order}
-            print(f"{config.name:<16} step {step}: " + "  ".join(f"{v} {times[v]:6.2f} s" for v in variants)
-                  + f"  [{time.time() - started:4.0f} s]", flush=True)
+            print(
+                f"{config.name:<16} step {step}: "
+                + "  ".join(f"{v} {times[v]:6.2f} s" for v in variants)
+                + f"  [{time.time() - started:4.0f} s]",
+                flush=True,
+            )
         return {v: w.finish() for v, w in workers.items()}
 
 
@@ -523,9 +607,20 @@ def summarize(config: BenchConfig, runs: dict[str, dict]) -> dict:
     for variant, run in runs.items():
         flops = [step_flops(config, c, BF16_BASE.get(variant, variant).lower()) for c in run["counts"]]
         result["variants"][variant] = {
-            **{k: run[k] for k in ("step_times_s", "step_cpu_times_s", "warmup_times_s", "peak_memory_bytes",
-                                   "memory_before_steps_bytes", "trainable_params", "device", "threads",
-                                   "profile")},
+            **{
+                k: run[k]
+                for k in (
+                    "step_times_s",
+                    "step_cpu_times_s",
+                    "warmup_times_s",
+                    "peak_memory_bytes",
+                    "memory_before_steps_bytes",
+                    "trainable_params",
+                    "device",
+                    "threads",
+                    "profile",
+                )
+            },
             "median_step_s": statistics.median(run["step_times_s"]),
             "mean_flops": {k: statistics.mean(f[k] for f in flops) for k in flops[0]},
             "mean_counts": {k: statistics.mean(c[k] for c in run["counts"]) for k in run["counts"][0]},
@@ -553,27 +648,40 @@ def summarize(config: BenchConfig, runs: dict[str, dict]) -> dict:
         memory_ok=memory_ratio["b"] <= 1.05 if config.seq >= 2048 else None,
     )
     if {"A", "B"} <= set(v):  # bf16 autocast: its speedup over float32, and IB-FT's cost over LoRA within bf16
-        result["bf16"] = {"speedup_a": paired_ratio(v, "a", "A"), "speedup_b": paired_ratio(v, "b", "B"),
-                          "time_ratio_B_over_A": paired_ratio(v, "B", "A"), "step_s_A": v["A"]["median_step_s"],
-                          "memory_ratio_A_over_a": v["A"]["peak_memory_bytes"] / v["a"]["peak_memory_bytes"]}  # fmt: skip
+        result["bf16"] = {
+            "speedup_a": paired_ratio(v, "a", "A"),
+            "speedup_b": paired_ratio(v, "b", "B"),
+            "time_ratio_B_over_A": paired_ratio(v, "B", "A"),
+            "step_s_A": v["A"]["median_step_s"],
+            "memory_ratio_A_over_a": v["A"]["peak_memory_bytes"] / v["a"]["peak_memory_bytes"],
+        }
         result["bf16"]["time_ok"] = result["bf16"]["time_ratio_B_over_A"] <= result["time_target"]
     for stored, autocast in BF16_BASE.items():  # the frozen base stored in bf16: its speedup over autocast alone
         if {stored, autocast, autocast.lower()} <= set(v):
             result.setdefault("bf16_base", {})[stored] = {
-                "over": autocast, "speedup_over_float32": paired_ratio(v, autocast.lower(), stored),
-                "speedup_over_autocast": paired_ratio(v, autocast, stored), "step_s": v[stored]["median_step_s"],
-                "memory_ratio_over_autocast": v[stored]["peak_memory_bytes"] / v[autocast]["peak_memory_bytes"]}  # fmt: skip
+                "over": autocast,
+                "speedup_over_float32": paired_ratio(v, autocast.lower(), stored),
+                "speedup_over_autocast": paired_ratio(v, autocast, stored),
+                "step_s": v[stored]["median_step_s"],
+                "memory_ratio_over_autocast": v[stored]["peak_memory_bytes"] / v[autocast]["peak_memory_bytes"],
+            }
     if {"w", "W"} <= set(v):  # whole-model fine-tuning: what bf16 autocast does when every weight is trained
-        result["bf16_whole"] = {"speedup_w": paired_ratio(v, "w", "W"), "step_s_w": v["w"]["median_step_s"],
-                                "step_s_W": v["W"]["median_step_s"], "time_ratio_w_over_a": time_ratio["w"],
-                                "memory_ratio_W_over_w": v["W"]["peak_memory_bytes"] / v["w"]["peak_memory_bytes"]}
+        result["bf16_whole"] = {
+            "speedup_w": paired_ratio(v, "w", "W"),
+            "step_s_w": v["w"]["median_step_s"],
+            "step_s_W": v["W"]["median_step_s"],
+            "time_ratio_w_over_a": time_ratio["w"],
+            "memory_ratio_W_over_w": v["W"]["peak_memory_bytes"] / v["w"]["peak_memory_bytes"],
+        }
     return result
 
 
 def print_table(results: list[dict], seven_b_floor: float) -> None:
-    header = (f"{'config':<17} {'H':>4} {'L':>3} {'V':>6} {'seq':>5} {'B':>2} | {'a s/step':>8} {'b/a':>5} {'c/a':>5} "
-              f"{'cpu b/a':>7} {'c/a':>5} | {'f':>5} {'target':>6} {'time':>4} | {'a GB':>5} {'b/a':>5} {'c/a':>5} "
-              f"{'mem':>4} | {'+b/a':>5} {'+c/a':>5} | {'fc':>5}")
+    header = (
+        f"{'config':<17} {'H':>4} {'L':>3} {'V':>6} {'seq':>5} {'B':>2} | {'a s/step':>8} {'b/a':>5} {'c/a':>5} "
+        f"{'cpu b/a':>7} {'c/a':>5} | {'f':>5} {'target':>6} {'time':>4} | {'a GB':>5} {'b/a':>5} {'c/a':>5} "
+        f"{'mem':>4} | {'+b/a':>5} {'+c/a':>5} | {'fc':>5}"
+    )
     print("\n" + header + "\n" + "-" * len(header))
     for r in results:
         c, t, m, added = r["config"], r["time_ratio"], r["memory_ratio"], r["memory_ratio_added_by_training"]
@@ -591,30 +699,40 @@ def print_table(results: list[dict], seven_b_floor: float) -> None:
     for r in results:
         if "bf16" in r:
             bf16 = r["bf16"]
-            print(f"{r['config']['name']:<17} bf16 autocast: A {bf16['step_s_A']:.2f} s/step, speedup a/A "
-                  f"{bf16['speedup_a']:.2f}x, b/B {bf16['speedup_b']:.2f}x; B/A {bf16['time_ratio_B_over_A']:.3f} "
-                  f"(target {r['time_target']:.3f}: {'ok' if bf16['time_ok'] else 'MISS'}); peak memory A/a "
-                  f"{bf16['memory_ratio_A_over_a']:.3f}")  # fmt: skip
+            print(
+                f"{r['config']['name']:<17} bf16 autocast: A {bf16['step_s_A']:.2f} s/step, speedup a/A "
+                f"{bf16['speedup_a']:.2f}x, b/B {bf16['speedup_b']:.2f}x; B/A {bf16['time_ratio_B_over_A']:.3f} "
+                f"(target {r['time_target']:.3f}: {'ok' if bf16['time_ok'] else 'MISS'}); peak memory A/a "
+                f"{bf16['memory_ratio_A_over_a']:.3f}"
+            )
         for stored, row in r.get("bf16_base", {}).items():
-            print(f"{r['config']['name']:<17} frozen base in bf16: {stored} {row['step_s']:.2f} s/step, speedup "
-                  f"{row['over'].lower()}/{stored} {row['speedup_over_float32']:.2f}x, {row['over']}/{stored} "
-                  f"{row['speedup_over_autocast']:.2f}x; peak memory {stored}/{row['over']} "
-                  f"{row['memory_ratio_over_autocast']:.3f}")  # fmt: skip
+            print(
+                f"{r['config']['name']:<17} frozen base in bf16: {stored} {row['step_s']:.2f} s/step, speedup "
+                f"{row['over'].lower()}/{stored} {row['speedup_over_float32']:.2f}x, {row['over']}/{stored} "
+                f"{row['speedup_over_autocast']:.2f}x; peak memory {stored}/{row['over']} "
+                f"{row['memory_ratio_over_autocast']:.3f}"
+            )
         if "bf16_whole" in r:
             whole = r["bf16_whole"]
-            print(f"{r['config']['name']:<17} whole-model fine-tuning: w {whole['step_s_w']:.2f} s/step, W "
-                  f"{whole['step_s_W']:.2f} s/step, speedup w/W {whole['speedup_w']:.2f}x; w/a "
-                  f"{whole['time_ratio_w_over_a']:.2f}; peak memory W/w {whole['memory_ratio_W_over_w']:.3f}")  # fmt: skip
+            print(
+                f"{r['config']['name']:<17} whole-model fine-tuning: w {whole['step_s_w']:.2f} s/step, W "
+                f"{whole['step_s_W']:.2f} s/step, speedup w/W {whole['speedup_w']:.2f}x; w/a "
+                f"{whole['time_ratio_w_over_a']:.2f}; peak memory W/w {whole['memory_ratio_W_over_w']:.3f}"
+            )
     for r in results:
         for variant, run in r["variants"].items():
             if run["profile"]:
                 prof = run["profile"]
                 ops = ", ".join(f"{name} {share:.0%}" for name, _, share in prof["top_ops"])
-                print(f"{r['config']['name']:<17} {variant} profiled step {prof['step_s']:.2f} s: fused LM head "
-                      f"{prof['fused_lm_head_s'] / prof['self_cpu_s']:.0%} of {prof['self_cpu_s']:.2f} s CPU; {ops}")
-    print(f"(cpu b/a, c/a: the paired step-time ratios over process CPU time; +b/a, +c/a: peak memory added by "
-          f"training steps, over a's; fc = FLOPs(c) / FLOPs(a); f of a real 7B Llama at seq 2048, same accounting: "
-          f"{seven_b_floor:.3f})")
+                print(
+                    f"{r['config']['name']:<17} {variant} profiled step {prof['step_s']:.2f} s: fused LM head "
+                    f"{prof['fused_lm_head_s'] / prof['self_cpu_s']:.0%} of {prof['self_cpu_s']:.2f} s CPU; {ops}"
+                )
+    print(
+        f"(cpu b/a, c/a: the paired step-time ratios over process CPU time; +b/a, +c/a: peak memory added by "
+        f"training steps, over a's; fc = FLOPs(c) / FLOPs(a); f of a real 7B Llama at seq 2048, same accounting: "
+        f"{seven_b_floor:.3f})"
+    )
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -643,8 +761,11 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_xticks(list(x), labels, fontsize=8)
         ax.axhline(1.0, color="grey", linewidth=0.5)
         ax.legend(fontsize=8)
-    fig.suptitle(f"IB-FT training cost, scaling table (H {scale[0]['config']['hidden']}, "
-                 f"{scale[0]['config']['layers']} blocks; 2-core CPU, shared)", fontsize=10)
+    fig.suptitle(
+        f"IB-FT training cost, scaling table (H {scale[0]['config']['hidden']}, "
+        f"{scale[0]['config']['layers']} blocks; 2-core CPU, shared)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -652,8 +773,10 @@ def plot(results: list[dict], path: Path) -> None:
 def seven_b_floor() -> float:
     config = BenchConfig("7b", **SEVEN_B, seq=2048, rows=2)
     rows = make_rows(config, 8 * config.batch)
-    batches = [pad_to_max_length(rows[i:i + config.batch], max(len(r["input_ids"]) for r in rows[i:i + config.batch]))
-               for i in range(0, len(rows), config.batch)]
+    batches = [
+        pad_to_max_length(rows[i : i + config.batch], max(len(r["input_ids"]) for r in rows[i : i + config.batch]))
+        for i in range(0, len(rows), config.batch)
+    ]
     counts = [batch_counts(b) for b in batches]
     return statistics.mean(step_flops(config, c, "b")["total"] / step_flops(config, c, "a")["total"] for c in counts)
 
@@ -664,11 +787,17 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run only the configs with these names")
     parser.add_argument("--variants", default="abc", help="variants to run (default: abc)")
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="intra-op threads per variant (default 1; 0: torch's default). On a shared machine, OpenMP threads that "
-             "wait at barriers for descheduled peers make multi-threaded CPU step times swing up to 10x",
+        "wait at barriers for descheduled peers make multi-threaded CPU step times swing up to 10x",
     )
-    parser.add_argument("--profile", action="store_true", help="profile one more step of each variant, after the timed ones (torch.profiler)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile one more step of each variant, after the timed ones (torch.profiler)",
+    )
     parser.add_argument("--out", default=None, help=f"JSON file of every run's results (default: {RESULTS})")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -681,8 +810,9 @@ def main() -> None:
         warnings.filterwarnings("ignore")
         cmd_fd, reply_fd = map(int, args.fds.split(","))
         with os.fdopen(cmd_fd) as commands, os.fdopen(reply_fd, "w") as replies:
-            result = run_worker(BenchConfig(**json.loads(args.config)), args.worker, commands, replies, args.threads,
-                                args.profile)  # fmt: skip
+            result = run_worker(
+                BenchConfig(**json.loads(args.config)), args.worker, commands, replies, args.threads, args.profile
+            )
         Path(args.out).write_text(json.dumps(result))
         return
 
@@ -698,11 +828,21 @@ def main() -> None:
         import torch
 
         payload = {
-            "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                        "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                        "load_average_at_end": os.getloadavg()},
-            "settings": {"lora_r": LORA_R, "ib_depth": IB_DEPTH, "dtype": "float32; A, B, W: bf16 autocast; D, E: bf16 autocast, frozen base stored in bf16", "activation_checkpointing": True,
-                         "threads_per_variant": args.threads},
+            "machine": {
+                "platform": platform.platform(),
+                "processor": platform.processor(),
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
+                "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                "load_average_at_end": os.getloadavg(),
+            },
+            "settings": {
+                "lora_r": LORA_R,
+                "ib_depth": IB_DEPTH,
+                "dtype": "float32; A, B, W: bf16 autocast; D, E: bf16 autocast, frozen base stored in bf16",
+                "activation_checkpointing": True,
+                "threads_per_variant": args.threads,
+            },
             "seven_b_floor_f": floor_7b,
             "wall_s": time.time() - started,
             "results": results,

@@ -31,8 +31,11 @@ import sys
 import time
 from pathlib import Path
 
-ARMS = {"generate_samples bf16": ("hf", "bfloat16"), "vLLM bf16": ("vllm", "bfloat16"),
-        "vLLM float32": ("vllm", "float32")}  # fmt: skip
+ARMS = {
+    "generate_samples bf16": ("hf", "bfloat16"),
+    "vLLM bf16": ("vllm", "bfloat16"),
+    "vLLM float32": ("vllm", "float32"),
+}
 REFERENCE = "generate_samples bf16"
 
 
@@ -51,20 +54,31 @@ def worker(args) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(path)
     prompt_format = PromptFormat(resolve_prompt_mode("auto", tokenizer, args.model))
     prompts = [problem["prompt"] for problem in list(read_problems().values())[: args.problems]]
-    common = dict(temperature=0.8, top_p=0.95, stop_sequences=prompt_format.stop_sequences, prompt_format=prompt_format)
+    common = dict(
+        temperature=0.8, top_p=0.95, stop_sequences=prompt_format.stop_sequences, prompt_format=prompt_format
+    )
     if args.worker == "hf":
         torch.set_num_threads(args.worker_threads)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(getattr(torch, args.dtype)).eval()
 
         def sample(prompts, num_samples, max_new_tokens, seed):
-            return generate_samples(model, tokenizer, prompts, num_samples, max_new_tokens=max_new_tokens,
-                                    batch_size=args.batch_size, seed=seed, **common)  # fmt: skip
+            return generate_samples(
+                model,
+                tokenizer,
+                prompts,
+                num_samples,
+                max_new_tokens=max_new_tokens,
+                batch_size=args.batch_size,
+                seed=seed,
+                **common,
+            )
     else:
         llm = make_llm(path, dtype=args.dtype, max_model_len=2048)
 
         def sample(prompts, num_samples, max_new_tokens, seed):
-            return generate_samples_vllm(llm, tokenizer, prompts, num_samples, max_new_tokens=max_new_tokens,
-                                         seed=seed, **common)  # fmt: skip
+            return generate_samples_vllm(
+                llm, tokenizer, prompts, num_samples, max_new_tokens=max_new_tokens, seed=seed, **common
+            )
 
     sample(prompts[:1], 1, 8, seed=0)  # warm-up
     seconds, tokens = [], []
@@ -72,7 +86,9 @@ def worker(args) -> dict:
         start = time.perf_counter()
         completions = sample(prompts, args.num_samples, args.worker_tokens, seed=repeat)
         seconds.append(time.perf_counter() - start)
-        tokens.append(sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for g in completions for text in g))
+        tokens.append(
+            sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for g in completions for text in g)
+        )
     return {"seconds": seconds, "tokens": tokens, "load_average": os.getloadavg()[0]}
 
 
@@ -80,10 +96,28 @@ def run_arm(args, arm: str, threads: int, tokens: int) -> dict:
     """`worker` for `arm` in a fresh process; its result."""
     backend, dtype = ARMS[arm]
     env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}" if threads > 1 else "0"}
-    command = [sys.executable, __file__, "--worker", backend, "--dtype", dtype, "--worker_threads", str(threads),
-               "--worker_tokens", str(tokens), "--model", args.model, "--problems", str(args.problems),
-               "--num_samples", str(args.num_samples), "--repeats", str(args.repeats),
-               "--batch_size", str(args.batch_size)]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        backend,
+        "--dtype",
+        dtype,
+        "--worker_threads",
+        str(threads),
+        "--worker_tokens",
+        str(tokens),
+        "--model",
+        args.model,
+        "--problems",
+        str(args.problems),
+        "--num_samples",
+        str(args.num_samples),
+        "--repeats",
+        str(args.repeats),
+        "--batch_size",
+        str(args.batch_size),
+    ]
     run = subprocess.run(command, env=env, capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"{arm} ({threads} threads, {tokens} tokens) failed:\n{run.stderr[-3000:]}")
@@ -134,23 +168,43 @@ def main():
                 print(f"{threads} threads, {tokens} tokens, {arm}: {measured[arm]}", flush=True)
             speed = {arm: sum(m["tokens"]) / sum(m["seconds"]) for arm, m in measured.items()}
             for arm in ARMS:
-                rows.append({
-                    "threads": threads, "new tokens": tokens, "arm": arm,
-                    "seconds per call": " / ".join(f"{s:.1f}" for s in measured[arm]["seconds"]),
-                    "tokens per call": " / ".join(map(str, measured[arm]["tokens"])),
-                    "tokens/s": round(speed[arm], 1), f"vs {REFERENCE}": round(speed[arm] / speed[REFERENCE], 2),
-                    "load average": round(measured[arm]["load_average"], 1),
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "threads": threads,
+                        "new tokens": tokens,
+                        "arm": arm,
+                        "seconds per call": " / ".join(f"{s:.1f}" for s in measured[arm]["seconds"]),
+                        "tokens per call": " / ".join(map(str, measured[arm]["tokens"])),
+                        "tokens/s": round(speed[arm], 1),
+                        f"vs {REFERENCE}": round(speed[arm] / speed[REFERENCE], 2),
+                        "load average": round(measured[arm]["load_average"], 1),
+                    }
+                )
     result = {
         "command": " ".join(["python", "benchmarks/bench_vllm.py", *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"), "machine": machine(), "cpus": os.cpu_count(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "cpus": os.cpu_count(),
         "args": {key: value for key, value in vars(args).items() if not key.startswith("worker") and key != "dtype"},
         "rows": rows,
-    }  # fmt: skip
+    }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
-    print(table(rows, ["threads", "new tokens", "arm", "seconds per call", "tokens per call", "tokens/s",
-                       f"vs {REFERENCE}", "load average"]))  # fmt: skip
+    print(
+        table(
+            rows,
+            [
+                "threads",
+                "new tokens",
+                "arm",
+                "seconds per call",
+                "tokens per call",
+                "tokens/s",
+                f"vs {REFERENCE}",
+                "load average",
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 from peft_ib import IBEncoder, IBLoraConfig
 from peft_ib.config import INPUT_NORMS
 from peft_ib.layer import kl_to_standard_normal
-from trl_ib import IBSFTConfig, IBSFTTrainer
 from results_file import record, results_path, run_key
+from trl_ib import IBSFTConfig, IBSFTTrainer
 from trl_ib.builtin import code_dataset, resolve_model
 
 ROWS = 8  # one optimizer step's batch: the first 8 pairs of the shipped code dataset
@@ -47,11 +47,17 @@ def norm_table(model, batch, blocks: list[int]) -> tuple[list[dict], tuple[torch
         norms = hidden[block + 1].norm(dim=-1)  # (ROWS, N): the output of block `block` (0-based)
         real = norms[mask]
         median = real.median().item()
-        rows.append({
-            "block": block, "hidden_states": block + 1, "pos0 norm": norms[:, 0].mean().item(), "median": median,
-            "max other": norms[:, 1:][mask[:, 1:]].max().item(),
-            "positions > 10x median": int((real > 10 * median).sum()), "real positions": int(mask.sum()),
-        })
+        rows.append(
+            {
+                "block": block,
+                "hidden_states": block + 1,
+                "pos0 norm": norms[:, 0].mean().item(),
+                "median": median,
+                "max other": norms[:, 1:][mask[:, 1:]].max().item(),
+                "positions > 10x median": int((real > 10 * median).sum()),
+                "real positions": int(mask.sum()),
+            }
+        )
     return rows, hidden
 
 
@@ -70,11 +76,30 @@ def kl_at_init(hidden, mask, input_norm: str, seed: int) -> tuple[float, float]:
 def first_step(path: str, data: Dataset, layers, input_norm: str, seed: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    config = IBLoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM", ib_layers=layers,
-                          ib_dim=IB_DIM, ib_alpha=ALPHA, ib_beta=BETA, ib_input_norm=input_norm)
+    config = IBLoraConfig(
+        r=16,
+        lora_alpha=32,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+        ib_layers=layers,
+        ib_dim=IB_DIM,
+        ib_alpha=ALPHA,
+        ib_beta=BETA,
+        ib_input_norm=input_norm,
+    )
     with tempfile.TemporaryDirectory() as out:
-        args = IBSFTConfig(output_dir=out, report_to="none", use_cpu=True, max_steps=1, logging_steps=1, seed=seed,
-                           per_device_train_batch_size=ROWS, learning_rate=1e-4, save_strategy="no", disable_tqdm=True)
+        args = IBSFTConfig(
+            output_dir=out,
+            report_to="none",
+            use_cpu=True,
+            max_steps=1,
+            logging_steps=1,
+            seed=seed,
+            per_device_train_batch_size=ROWS,
+            learning_rate=1e-4,
+            save_strategy="no",
+            disable_tqdm=True,
+        )
         trainer = IBSFTTrainer(model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=config)
         trainer.remove_callback(PrinterCallback)
         trainer.train()
@@ -116,21 +141,29 @@ def main() -> None:
     mask = batch["attention_mask"].bool()
     print(f"## KL at initialization (nats per position and dim), D = {IB_DIM}, seed {args.seed}\n")
     kl_rows = [
-        dict(zip(("block", "ib_input_norm", "all real positions", "position 0 left out"),
-                 (block, norm, *kl_at_init(hidden[block + 1], mask, norm, args.seed))))
-        for block in blocks for norm in INPUT_NORMS
+        dict(
+            zip(
+                ("block", "ib_input_norm", "all real positions", "position 0 left out"),
+                (block, norm, *kl_at_init(hidden[block + 1], mask, norm, args.seed)),
+            )
+        )
+        for block in blocks
+        for norm in INPUT_NORMS
     ]
     print_table(kl_rows)
     del model, hidden
 
-    print(f"## IBSFTTrainer step 1: r 16, all-linear, D = {IB_DIM}, alpha {ALPHA}, beta {BETA}, batch {ROWS}, "
-          f"lr 1e-4, seed {args.seed}\n")
+    print(
+        f"## IBSFTTrainer step 1: r 16, all-linear, D = {IB_DIM}, alpha {ALPHA}, beta {BETA}, batch {ROWS}, "
+        f"lr 1e-4, seed {args.seed}\n"
+    )
     rows = []
     for block in blocks:
         for norm in INPUT_NORMS:
             logged = first_step(path, data, block, norm, args.seed)
-            rows.append({"block": block, "ib_input_norm": norm, **logged,
-                         "penalty / ce": logged["ib_penalty"] / logged["ce"]})
+            rows.append(
+                {"block": block, "ib_input_norm": norm, **logged, "penalty / ce": logged["ib_penalty"] / logged["ce"]}
+            )
     print_table(rows)
     tables = {"hidden_state_norms": norms, "kl_at_init": kl_rows, "first_step": rows}
     setup = {"model": args.model, "rows": ROWS, "ib_dim": IB_DIM, "alpha": ALPHA, "beta": BETA}

@@ -31,11 +31,10 @@ from trl_ib.builtin import SMOLLM2_NAME, resolve_model
 from trl_ib.code_eval import score
 from trl_ib.demo.run import ARM_FOLDERS, Budget, DemoArguments, adapter_dir, bases, demo_task
 from trl_ib.demo.study import paired_bootstrap, per_problem
-from trl_ib.generation.prompting import build_programs
+from trl_ib.generation.hf_generation import generate_samples
+from trl_ib.generation.prompting import PromptFormat, build_programs, resolve_prompt_mode
 from trl_ib.generation.sampling import TEMPERATURE, TOP_P
 from trl_ib.models import load_model
-from trl_ib.generation.hf_generation import generate_samples
-from trl_ib.generation.prompting import PromptFormat, resolve_prompt_mode
 
 NUM_SAMPLES = 10
 DTYPES = (torch.float32, torch.bfloat16)
@@ -56,7 +55,9 @@ def demo_models(demo_dir: Path):
         return lambda: load_model(str(base_dir), None if adapter is None else str(adapter), torch.float32)
 
     rows = [("contaminated base", loader())] + [(f"contaminated + {arm}", loader(arm)) for arm in ARM_FOLDERS]
-    return [(f"demo {args.split}: {label}", load, problems, PromptFormat(), budget.max_new_tokens) for label, load in rows]
+    return [
+        (f"demo {args.split}: {label}", load, problems, PromptFormat(), budget.max_new_tokens) for label, load in rows
+    ]
 
 
 def humaneval_models(num_problems: int, max_new_tokens: int):
@@ -76,9 +77,18 @@ def sample_and_score(model, tokenizer, problems, prompt_format, max_new_tokens):
     prompts = [p["prompt"] for p in problems]
     start = time.perf_counter()
     completions = generate_samples(
-        model, tokenizer, prompts, NUM_SAMPLES, TEMPERATURE, TOP_P, max_new_tokens,
-        batch_size=80, prompt_format=prompt_format, progress=True, seed=0,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        prompts,
+        NUM_SAMPLES,
+        TEMPERATURE,
+        TOP_P,
+        max_new_tokens,
+        batch_size=80,
+        prompt_format=prompt_format,
+        progress=True,
+        seed=0,
+    )
     seconds = time.perf_counter() - start
     entry_points = [p["entry_point"] for p in problems]
     programs = build_programs(prompts, completions, prompt_format, entry_points)
@@ -97,24 +107,46 @@ def compare(label, load, problems, prompt_format, max_new_tokens) -> dict:
     row = {"model": label, "problems": len(problems), "float32_s": round(fp32_s, 1), "bfloat16_s": round(bf16_s, 1)}
     for k in (1, 10):
         a, b = (per_problem({"num_correct": c}, NUM_SAMPLES, k, 1) for c in (fp32_correct, bf16_correct))
-        row |= {f"pass@{k} float32": float(a.mean()), f"pass@{k} bfloat16": float(b.mean()),
-                f"pass@{k} bf16 - fp32": paired_bootstrap((b - a)[np.newaxis])}  # fmt: skip
+        row |= {
+            f"pass@{k} float32": float(a.mean()),
+            f"pass@{k} bfloat16": float(b.mean()),
+            f"pass@{k} bf16 - fp32": paired_bootstrap((b - a)[np.newaxis]),
+        }
     same = sum(x == y for group_a, group_b in zip(fp32, bf16) for x, y in zip(group_a, group_b))
     return row | {"identical_samples": f"{same}/{len(problems) * NUM_SAMPLES}"}
 
 
 def table(rows: list[dict]) -> str:
-    header = ["model", "problems", "Pass@1 fp32", "Pass@1 bf16", "bf16 - fp32 [95% CI]", "Pass@10 fp32",
-              "Pass@10 bf16", "bf16 - fp32 [95% CI]", "identical samples", "fp32 s", "bf16 s", "speedup"]  # fmt: skip
+    header = [
+        "model",
+        "problems",
+        "Pass@1 fp32",
+        "Pass@1 bf16",
+        "bf16 - fp32 [95% CI]",
+        "Pass@10 fp32",
+        "Pass@10 bf16",
+        "bf16 - fp32 [95% CI]",
+        "identical samples",
+        "fp32 s",
+        "bf16 s",
+        "speedup",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["model"], str(row["problems"])]
         for k in (1, 10):
             mean, low, high = row[f"pass@{k} bf16 - fp32"]
-            cells += [f"{row[f'pass@{k} float32']:.3f}", f"{row[f'pass@{k} bfloat16']:.3f}",
-                      f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"]  # fmt: skip
-        cells += [row["identical_samples"], f"{row['float32_s']:.0f}", f"{row['bfloat16_s']:.0f}",
-                  f"{row['float32_s'] / row['bfloat16_s']:.2f}x"]  # fmt: skip
+            cells += [
+                f"{row[f'pass@{k} float32']:.3f}",
+                f"{row[f'pass@{k} bfloat16']:.3f}",
+                f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]",
+            ]
+        cells += [
+            row["identical_samples"],
+            f"{row['float32_s']:.0f}",
+            f"{row['bfloat16_s']:.0f}",
+            f"{row['float32_s'] / row['bfloat16_s']:.2f}x",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -122,7 +154,9 @@ def table(rows: list[dict]) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--demo_dir", type=Path, help="an `ib-ft demo` output folder (its results.json and adapters)")
-    parser.add_argument("--humaneval", type=int, default=0, help="score the built-in model on the first N HumanEval problems")
+    parser.add_argument(
+        "--humaneval", type=int, default=0, help="score the built-in model on the first N HumanEval problems"
+    )
     parser.add_argument("--max_new_tokens", type=int, default=128, help="HumanEval's longest completion, in tokens")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the demo's 2)")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "precision_cost.json")
@@ -134,10 +168,14 @@ def main():
         humaneval_models(args.humaneval, args.max_new_tokens) if args.humaneval > 0 else []
     )
     rows = [compare(*model) for model in models]
-    setup = f"{NUM_SAMPLES} samples, T {TEMPERATURE}, top_p {TOP_P}, {args.threads} threads, " \
-            f"{platform.processor() or platform.machine()}"  # fmt: skip
+    setup = (
+        f"{NUM_SAMPLES} samples, T {TEMPERATURE}, top_p {TOP_P}, {args.threads} threads, "
+        f"{platform.processor() or platform.machine()}"
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"setup": setup, "rows": rows, "args": {k: str(v) for k, v in vars(args).items()}}, indent=2) + "\n")
+    args.output.write_text(
+        json.dumps({"setup": setup, "rows": rows, "args": {k: str(v) for k, v in vars(args).items()}}, indent=2) + "\n"
+    )
     print(setup)
     print(table(rows))
 

@@ -74,7 +74,9 @@ def adapter_card(
     base_model = base_model or peft_config.base_model_name_or_path
     results = _pass_at_k_m_rows(pass_at_k_m)
     if results and not eval_dataset:
-        raise ValueError("eval_dataset=None: pass_at_k_m results need the Hub id of the dataset they were measured on.")
+        raise ValueError(
+            "eval_dataset=None: pass_at_k_m results need the Hub id of the dataset they were measured on."
+        )
     model_name = (repo_id or f"{base_model}-ib-lora").rstrip("/").split("/")[-1]
     ib_fields = [f for f in fields(peft_config) if f.name.startswith("ib_")]
     card_data = _card_data(base_model, ADAPTER_TAGS, tags, datasets, license)
@@ -247,6 +249,8 @@ def _pass_at_k_m_rows(pass_at_k_m: Mapping[str, float] | None) -> list[tuple[int
     for key, value in (pass_at_k_m or {}).items():
         match = PASS_AT_K_M_KEY.fullmatch(key)
         if not match or not 1 <= int(match[2]) <= int(match[1]):
-            raise ValueError(f"pass_at_k_m key {key!r}: expected 'pass@<k>^(<m>)' with 1 <= m <= k, e.g. 'pass@5^(5)'.")
+            raise ValueError(
+                f"pass_at_k_m key {key!r}: expected 'pass@<k>^(<m>)' with 1 <= m <= k, e.g. 'pass@5^(5)'."
+            )
         rows.append((int(match[1]), int(match[2]), key, value))
     return sorted(rows)

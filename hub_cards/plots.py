@@ -9,7 +9,9 @@ from collections.abc import Mapping, Sequence
 from matplotlib.figure import Figure
 
 
-def plot_against_m(curves: Mapping[str, Sequence[tuple[int, float]]], path: str | os.PathLike, title: str | None = None) -> None:
+def plot_against_m(
+    curves: Mapping[str, Sequence[tuple[int, float]]], path: str | os.PathLike, title: str | None = None
+) -> None:
     """Save a PNG of Pass@k^(m) against m: one line per label, each a list of (m, value) points."""
     figure = Figure(figsize=(6, 4), layout="constrained")
     axes = figure.subplots()

@@ -156,10 +156,15 @@ IB_FIELDS = tuple(f for f in fields(IBLoraConfig) if f.name.startswith("ib_"))
 def _args_block(ib_fields) -> str:
     """A docstring Args section, as PEFT's configs have, written from the fields' help texts."""
     entries = [
-        textwrap.fill(f"{f.name} (defaults to `{f.default!r}`): {f.metadata['help']}", width=116,
-                      initial_indent=" " * 8, subsequent_indent=" " * 12, break_on_hyphens=False)
+        textwrap.fill(
+            f"{f.name} (defaults to `{f.default!r}`): {f.metadata['help']}",
+            width=116,
+            initial_indent=" " * 8,
+            subsequent_indent=" " * 12,
+            break_on_hyphens=False,
+        )
         for f in ib_fields
-    ]  # fmt: skip
+    ]
     return "\n    Args:\n" + "\n".join(entries) + "\n"
 
 

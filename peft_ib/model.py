@@ -170,25 +170,31 @@ class _RowTiledLogProbs(torch.autograd.Function):
         ctx.save_for_backward(h_ib, weight, bias, targets)
         ctx.logit_args = (softcap, logit_scale)
         with whole_parameters(weight, bias) as (weight, bias):
-            return torch.cat([h_ib.new_zeros(0, dtype=torch.float32)] + [
-                _tile_log_probs(h_ib[i:i + rows], weight, bias, targets[i:i + rows], softcap, logit_scale)
-                for i, rows in _row_tiles(weight, len(targets))
-            ])
+            return torch.cat(
+                [h_ib.new_zeros(0, dtype=torch.float32)]
+                + [
+                    _tile_log_probs(h_ib[i : i + rows], weight, bias, targets[i : i + rows], softcap, logit_scale)
+                    for i, rows in _row_tiles(weight, len(targets))
+                ]
+            )
 
     @staticmethod
     def backward(ctx, grad):
         h_ib, weight, bias, targets = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
         with whole_parameters(weight, bias) as (weight, bias), torch.enable_grad():
-            leaves = [None if x is None else x.detach().requires_grad_(need)
-                      for x, need in zip((h_ib, weight, bias), needs)]
+            leaves = [
+                None if x is None else x.detach().requires_grad_(need) for x, need in zip((h_ib, weight, bias), needs)
+            ]
             h, weight, bias = leaves
             for i, rows in _row_tiles(weight, len(targets)):
-                log_probs = _tile_log_probs(h[i:i + rows], weight, bias, targets[i:i + rows], *ctx.logit_args)
+                log_probs = _tile_log_probs(h[i : i + rows], weight, bias, targets[i : i + rows], *ctx.logit_args)
                 if log_probs.requires_grad:
-                    log_probs.backward(grad[i:i + rows])
-        grads = [None if x is None or not need else (x.grad if x.grad is not None else torch.zeros_like(x))
-                 for x, need in zip(leaves, needs)]
+                    log_probs.backward(grad[i : i + rows])
+        grads = [
+            None if x is None or not need else (x.grad if x.grad is not None else torch.zeros_like(x))
+            for x, need in zip(leaves, needs)
+        ]
         return *grads, None, None, None
 
 
@@ -225,7 +231,9 @@ class IBLoraModel(LoraModel):
         self._last_ib_terms: dict[str, IBTerms] = {}
         self._ib_capture = None
         self._ib_collector: IBTermsCollector | None = None
-        self._ib_unread_penalty: dict | None = None  # the last penalty put into a training loss, until it gets a gradient
+        self._ib_unread_penalty: dict | None = (
+            None  # the last penalty put into a training loss, until it gets a gradient
+        )
         self._ib_unread_warned = False
         # In a training forward with labels, the IB penalty is added to the output's `loss` (see `_ib_post_forward`).
         self.ib_penalty_in_loss = True
@@ -279,11 +287,14 @@ class IBLoraModel(LoraModel):
         config = self.peft_config[adapter_name]
         blocks, layers, hidden_size = self._ib_placement(model, config)
         with init_empty_weights() if low_cpu_mem_usage else nullcontext():
-            self.lora_ib_encoders[adapter_name] = nn.ModuleDict({
-                str(index): IBEncoder(hidden_size, config.ib_dim, config.ib_logvar_min, config.ib_logvar_max,
-                                      config.ib_input_norm)
-                for index in layers
-            })  # fmt: skip
+            self.lora_ib_encoders[adapter_name] = nn.ModuleDict(
+                {
+                    str(index): IBEncoder(
+                        hidden_size, config.ib_dim, config.ib_logvar_min, config.ib_logvar_max, config.ib_input_norm
+                    )
+                    for index in layers
+                }
+            )
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self._set_ib_requires_grad(config.inference_mode)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from hub_server import HubServer, serving
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +49,9 @@ def run_client(hub, tmp_path_factory):
     }
 
     def run(script: str, *args: str) -> dict:
-        result = subprocess.run([sys.executable, "-c", script, *args], env=env, cwd=ROOT, capture_output=True,
-                                text=True)
+        result = subprocess.run(
+            [sys.executable, "-c", script, *args], env=env, cwd=ROOT, capture_output=True, text=True
+        )
         assert result.returncode == 0, result.stderr[-4000:]
         return json.loads(result.stdout.splitlines()[-1])
 

@@ -30,8 +30,10 @@ class Probe(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == 1:
-            self.shapes = {name: [list(p.to_local().shape if isinstance(p, DTensor) else p.shape), list(full_shape(p))]
-                           for name, p in self.trainer.model.named_parameters()}
+            self.shapes = {
+                name: [list(p.to_local().shape if isinstance(p, DTensor) else p.shape), list(full_shape(p))]
+                for name, p in self.trainer.model.named_parameters()
+            }
 
     def on_train_end(self, args, state, control, **kwargs):
         model = self.trainer.model

@@ -33,10 +33,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import batch, tiny_llama  # noqa: E402
 
 WORLD, ROWS, STEPS, LR = 2, 2, 3, 1e-2  # processes, rows per process, optimizer steps, AdamW lr
-CONFIG = IBLoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", ib_layers=[1, 2], ib_dim=8,
-                      ib_kl_mask="response", ib_alpha=0.5, ib_beta=0.5)
-ZERO3 = {"train_micro_batch_size_per_gpu": ROWS, "gradient_accumulation_steps": 1, "zero_allow_untested_optimizer": True,
-         "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}
+CONFIG = IBLoraConfig(
+    r=4,
+    lora_alpha=8,
+    lora_dropout=0.0,
+    target_modules="all-linear",
+    ib_layers=[1, 2],
+    ib_dim=8,
+    ib_kl_mask="response",
+    ib_alpha=0.5,
+    ib_beta=0.5,
+)
+ZERO3 = {
+    "train_micro_batch_size_per_gpu": ROWS,
+    "gradient_accumulation_steps": 1,
+    "zero_allow_untested_optimizer": True,
+    "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+}
 
 
 class Noise:
@@ -46,7 +59,7 @@ class Noise:
 
     @classmethod
     def sample_z(cls, mu, logvar):
-        return mu + torch.exp(0.5 * logvar) * cls.eps[cls.offset:cls.offset + len(mu)].to(mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * cls.eps[cls.offset : cls.offset + len(mu)].to(mu.dtype)
 
 
 def global_batch(step: int) -> dict[str, torch.Tensor]:
@@ -97,8 +110,9 @@ def train(engine: str, peft_config, out: Path, rank: int) -> dict:
         import deepspeed
 
         trainable = [p for p in sharded.parameters() if p.requires_grad]
-        wrapped, _, _, _ = deepspeed.initialize(model=sharded, optimizer=torch.optim.AdamW(trainable, lr=LR),
-                                                config=ZERO3)
+        wrapped, _, _, _ = deepspeed.initialize(
+            model=sharded, optimizer=torch.optim.AdamW(trainable, lr=LR), config=ZERO3
+        )
     report = {"sharded": [], "single": [], "masked_rank_terms": None}
     for step in range(STEPS):
         rows = global_batch(step)
@@ -112,11 +126,13 @@ def train(engine: str, peft_config, out: Path, rank: int) -> dict:
         single_opt.zero_grad()
         report["single"].append([loss.item(), *terms])
         # Sharded: this rank's rows; the engine averages gradients over the ranks, so each share counts WORLD times.
-        mine = {k: v[rank * ROWS:(rank + 1) * ROWS] for k, v in rows.items()}
-        loss, terms = run_step(wrapped, sharded, mine, int(mask[:rank * ROWS].sum()), counts)
+        mine = {k: v[rank * ROWS : (rank + 1) * ROWS] for k, v in rows.items()}
+        loss, terms = run_step(wrapped, sharded, mine, int(mask[: rank * ROWS].sum()), counts)
         if step == 0 and rank == 1:
             ib = ib_terms(sharded) if isinstance(peft_config, IBLoraConfig) else None
-            report["masked_rank_terms"] = [loss.item()] + ([] if ib is None else [*ib.kl_sum.tolist(), *ib.ce_sum.tolist()])
+            report["masked_rank_terms"] = [loss.item()] + (
+                [] if ib is None else [*ib.kl_sum.tolist(), *ib.ce_sum.tolist()]
+            )
         if engine == "fsdp2":
             (loss * WORLD).backward()
             optimizer.step()
@@ -128,8 +144,9 @@ def train(engine: str, peft_config, out: Path, rank: int) -> dict:
         dist.all_reduce(shares)
         report["sharded"].append(shares.tolist())
         if step == 0:
-            report["local_and_whole_shapes"] = {name: [list(local_shape(p)), list(full_shape(p))]
-                                                for name, p in sharded.named_parameters()}
+            report["local_and_whole_shapes"] = {
+                name: [list(local_shape(p)), list(full_shape(p))] for name, p in sharded.named_parameters()
+            }
 
     if engine == "fsdp2":
         whole = get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -138,7 +155,9 @@ def train(engine: str, peft_config, out: Path, rank: int) -> dict:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(sharded.parameters())):
-            save(sharded, {n: p.detach().clone() for n, p in sharded.named_parameters()}, peft_config, single, out, rank)
+            save(
+                sharded, {n: p.detach().clone() for n, p in sharded.named_parameters()}, peft_config, single, out, rank
+            )
     return report
 
 
@@ -152,8 +171,9 @@ def save(sharded, whole, peft_config, single, out: Path, rank: int) -> None:
     sharded.save_pretrained(out / "adapter", state_dict=whole)
     trained = get_peft_model_state_dict(sharded, state_dict=whole)
     save_file({k: v.contiguous() for k, v in trained.items()}, f"{out}-trained.safetensors")
-    save_file({k: v.detach().contiguous() for k, v in get_peft_model_state_dict(single).items()},
-              f"{out}-single.safetensors")
+    save_file(
+        {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(single).items()}, f"{out}-single.safetensors"
+    )
 
 
 def main(out_dir: str) -> None:

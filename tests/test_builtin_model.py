@@ -118,7 +118,9 @@ def test_conversion_from_the_fetched_wheel_gives_the_gguf_models_logits(cache, m
     converted = AutoModelForCausalLM.from_pretrained(path)
     reference = AutoModelForCausalLM.from_pretrained(installed_gguf_dir(), gguf_file=builtin.SMOLLM2_GGUF)
     assert (converted.config.num_hidden_layers, converted.config.hidden_size, converted.config.vocab_size) == (
-        30, 576, 49152
+        30,
+        576,
+        49152,
     )
     assert converted.dtype == torch.float32 and "quantization_config" not in converted.config.to_dict()
     input_ids = torch.tensor([[1, 9690, 198, 2683, 314, 253, 5356, 30, 2]])
@@ -126,15 +128,23 @@ def test_conversion_from_the_fetched_wheel_gives_the_gguf_models_logits(cache, m
         assert torch.equal(converted(input_ids).logits, reference(input_ids).logits)
 
     tokenizer = builtin.AutoTokenizer.from_pretrained(path)
-    special = {name: (getattr(tokenizer, f"{name}_token"), getattr(tokenizer, f"{name}_token_id"))
-               for name in ("bos", "eos", "pad", "unk")}  # fmt: skip
-    assert special == {"bos": ("<|im_start|>", 1), "eos": ("<|im_end|>", 2), "pad": ("<|im_end|>", 2),
-                       "unk": ("<|endoftext|>", 0)}  # fmt: skip
+    special = {
+        name: (getattr(tokenizer, f"{name}_token"), getattr(tokenizer, f"{name}_token_id"))
+        for name in ("bos", "eos", "pad", "unk")
+    }
+    assert special == {
+        "bos": ("<|im_start|>", 1),
+        "eos": ("<|im_end|>", 2),
+        "pad": ("<|im_end|>", 2),
+        "unk": ("<|endoftext|>", 0),
+    }
     # the ids SmolLM2's own tokenizer gives (spaces before punctuation, a byte pair, a special token), decoded as written
     text = "def f(x) :\n    return x , 'é' .<|im_end|>"
     ids = [1604, 275, 24, 104, 25, 1577, 472, 1003, 1792, 3297, 637, 2756, 23, 1673, 2]
     assert tokenizer(text)["input_ids"] == ids and tokenizer.decode(ids) == text
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert chat.endswith("<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     monkeypatch.setattr(builtin, "_smollm2_gguf_dir", lambda scratch: pytest.fail("converted again"))
     assert builtin.resolve_model("smollm2-135m-instruct") == path

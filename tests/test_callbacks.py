@@ -1,10 +1,9 @@
 import datasets
 import pytest
-from tiny_models import CHAT_TEMPLATE, tiny_llama, train_tokenizer
 from transformers import Trainer, TrainingArguments
 
+from tiny_models import CHAT_TEMPLATE, tiny_llama, train_tokenizer
 from trl_ib.trainer.callbacks import PassAtKMCallback
-
 
 # The tiny model's heads (width 8) are narrower than vLLM's CPU attention serves: these tests sample with hf
 # (tests/test_vllm_generation.py samples the callback on both backends).
@@ -21,18 +20,33 @@ def make_trainer(tmp_path) -> Trainer:
     input_ids = [tokenizer("def add(a, b):\n    return a + b\n")["input_ids"][:8]] * 8
     train = datasets.Dataset.from_dict({"input_ids": input_ids, "labels": input_ids})
     args = TrainingArguments(
-        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4, logging_steps=1,
-        report_to=[], use_cpu=True, save_strategy="no",
-    )  # fmt: skip
-    return Trainer(model=tiny_llama(vocab_size=len(tokenizer)), args=args, train_dataset=train, processing_class=tokenizer)
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+    )
+    return Trainer(
+        model=tiny_llama(vocab_size=len(tokenizer)), args=args, train_dataset=train, processing_class=tokenizer
+    )
 
 
 def test_logs_pass_at_k_m_every_n_steps(tmp_path):
     trainer = make_trainer(tmp_path)
     callback = PassAtKMCallback(
-        trainer, PROBLEMS, k=[1, 2], m=[1, "k"], num_samples=2, every_n_steps=1,
-        max_new_tokens=6, stop_sequences=["\n", "\r"], timeout=2.0, backend="hf",
-    )  # fmt: skip
+        trainer,
+        PROBLEMS,
+        k=[1, 2],
+        m=[1, "k"],
+        num_samples=2,
+        every_n_steps=1,
+        max_new_tokens=6,
+        stop_sequences=["\n", "\r"],
+        timeout=2.0,
+        backend="hf",
+    )
     trainer.add_callback(callback)
     assert trainer.processing_class.padding_side == "right"
     trainer.train()
@@ -52,9 +66,17 @@ def test_chat_mode_answers_without_code_fail_and_training_goes_on(tmp_path):
     trainer.processing_class.chat_template = CHAT_TEMPLATE
     # stop at once: every answer is empty, so every sample is "failed: no code in the answer"
     callback = PassAtKMCallback(
-        trainer, PROBLEMS, k=[1], num_samples=1, every_n_steps=2, prompt_mode="chat", max_new_tokens=2,
-        stop_sequences=[chr(c) for c in range(32, 127)] + ["\n"], timeout=2.0, backend="hf",
-    )  # fmt: skip
+        trainer,
+        PROBLEMS,
+        k=[1],
+        num_samples=1,
+        every_n_steps=2,
+        prompt_mode="chat",
+        max_new_tokens=2,
+        stop_sequences=[chr(c) for c in range(32, 127)] + ["\n"],
+        timeout=2.0,
+        backend="hf",
+    )
     assert callback.prompt_format.mode == "chat"
     trainer.add_callback(callback)
     trainer.train()

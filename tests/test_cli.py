@@ -7,11 +7,19 @@ from trl_ib import cli
 from trl_ib.cli.arguments import parse_ib_layers
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--ib_dim", "-3"], "ib-ft train: error: ib_dim=-3: must be an int >= 1. (--debug shows the traceback)"),
-    (["eval", "--model_name_or_path", "smollm2-135m-instruct", "--dataset", "missing.jsonl"],
-     "ib-ft eval: error: Unable to find '{cwd}/missing.jsonl' (--debug shows the traceback)"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["train", "--ib_dim", "-3"],
+            "ib-ft train: error: ib_dim=-3: must be an int >= 1. (--debug shows the traceback)",
+        ),
+        (
+            ["eval", "--model_name_or_path", "smollm2-135m-instruct", "--dataset", "missing.jsonl"],
+            "ib-ft eval: error: Unable to find '{cwd}/missing.jsonl' (--debug shows the traceback)",
+        ),
+    ],
+)
 def test_user_errors_print_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_:
@@ -31,7 +39,9 @@ def test_unknown_command_names_the_choices(capsys):
         cli.main(["trian"])
 
 
-@pytest.mark.parametrize("value, expected", [("19", 19), ("0.625", 0.625), ("10,19", [10, 19]), (3, 3), ([1, 2], [1, 2])])
+@pytest.mark.parametrize(
+    "value, expected", [("19", 19), ("0.625", 0.625), ("10,19", [10, 19]), (3, 3), ([1, 2], [1, 2])]
+)
 def test_ib_layers_flags_parse_as_the_config_takes_them(value, expected):
     assert parse_ib_layers(value) == expected
 

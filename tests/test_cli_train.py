@@ -17,13 +17,24 @@ from transformers import AutoModelForCausalLM
 
 import peft_ib  # noqa: F401  (registers the IBLORA type with PEFT)
 from peft_ib import find_ib_model
-from trl_ib import cli
 from peft_ib.config import IB_FIELDS
-from trl_ib import IBSFTConfig
+from trl_ib import IBSFTConfig, cli
 from trl_ib.cli.train import IBArguments, load_data, make_parser, run
 
-FAST = ["--report_to", "none", "--logging_steps", "1", "--per_device_train_batch_size", "4", "--ib_dim", "16",
-        "--lora_r", "4", "--save_strategy", "no"]
+FAST = [
+    "--report_to",
+    "none",
+    "--logging_steps",
+    "1",
+    "--per_device_train_batch_size",
+    "4",
+    "--ib_dim",
+    "16",
+    "--lora_r",
+    "4",
+    "--save_strategy",
+    "no",
+]
 
 
 def train(argv: list[str]):
@@ -74,9 +85,20 @@ def test_builtin_default_writes_an_adapter_that_reloads(tmp_path):
 def test_yaml_config_and_flag_overrides(tmp_path):
     out = tmp_path / "out"
     config = {
-        "output_dir": str(out), "report_to": "none", "save_strategy": "no", "max_steps": 2, "logging_steps": 1,
-        "per_device_train_batch_size": 4, "lora_r": 4, "lora_alpha": 8, "ib_layers": [1, 3], "ib_dim": 12,
-        "ib_alpha": 0.3, "ib_beta": 0.05, "ib_kl_mask": "response", "ib_warmup_steps": 1,
+        "output_dir": str(out),
+        "report_to": "none",
+        "save_strategy": "no",
+        "max_steps": 2,
+        "logging_steps": 1,
+        "per_device_train_batch_size": 4,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "ib_layers": [1, 3],
+        "ib_dim": 12,
+        "ib_alpha": 0.3,
+        "ib_beta": 0.05,
+        "ib_kl_mask": "response",
+        "ib_warmup_steps": 1,
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     trainer = train(["--config", str(tmp_path / "run.yaml"), "--ib_alpha", "0.7", "--lora_r", "6"])
@@ -87,7 +109,9 @@ def test_yaml_config_and_flag_overrides(tmp_path):
     args = trainer.args
     assert (args.max_steps, args.ib_alpha, args.ib_beta, args.ib_warmup_steps) == (2, 0.7, 0.05, 1)
     assert trainer._ib_alpha == 0.7 and [log["ib_alpha"] for log in trainer.state.log_history if "loss" in log] == [
-        0.0, 0.7]
+        0.0,
+        0.7,
+    ]
     assert sorted(find_ib_model(trainer.model).lora_ib_encoders["default"]) == ["1", "3"]
     assert_adapter_reloads(out, trainer.model)
 
@@ -110,7 +134,8 @@ def test_data_loading_maps_the_papers_columns(tmp_path):
 
     def load(path, *flags):
         script_args, *_, ib_args = make_parser().parse_args_and_config(
-            args=["--output_dir", str(tmp_path), "--dataset_name", str(tmp_path / path), *flags])
+            args=["--output_dir", str(tmp_path), "--dataset_name", str(tmp_path / path), *flags]
+        )
         return load_data(script_args, ib_args)
 
     train_rows, eval_rows = load("paper.jsonl")
@@ -122,15 +147,18 @@ def test_data_loading_maps_the_papers_columns(tmp_path):
         load("paper.jsonl", "--prompt_column", "Instruction", "--completion_column", "Answer")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--ib_kl_mask", "x"], r"ib_kl_mask='x': must be one of 'attention', 'response', 'all'"),
-    (["--ib_layers", "abc"], r"ib_layers='abc': expected a relative depth"),
-    (["--ib_layers", "1.5"], r"ib_layers=1.5: a float is a relative depth and must be in \(0, 1\]"),
-    (["--ib_dim", "0"], r"ib_dim=0: must be an int >= 1"),
-    (["--ib_alpha", "-1"], r"ib_alpha=-1.0: must be None .* or a number >= 0"),
-    (["--ib_target_kl", "0"], r"ib_target_kl=0.0: must be None"),
-    (["--no_such_flag", "1"], r"not used by the HfArgumentParser: \['--no_such_flag', '1'\]"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--ib_kl_mask", "x"], r"ib_kl_mask='x': must be one of 'attention', 'response', 'all'"),
+        (["--ib_layers", "abc"], r"ib_layers='abc': expected a relative depth"),
+        (["--ib_layers", "1.5"], r"ib_layers=1.5: a float is a relative depth and must be in \(0, 1\]"),
+        (["--ib_dim", "0"], r"ib_dim=0: must be an int >= 1"),
+        (["--ib_alpha", "-1"], r"ib_alpha=-1.0: must be None .* or a number >= 0"),
+        (["--ib_target_kl", "0"], r"ib_target_kl=0.0: must be None"),
+        (["--no_such_flag", "1"], r"not used by the HfArgumentParser: \['--no_such_flag', '1'\]"),
+    ],
+)
 def test_bad_flags_fail_at_parse_time_naming_the_field(tmp_path, argv, message):
     with pytest.raises(ValueError, match=message):
         make_parser().parse_args_and_config(args=["--output_dir", str(tmp_path), *argv])
@@ -167,17 +195,38 @@ def _launch(tmp_path: Path, train_flags: list[str]) -> subprocess.CompletedProce
     makes accelerate join them as MULTI_CPU (gloo). No GPU is visible.
     """
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-               str(_free_port()), "-m", "trl_ib.cli", "train", "--use_cpu", "true", *train_flags]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "trl_ib.cli",
+        "train",
+        "--use_cpu",
+        "true",
+        *train_flags,
+    ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=420, cwd=tmp_path)
 
 
 @pytest.mark.slow
 def test_data_parallel_two_processes_on_cpu(tmp_path):
     out = tmp_path / "out"
-    result = _launch(tmp_path, ["--max_steps", "3", "--output_dir", str(out), *FAST[:-2], "--save_strategy", "steps",
-                                "--save_steps", "3"])
+    result = _launch(
+        tmp_path,
+        ["--max_steps", "3", "--output_dir", str(out), *FAST[:-2], "--save_strategy", "steps", "--save_steps", "3"],
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     logs = [log for log in state["log_history"] if "loss" in log]

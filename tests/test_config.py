@@ -13,7 +13,6 @@ from transformers.modeling_outputs import CausalLMOutput
 from peft_ib import IBLoraConfig, ib_terms
 from tiny_models import ToyBlock, batch, tiny_llama
 
-
 # ---- validation -----------------------------------------------------------------------------------------------
 
 
@@ -194,23 +193,47 @@ def test_final_norm_on_a_model_without_one_errors_at_get_peft_model():
 # ---- JSON round trip ------------------------------------------------------------------------------------------
 
 IB_FIELDS = (
-    "ib_layers", "ib_dim", "ib_alpha", "ib_beta", "ib_logvar_min", "ib_logvar_max", "ib_kl_mask", "ib_final_norm",
+    "ib_layers",
+    "ib_dim",
+    "ib_alpha",
+    "ib_beta",
+    "ib_logvar_min",
+    "ib_logvar_max",
+    "ib_kl_mask",
+    "ib_final_norm",
     "ib_blocks_path",
 )
 
 
 def test_json_round_trip(tmp_path):
     config = IBLoraConfig(
-        r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], ib_layers=[0, -1], ib_dim=16, ib_alpha=0.1,
-        ib_beta=0.02, ib_logvar_min=-3.0, ib_logvar_max=5.0, ib_kl_mask="response", ib_final_norm=True,
-        ib_blocks_path="model.layers", task_type="CAUSAL_LM",
+        r=8,
+        lora_alpha=16,
+        target_modules=["q_proj", "v_proj"],
+        ib_layers=[0, -1],
+        ib_dim=16,
+        ib_alpha=0.1,
+        ib_beta=0.02,
+        ib_logvar_min=-3.0,
+        ib_logvar_max=5.0,
+        ib_kl_mask="response",
+        ib_final_norm=True,
+        ib_blocks_path="model.layers",
+        task_type="CAUSAL_LM",
     )
     config.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     assert saved["peft_type"] == "IBLORA"
     assert {name: saved[name] for name in IB_FIELDS} == {
-        "ib_layers": [0, -1], "ib_dim": 16, "ib_alpha": 0.1, "ib_beta": 0.02, "ib_logvar_min": -3.0,
-        "ib_logvar_max": 5.0, "ib_kl_mask": "response", "ib_final_norm": True, "ib_blocks_path": "model.layers",
+        "ib_layers": [0, -1],
+        "ib_dim": 16,
+        "ib_alpha": 0.1,
+        "ib_beta": 0.02,
+        "ib_logvar_min": -3.0,
+        "ib_logvar_max": 5.0,
+        "ib_kl_mask": "response",
+        "ib_final_norm": True,
+        "ib_blocks_path": "model.layers",
     }
     for loader in (PeftConfig, IBLoraConfig):
         loaded = loader.from_pretrained(tmp_path)

@@ -8,12 +8,12 @@ from transformers import AutoModelForCausalLM
 
 from tiny_models import train_tokenizer
 from trl_ib import builtin
-from trl_ib.demo import run
 from trl_ib.cli.demo import main
+from trl_ib.code_eval import score
+from trl_ib.demo import run
 from trl_ib.demo.run import Budget, DemoArguments, base_scores
 from trl_ib.demo.study import base_draws, contrasts, merge_runs, paired_bootstrap, shares_base_draws
 from trl_ib.demo.tasks import OPERATIONS, VARIABLES, consecutive_pairs, make_problem, make_task, sft_rows, split_pairs
-from trl_ib.code_eval import score
 from trl_ib.generation.prompting import build_programs
 
 
@@ -130,23 +130,40 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
     scored = [*bases.values()] + [row for arms in strength["seeds"]["1"].values() for row in arms.values()]
     assert len(scored) == 6
     for row in scored:
-        assert set(row["pass"]) == {f"pass@{k}^({m})" for k, m_max in ((1, 1), (5, 5), (10, 10)) for m in range(1, m_max + 1)}
+        assert set(row["pass"]) == {
+            f"pass@{k}^({m})" for k, m_max in ((1, 1), (5, 5), (10, 10)) for m in range(1, m_max + 1)
+        }
         assert len(row["num_correct"]) == 4
     # the barrier's point estimate is the hand-computed difference of the four Pass@1 rows
-    pass1 = {label: row["pass"]["pass@1^(1)"] for label, row in
-             [("cb", bases["clean"]), ("xb", bases["contaminated"]),
-              ("cl", strength["seeds"]["1"]["clean"]["LoRA FT"]), ("xl", strength["seeds"]["1"]["contaminated"]["LoRA FT"])]}  # fmt: skip
+    pass1 = {
+        label: row["pass"]["pass@1^(1)"]
+        for label, row in [
+            ("cb", bases["clean"]),
+            ("xb", bases["contaminated"]),
+            ("cl", strength["seeds"]["1"]["clean"]["LoRA FT"]),
+            ("xl", strength["seeds"]["1"]["contaminated"]["LoRA FT"]),
+        ]
+    }
     barrier = strength["contrasts"]["barrier: clean gain - contaminated gain"]["pass@1^(1)"][0]
     assert barrier == pytest.approx((pass1["cl"] - pass1["cb"]) - (pass1["xl"] - pass1["xb"]))
-    assert strength["min_k_shift"]["shift"] == pytest.approx(strength["min_k_shift"]["reference"] - strength["min_k_shift"]["d_code"])
+    assert strength["min_k_shift"]["shift"] == pytest.approx(
+        strength["min_k_shift"]["reference"] - strength["min_k_shift"]["d_code"]
+    )
     out = tmp_path / "out"
-    for path in ("min_k.png", "pass_at_10_m.png", "1ep/seed-1/clean/lora/adapter_config.json",
-                 "1ep/seed-1/contaminated/ib-lora/README.md", "1ep/seed-1/contaminated/lora/README.md"):  # fmt: skip
+    for path in (
+        "min_k.png",
+        "pass_at_10_m.png",
+        "1ep/seed-1/clean/lora/adapter_config.json",
+        "1ep/seed-1/contaminated/ib-lora/README.md",
+        "1ep/seed-1/contaminated/lora/README.md",
+    ):
         assert (out / path).stat().st_size > 0
     assert json.loads((out / "1ep/seed-1/clean/ib-lora/adapter_config.json").read_text())["peft_type"] == "IBLORA"
 
 
-def test_base_scores_are_evaluate_s_row_with_memorization_cached_once_and_samples_per_seed(tmp_path, monkeypatch, task):
+def test_base_scores_are_evaluate_s_row_with_memorization_cached_once_and_samples_per_seed(
+    tmp_path, monkeypatch, task
+):
     base_dir = tmp_path / "base"
     tokenizer = train_tokenizer(base_dir)
     torch.manual_seed(0)
@@ -155,12 +172,16 @@ def test_base_scores_are_evaluate_s_row_with_memorization_cached_once_and_sample
     problems, d_code, reference = task.held_out[:2], sft_rows(task.train[:4]), sft_rows(task.reference[:4])
     calls = Counter()
     for name in ("score_min_k", "representation_gap", "sample_and_score"):
+
         def counted(*args, _original=getattr(run, name), _name=name, **kwargs):
             calls[_name] += 1
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(run, name, counted)
-    scores = lambda seed: base_scores(base_dir, tokenizer, d_code, reference, problems, budget, torch.bfloat16, seed)
+
+    def scores(seed):
+        return base_scores(base_dir, tokenizer, d_code, reference, problems, budget, torch.bfloat16, seed)
+
     first = scores(0)
     assert calls == {"score_min_k": 2, "representation_gap": 1, "sample_and_score": 1}  # D_code, reference; gap; draw
     assert scores(1)["sampling_seed"] == 1
@@ -212,9 +233,13 @@ def test_contrasts_are_hand_computed_differences():
 
     strength = {
         "base_draws": {"0": {"clean": row(2, 4), "contaminated": row(5, 5)}},
-        "seeds": {"0": {"clean": {"LoRA FT": row(6, 8), "IB-FT": row(6, 6)},
-                        "contaminated": {"LoRA FT": row(5, 7), "IB-FT": row(8, 7)}}},
-    }  # fmt: skip
+        "seeds": {
+            "0": {
+                "clean": {"LoRA FT": row(6, 8), "IB-FT": row(6, 6)},
+                "contaminated": {"LoRA FT": row(5, 7), "IB-FT": row(8, 7)},
+            }
+        },
+    }
     table = contrasts(strength, 10)
     mean = {name: values["pass@1^(1)"][0] for name, values in table.items()}
     assert mean["LoRA FT gain, clean base"] == pytest.approx(0.4)  # (0.4 + 0.4) / 2
@@ -234,9 +259,13 @@ def test_each_seed_is_paired_with_its_own_draw_of_the_bases():
         return {"num_correct": list(num_correct)} | ({} if seed is None else {"sampling_seed": seed})
 
     arms = {"clean": {"LoRA FT": row(6, 8)}, "contaminated": {"LoRA FT": row(5, 7)}}
-    strength = {"seeds": {"0": arms, "1": arms},
-                "base_draws": {"0": {"clean": row(2, 4, seed=0), "contaminated": row(5, 5, seed=0)},
-                               "1": {"clean": row(6, 8, seed=1), "contaminated": row(1, 3, seed=1)}}}  # fmt: skip
+    strength = {
+        "seeds": {"0": arms, "1": arms},
+        "base_draws": {
+            "0": {"clean": row(2, 4, seed=0), "contaminated": row(5, 5, seed=0)},
+            "1": {"clean": row(6, 8, seed=1), "contaminated": row(1, 3, seed=1)},
+        },
+    }
     barrier = contrasts(strength, 10)["barrier: clean gain - contaminated gain"]["pass@1^(1)"]
     # seed 0: (0.4, 0.4) - (0.0, 0.2); seed 1: (0.0, 0.0) - (0.4, 0.4): mean of 0.4, 0.2, -0.4, -0.4
     assert barrier[0] == pytest.approx(-0.05)
@@ -253,23 +282,52 @@ def test_merge_runs_combines_seeds_and_strengths_and_refuses_other_settings():
         return {"num_correct": list(num_correct)}
 
     def run(epochs, seed, arms, clean, contaminated, sampling_dtype="torch.bfloat16", budget=(), **arguments):
-        strength = {"bases": {"clean": row(2, 4), "contaminated": row(5, 5)}, "min_k_shift": {"shift": 0.1},
-                    "seeds": {seed: {"clean": {arm: clean for arm in arms},
-                                     "contaminated": {arm: contaminated for arm in arms}}}}  # fmt: skip
-        return {"budget": {"num_samples": 10} | dict(budget), "strengths": {epochs: strength},
-                "precision": {"bf16_training": True, "sampling_dtype": sampling_dtype},
-                "arguments": {"task_seed": 0, "seeds": [int(seed)], "strengths": [float(epochs)], "arms": arms,
-                              "output_dir": f"run-{epochs}-{seed}", "dtype": "rule"} | arguments}  # fmt: skip
+        strength = {
+            "bases": {"clean": row(2, 4), "contaminated": row(5, 5)},
+            "min_k_shift": {"shift": 0.1},
+            "seeds": {
+                seed: {"clean": {arm: clean for arm in arms}, "contaminated": {arm: contaminated for arm in arms}}
+            },
+        }
+        return {
+            "budget": {"num_samples": 10} | dict(budget),
+            "strengths": {epochs: strength},
+            "precision": {"bf16_training": True, "sampling_dtype": sampling_dtype},
+            "arguments": {
+                "task_seed": 0,
+                "seeds": [int(seed)],
+                "strengths": [float(epochs)],
+                "arms": arms,
+                "output_dir": f"run-{epochs}-{seed}",
+                "dtype": "rule",
+            }
+            | arguments,
+        }
 
     both = ["LoRA FT", "IB-FT"]
     # "rule" resolved to bf16 is the protocol of an explicit "bfloat16": the 2-epoch run asked for it by name; it is
     # also a run from after the budget got its batch size field (16, as the earlier runs without the field had)
-    merged = merge_runs([run("6", "0", both, row(6, 8), row(5, 7)), run("6", "1", both, row(4, 4), row(5, 5)),
-                         run("2", "0", ["LoRA FT"], row(9, 9), row(6, 6), dtype="bfloat16", small=False,
-                             budget={"fine_tune_batch_size": 16})])  # fmt: skip
+    merged = merge_runs(
+        [
+            run("6", "0", both, row(6, 8), row(5, 7)),
+            run("6", "1", both, row(4, 4), row(5, 5)),
+            run(
+                "2",
+                "0",
+                ["LoRA FT"],
+                row(9, 9),
+                row(6, 6),
+                dtype="bfloat16",
+                small=False,
+                budget={"fine_tune_batch_size": 16},
+            ),
+        ]
+    )
     assert sorted(merged) == ["2", "6"] and sorted(merged["6"]["seeds"]) == ["0", "1"]
-    barrier = {epochs: merged[epochs]["contrasts"]["barrier: clean gain - contaminated gain"]["pass@1^(1)"][0]
-               for epochs in merged}  # fmt: skip
+    barrier = {
+        epochs: merged[epochs]["contrasts"]["barrier: clean gain - contaminated gain"]["pass@1^(1)"][0]
+        for epochs in merged
+    }
     # 6 epochs: seed 0 (0.4, 0.4) - (0.0, 0.2), seed 1 (0.2, 0.0) - (0.0, 0.0): mean of 0.4, 0.2, 0.2, 0.0
     assert barrier["6"] == pytest.approx(0.2)
     assert barrier["2"] == pytest.approx(((0.7 - 0.1) + (0.5 - 0.1)) / 2)  # (0.6 + 0.4) / 2 = 0.5

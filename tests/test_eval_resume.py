@@ -9,16 +9,20 @@ import sys
 import time
 
 import pytest
-from tiny_models import tiny_llama, train_tokenizer
 
+from tiny_models import tiny_llama, train_tokenizer
 from trl_ib.cli.eval import main
 
 # 30 problems whose completions never pass: the point is which samples exist, not their verdicts.
 PROBLEMS = [
-    {"task_id": f"p/{i}", "prompt": f"def f{i}(a, b):\n" + "    #" * (i % 4), "test": "def check(c):\n    assert False\n",
-     "entry_point": f"f{i}"}
+    {
+        "task_id": f"p/{i}",
+        "prompt": f"def f{i}(a, b):\n" + "    #" * (i % 4),
+        "test": "def check(c):\n    assert False\n",
+        "entry_point": f"f{i}",
+    }
     for i in range(30)
-]  # fmt: skip
+]
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -32,8 +36,21 @@ def setup(tmp_path_factory):
 
 
 def flags(setup, output, *extra):
-    return ["--model_name_or_path", str(setup / "model"), "--dataset", str(setup / "problems.jsonl"), "--k", "1",
-            "--output_dir", str(output), "--timeout", "1", "--num_workers", "1", *extra]  # fmt: skip
+    return [
+        "--model_name_or_path",
+        str(setup / "model"),
+        "--dataset",
+        str(setup / "problems.jsonl"),
+        "--k",
+        "1",
+        "--output_dir",
+        str(output),
+        "--timeout",
+        "1",
+        "--num_workers",
+        "1",
+        *extra,
+    ]
 
 
 SAMPLED = ["--num_samples", "2", "--temperature", "1.0", "--max_new_tokens", "8", "--batch_size", "4"]
@@ -65,11 +82,15 @@ def test_a_torn_run_resumes_to_the_same_samples_and_results(setup, tmp_path):
 
 def test_a_rerun_with_other_generation_arguments_is_refused(setup, tmp_path):
     main(flags(setup, tmp_path, *SAMPLED, "--num_problems", "2"))
-    message = (r"holds samples generated with other arguments \(temperature: 1.0 there, 0.5 now\)\. Resume with the "
-               r"same arguments, pass another --output_dir, or --overwrite_output_dir")  # fmt: skip
+    message = (
+        r"holds samples generated with other arguments \(temperature: 1.0 there, 0.5 now\)\. Resume with the "
+        r"same arguments, pass another --output_dir, or --overwrite_output_dir"
+    )
     with pytest.raises(ValueError, match=message):
         main(flags(setup, tmp_path, *SAMPLED, "--num_problems", "2", "--temperature", "0.5"))
-    with pytest.raises(ValueError, match=r"num_problems: 2 there, 3 now; prompts_sha256: '[0-9a-f]{64}' there, '[0-9a-f]"):
+    with pytest.raises(
+        ValueError, match=r"num_problems: 2 there, 3 now; prompts_sha256: '[0-9a-f]{64}' there, '[0-9a-f]"
+    ):
         main(flags(setup, tmp_path, *SAMPLED, "--num_problems", "3"))
     main(flags(setup, tmp_path, *SAMPLED, "--num_problems", "3", "--overwrite_output_dir", "true"))
     assert len((tmp_path / "samples.jsonl").read_text().splitlines()) == 6
@@ -84,8 +105,9 @@ def test_sigkill_mid_generation_then_rerun_equals_an_uninterrupted_run(setup, tm
     greedy = ["--num_samples", "1", "--temperature", "0", "--max_new_tokens", "48", "--batch_size", "1"]
     subprocess.run(eval_command(setup, tmp_path / "whole", *greedy), env=ENV, check=True, capture_output=True)
     killed = tmp_path / "killed"
-    process = subprocess.Popen(eval_command(setup, killed, *greedy), env=ENV, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        eval_command(setup, killed, *greedy), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     samples, deadline = killed / "samples.jsonl", time.monotonic() + 120
     while time.monotonic() < deadline and not (samples.exists() and samples.read_text().count("\n") >= 3):
         time.sleep(0.002)
@@ -95,7 +117,9 @@ def test_sigkill_mid_generation_then_rerun_equals_an_uninterrupted_run(setup, tm
     assert 3 <= written < 30 and not (killed / "results.json").exists()  # killed mid-generation, rows on disk
     subprocess.run(eval_command(setup, killed, *greedy), env=ENV, check=True, capture_output=True)
     rows, results = read(killed)
-    assert [(row["task_id"], row["sample"]) for row in rows] == [(f"p/{i}", 0) for i in range(30)]  # none lost or twice
+    assert [(row["task_id"], row["sample"]) for row in rows] == [
+        (f"p/{i}", 0) for i in range(30)
+    ]  # none lost or twice
     assert (rows, results) == read(tmp_path / "whole")
 
 
@@ -112,9 +136,26 @@ def test_two_processes_split_the_batches_and_score_once(setup, tmp_path, decodin
     scores once; samples and results equal one process's (sampled ones too: each batch has its own seed)."""
     extra = SAMPLED if decoding == "sampled" else ["--num_samples", "3", "--temperature", "0", "--max_new_tokens", "8"]
     main(flags(setup, tmp_path / "one", *extra))
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              str(free_port()), "-m", "trl_ib.cli", "eval", *flags(setup, tmp_path / "two", *extra)]  # fmt: skip
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "trl_ib.cli",
+        "eval",
+        *flags(setup, tmp_path / "two", *extra),
+    ]
     result = subprocess.run(launch, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "; 2 processes" in result.stdout

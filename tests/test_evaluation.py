@@ -4,22 +4,31 @@ import evaluate
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+
 from test_problem_sets import write_verilog_eval
 from tiny_models import CHAT_TEMPLATE, tiny_llama, train_tokenizer
-
-from trl_ib.code_eval import score
 from trl_ib.cli.eval import EvalArguments, main, plot_pass_at_k_m
-from trl_ib.code_eval.problem_sets import load_problems
-from trl_ib.models import load_model
-from trl_ib.generation.hf_generation import generate_samples
+from trl_ib.code_eval import score
 from trl_ib.code_eval.metrics import PASS_AT_K_M
-
+from trl_ib.code_eval.problem_sets import load_problems
+from trl_ib.generation.hf_generation import generate_samples
+from trl_ib.models import load_model
 
 # Every completion is cut at its first newline, so it lands in the comment the prompt ends with: the
 # first problem passes whatever the model writes, the second fails whatever it writes.
 PROBLEMS = [
-    {"task_id": "always/0", "prompt": "def f():\n    return 1\n#", "test": "def check(c):\n    assert c() == 1\n", "entry_point": "f"},
-    {"task_id": "never/0", "prompt": "def g():\n    return 1\n#", "test": "def check(c):\n    assert c() == 2\n", "entry_point": "g"},
+    {
+        "task_id": "always/0",
+        "prompt": "def f():\n    return 1\n#",
+        "test": "def check(c):\n    assert c() == 1\n",
+        "entry_point": "f",
+    },
+    {
+        "task_id": "never/0",
+        "prompt": "def g():\n    return 1\n#",
+        "test": "def check(c):\n    assert c() == 2\n",
+        "entry_point": "g",
+    },
 ]
 NEWLINES = ["\n", "\r"]  # "\r" ends a line in Python source too
 
@@ -33,14 +42,19 @@ def model_dir(tmp_path_factory):
 
 
 def test_score_counts_verdicts_and_computes_the_table():
-    programs = [["def f():\n    return 1"] * 3 + ["def f():\n    return 2"], ["def f():\n    while True: pass", "def f(: "]]
+    programs = [
+        ["def f():\n    return 1"] * 3 + ["def f():\n    return 2"],
+        ["def f():\n    while True: pass", "def f(: "],
+    ]
     scores = score(programs, ["assert f() == 1"] * 2, None, k=[2], m=[1, "k"], timeout=1.0, progress=False)
     assert scores.num_samples == [4, 2]
     assert scores.num_correct == [3, 0]
     # problem 0: pass@2^(1) = 1 - C(1,2)/C(4,2) = 1, pass@2^(2) = C(3,2)/C(4,2) = 1/2; problem 1: 0
     assert scores.table == {"pass@2^(1)": 0.5, "pass@2^(2)": 0.25}
     assert [r.result for r in scores.results[1]] == ["timed out", "failed: invalid syntax (<string>, line 1)"]
-    with pytest.raises(ValueError, match="got 2 program lists, 1 tests and 1 entry_points; give one of each per problem"):
+    with pytest.raises(
+        ValueError, match="got 2 program lists, 1 tests and 1 entry_points; give one of each per problem"
+    ):
         score(programs, ["assert True"], ["f"])
 
 
@@ -79,10 +93,14 @@ def test_ib_ft_eval_end_to_end(model_dir, tmp_path):
     dataset.write_text("".join(json.dumps(problem) + "\n" for problem in PROBLEMS))
     config = tmp_path / "eval.yaml"
     # backend hf: the tiny model's heads are narrower than vLLM's CPU attention serves
-    config.write_text(f"model_name_or_path: {model_dir}\ndataset: {dataset}\nnum_samples: 3\nk: [1, 3]\n"
-                      "m: ['1', '2', 'k']\nbackend: hf\n")  # fmt: skip
+    config.write_text(
+        f"model_name_or_path: {model_dir}\ndataset: {dataset}\nnum_samples: 3\nk: [1, 3]\n"
+        "m: ['1', '2', 'k']\nbackend: hf\n"
+    )
     output = tmp_path / "out"
-    main(["--config", str(config), "--max_new_tokens", "8", "--output_dir", str(output), "--stop_sequences", *NEWLINES])
+    main(
+        ["--config", str(config), "--max_new_tokens", "8", "--output_dir", str(output), "--stop_sequences", *NEWLINES]
+    )
 
     results = json.loads((output / "results.json").read_text())
     assert results["pass_at_k_m"] == {"pass@1^(1)": 0.5, "pass@3^(1)": 0.5, "pass@3^(2)": 0.5, "pass@3^(3)": 0.5}
@@ -90,9 +108,13 @@ def test_ib_ft_eval_end_to_end(model_dir, tmp_path):
     assert results["task_ids"] == ["always/0", "never/0"] and results["args"]["backend"] == "hf"
     rows = [json.loads(line) for line in (output / "samples.jsonl").read_text().splitlines()]
     assert [(row["task_id"], row["sample"], row["result"]) for row in rows] == [
-        ("always/0", 0, "passed"), ("always/0", 1, "passed"), ("always/0", 2, "passed"),
-        ("never/0", 0, "failed: "), ("never/0", 1, "failed: "), ("never/0", 2, "failed: "),
-    ]  # fmt: skip
+        ("always/0", 0, "passed"),
+        ("always/0", 1, "passed"),
+        ("always/0", 2, "passed"),
+        ("never/0", 0, "failed: "),
+        ("never/0", 1, "failed: "),
+        ("never/0", 2, "failed: "),
+    ]
     assert (output / "pass_at_k_m.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -104,9 +126,12 @@ def test_load_problems_with_column_mapping(tmp_path):
     assert load_problems(str(dataset), columns=columns, num_problems=1) == [
         {"task_id": 0, "prompt": PROBLEMS[0]["prompt"], "test": PROBLEMS[0]["test"], "entry_point": "f"}
     ]
-    with pytest.raises(ValueError, match=r"lacks columns \['entry_point', 'prompt', 'test'\]; it has \['question', "
-                                         "'tests', 'function'\]. Name the prompt, test and entry point columns with "
-                                         "--prompt_column"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"lacks columns \['entry_point', 'prompt', 'test'\]; it has \['question', "
+        r"'tests', 'function'\]. Name the prompt, test and entry point columns with "
+        "--prompt_column",
+    ):
         load_problems(str(dataset))
 
 
@@ -120,11 +145,31 @@ def test_ib_ft_eval_verilog_eval_directory_in_chat_mode(model_dir, tmp_path):
     tiny_llama(vocab_size=len(tokenizer)).save_pretrained(chat_model)
     problems = write_verilog_eval(tmp_path / "verilog-eval")
     output = tmp_path / "out"
-    main([
-        "--model_name_or_path", str(chat_model), "--dataset", str(problems), "--language", "verilog",
-        "--prompt_mode", "chat", "--num_problems", "2", "--num_samples", "2", "--k", "1", "2", "--max_new_tokens", "6",
-        "--output_dir", str(output), "--backend", "hf",
-    ])  # fmt: skip
+    main(
+        [
+            "--model_name_or_path",
+            str(chat_model),
+            "--dataset",
+            str(problems),
+            "--language",
+            "verilog",
+            "--prompt_mode",
+            "chat",
+            "--num_problems",
+            "2",
+            "--num_samples",
+            "2",
+            "--k",
+            "1",
+            "2",
+            "--max_new_tokens",
+            "6",
+            "--output_dir",
+            str(output),
+            "--backend",
+            "hf",
+        ]
+    )
     results = json.loads((output / "results.json").read_text())
     assert results["task_ids"] == ["Prob001_and_gate", "Prob002_mux2"]
     assert results["args"]["prompt_mode"] == "chat" and results["args"]["stop_sequences"] == ["\n```\n", "endmodule"]

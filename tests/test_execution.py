@@ -68,7 +68,6 @@ def test_correct_and_wrong_programs():
     assert run_one("def add(a, b) return", ADD_TEST, "add").result == "failed: expected ':' (<string>, line 1)"
 
 
-
 def test_an_interpreter_started_through_dotdot_runs_samples(tmp_path):
     """Started as `src/../../<...>/<the interpreter's folder>/python` from tmp_path (sys.executable keeps the `..`):
     `src` and tmp_path are not in the sandbox's view, so the sandbox must start the interpreter's resolved path."""
@@ -85,6 +84,7 @@ def test_an_interpreter_started_through_dotdot_runs_samples(tmp_path):
     run = subprocess.run([relative, "-c", script, resolved], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "['passed', 'failed: ']"
+
 
 def test_infinite_loop_times_out():
     start = time.monotonic()
@@ -116,7 +116,10 @@ def test_huge_output_is_truncated():
 def test_cannot_touch_files_outside_its_workspace(canary):
     keep = os.path.join(canary, "keep.txt")
     assert run_one(f"import os\nos.system('rm -rf {canary}')\n").result == "passed"
-    assert run_one(f"open({keep!r}, 'w').write('pwned')\n").result == f"failed: [Errno 2] No such file or directory: {keep!r}"
+    assert (
+        run_one(f"open({keep!r}, 'w').write('pwned')\n").result
+        == f"failed: [Errno 2] No such file or directory: {keep!r}"
+    )
     assert run_one("open('/usr/pwned', 'w')\n").result == "failed: [Errno 30] Read-only file system: '/usr/pwned'"
     # Its own temp dir is writable.
     assert run_one("open('scratch.txt', 'w').write('ok')\nassert open('scratch.txt').read() == 'ok'\n").passed
@@ -154,7 +157,9 @@ def test_redefining_check_or_patching_builtins_does_not_pass():
     test = "def check(candidate):\n    assert abs(candidate(2, 3) - 5) < 1e-9\n    assert isinstance(candidate(1, 1), int)\n"
     patched = "import builtins\nbuiltins.abs = lambda x: 0\n" + WRONG_ADD
     assert run_one(patched, test, "add").result == "failed: "
-    shadowed = "def abs(x):\n    return 0\ndef isinstance(*args):\n    return True\ndef add(a, b):\n    return 'five'\n"
+    shadowed = (
+        "def abs(x):\n    return 0\ndef isinstance(*args):\n    return True\ndef add(a, b):\n    return 'five'\n"
+    )
     assert run_one(shadowed, test, "add").result == "failed: unsupported operand type(s) for -: 'str' and 'int'"
 
 
@@ -187,18 +192,41 @@ def test_results_stream_back_in_order_and_one_crash_loses_nothing():
     [
         ({"language": "rust"}, ValueError, "language='rust' is not supported; choose one of ['python', 'verilog']"),
         ({"timeout": 0}, ValueError, "timeout=0 is invalid; give the wall-clock seconds per sample, > 0 and <= 1e+06"),
-        ({"timeout": float("nan")}, ValueError, "timeout=nan is invalid; give the wall-clock seconds per sample, > 0 and <= 1e+06"),
-        ({"timeout": float("inf")}, ValueError, "timeout=inf is invalid; give the wall-clock seconds per sample, > 0 and <= 1e+06"),
-        ({"timeout": "3"}, ValueError, "timeout='3' is invalid; give the wall-clock seconds per sample, > 0 and <= 1e+06"),
-        ({"num_workers": 0}, ValueError, "num_workers=0 is invalid; give a whole number >= 1, or None for one per CPU "
-         "up to what the RAM holds at Limits.max_memory_bytes each"),
-        ({"num_workers": -1}, ValueError, "num_workers=-1 is invalid; give a whole number >= 1, or None for one per CPU "
-         "up to what the RAM holds at Limits.max_memory_bytes each"),
-        ({"samples": [(ADD, ADD_TEST, "add")]}, TypeError,
-         "samples[0]=('def add(a, b):\\n    return a + b\\n', 'def check(candidate):\\n    assert candidate(2, 3) == 5\\n', 'add') "
-         "is invalid; give Sample(program, test, entry_point) objects"),
+        (
+            {"timeout": float("nan")},
+            ValueError,
+            "timeout=nan is invalid; give the wall-clock seconds per sample, > 0 and <= 1e+06",
+        ),
+        (
+            {"timeout": float("inf")},
+            ValueError,
+            "timeout=inf is invalid; give the wall-clock seconds per sample, > 0 and <= 1e+06",
+        ),
+        (
+            {"timeout": "3"},
+            ValueError,
+            "timeout='3' is invalid; give the wall-clock seconds per sample, > 0 and <= 1e+06",
+        ),
+        (
+            {"num_workers": 0},
+            ValueError,
+            "num_workers=0 is invalid; give a whole number >= 1, or None for one per CPU "
+            "up to what the RAM holds at Limits.max_memory_bytes each",
+        ),
+        (
+            {"num_workers": -1},
+            ValueError,
+            "num_workers=-1 is invalid; give a whole number >= 1, or None for one per CPU "
+            "up to what the RAM holds at Limits.max_memory_bytes each",
+        ),
+        (
+            {"samples": [(ADD, ADD_TEST, "add")]},
+            TypeError,
+            "samples[0]=('def add(a, b):\\n    return a + b\\n', 'def check(candidate):\\n    assert candidate(2, 3) == 5\\n', 'add') "
+            "is invalid; give Sample(program, test, entry_point) objects",
+        ),
     ],
-)  # fmt: skip
+)
 def test_invalid_arguments_are_refused_before_anything_runs(kwargs, error, message):
     arguments = {"samples": [Sample(ADD, ADD_TEST, "add")], "progress": False, **kwargs}
     with pytest.raises(error) as raised:
@@ -209,11 +237,17 @@ def test_invalid_arguments_are_refused_before_anything_runs(kwargs, error, messa
 def test_invalid_samples_and_limits():
     with pytest.raises(TypeError, match=r"^Sample.program=None is invalid; give the source as a str$"):
         Sample(None, ADD_TEST, "add")
-    with pytest.raises(ValueError, match=r"^Sample.entry_point='a b' is invalid; give an identifier \(a str\) or None$"):
+    with pytest.raises(
+        ValueError, match=r"^Sample.entry_point='a b' is invalid; give an identifier \(a str\) or None$"
+    ):
         Sample(ADD, ADD_TEST, "a b")
-    with pytest.raises(ValueError, match=r"^Limits.output_bytes=-1 is invalid; give a whole number from 1 to 2\*\*62$"):
+    with pytest.raises(
+        ValueError, match=r"^Limits.output_bytes=-1 is invalid; give a whole number from 1 to 2\*\*62$"
+    ):
         Limits(output_bytes=-1)
-    with pytest.raises(ValueError, match=r"^Limits.memory_bytes=1.5 is invalid; give a whole number from 1 to 2\*\*62$"):
+    with pytest.raises(
+        ValueError, match=r"^Limits.memory_bytes=1.5 is invalid; give a whole number from 1 to 2\*\*62$"
+    ):
         Limits(memory_bytes=1.5)
     assert Limits(memory_bytes=2**20, processes=4, disk_bytes=2**20).max_memory_bytes == 5 * 2**20
 
@@ -221,7 +255,9 @@ def test_invalid_samples_and_limits():
 def test_numpy_numbers_are_accepted():
     limits = Limits(memory_bytes=np.int64(2**30))
     assert type(limits.memory_bytes) is int
-    result = run_samples([Sample(ADD, ADD_TEST, "add")], timeout=np.float64(2.0), num_workers=np.int64(1), limits=limits, progress=False)
+    result = run_samples(
+        [Sample(ADD, ADD_TEST, "add")], timeout=np.float64(2.0), num_workers=np.int64(1), limits=limits, progress=False
+    )
     assert result[0].result == "passed"
 
 
@@ -273,12 +309,16 @@ def test_default_num_workers_fits_the_ram_and_never_warns(monkeypatch, cpus, ram
 
 def test_an_explicit_setting_past_the_ram_warns(monkeypatch):
     pool_sizes = fake_machine(monkeypatch, 16, 128 * GiB)
-    with pytest.warns(RuntimeWarning, match=r"^num_workers=16 sandboxes may hold up to 8.06 GiB each .* 128.00 GiB of RAM"):
+    with pytest.warns(
+        RuntimeWarning, match=r"^num_workers=16 sandboxes may hold up to 8.06 GiB each .* 128.00 GiB of RAM"
+    ):
         run_samples([], num_workers=16, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         run_samples([], num_workers=15, progress=False)  # explicit but fits
     fake_machine(monkeypatch, 4, 4 * GiB)
-    with pytest.warns(RuntimeWarning, match=r"^num_workers=1 sandboxes may hold up to 9.06 GiB each .* 4.00 GiB of RAM"):
+    with pytest.warns(
+        RuntimeWarning, match=r"^num_workers=1 sandboxes may hold up to 9.06 GiB each .* 4.00 GiB of RAM"
+    ):
         run_samples([], limits=Limits(processes=9), progress=False)  # explicit limits: one sandbox is past the RAM
     assert pool_sizes == [16, 15]

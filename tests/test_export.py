@@ -41,8 +41,14 @@ def trained(tmp_path_factory):
     tiny_llama().save_pretrained(root / "base")
     torch.manual_seed(3)
     config = IBLoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], rank_pattern={"v_proj": 2},
-        init_lora_weights=False, ib_layers=0.625, ib_dim=8, task_type="CAUSAL_LM",
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        rank_pattern={"v_proj": 2},
+        init_lora_weights=False,
+        ib_layers=0.625,
+        ib_dim=8,
+        task_type="CAUSAL_LM",
     )
     model = get_peft_model(tiny_llama(), config)
     generator = torch.Generator().manual_seed(4)
@@ -73,8 +79,9 @@ def test_export_writes_plain_lora(trained, tmp_path):
     weights = load_file(out / "adapter_model.safetensors")
     assert not [key for key in weights if "ib_encoders" in key]
     # Exactly the tensors a plain LoRA adapter with the same options holds, with the trained values.
-    plain = get_peft_model(tiny_llama(), LoraConfig(**{k: saved[k] for k in ("r", "lora_alpha", "target_modules",
-                                                                              "rank_pattern")}))
+    plain = get_peft_model(
+        tiny_llama(), LoraConfig(**{k: saved[k] for k in ("r", "lora_alpha", "target_modules", "rank_pattern")})
+    )
     plain_dir = tmp_path / "plain"
     plain.save_pretrained(plain_dir)
     plain_weights = load_file(plain_dir / "adapter_model.safetensors")
@@ -91,9 +98,20 @@ def test_exported_adapter_loads_in_stock_peft_without_peft_ib(trained, tmp_path)
     torch.save(inputs, tmp_path / "inputs.pt")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-c", STOCK_PEFT_LOAD, str(root / "base"), str(out), str(tmp_path / "inputs.pt"),
-         str(tmp_path / "logits.pt")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            STOCK_PEFT_LOAD,
+            str(root / "base"),
+            str(out),
+            str(tmp_path / "inputs.pt"),
+            str(tmp_path / "logits.pt"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     stock_logits = torch.load(tmp_path / "logits.pt")

@@ -3,7 +3,6 @@ import pytest
 from trl_ib.code_eval import score
 from trl_ib.code_eval.extraction import code_in_answer, cut_at_stop, python_program, sanitize_python, verilog_program
 
-
 PROMPT = 'from typing import List\n\n\ndef total(xs: List[int]) -> int:\n    """Sum of xs."""\n'
 TEST = "def check(candidate):\n    assert candidate([1, 2, 3]) == 6\n    assert candidate([]) == 0\n"
 # A chat answer as small instruct models write them: the code, a usage example, a __main__ block, then prose.
@@ -78,8 +77,11 @@ def test_python_program_runs_where_the_raw_answer_would_not():
     # prompt + raw answer fails on the prose (line 5 + 25)
     scores = score([[chat, body_only, PROMPT + CHATTY_ANSWER, None]], [TEST], ["total"], progress=False)
     assert [result.result for result in scores.results[0]] == [
-        "passed", "passed", "failed: invalid syntax (<string>, line 30)", "failed: no code in the answer",
-    ]  # fmt: skip
+        "passed",
+        "passed",
+        "failed: invalid syntax (<string>, line 30)",
+        "failed: no code in the answer",
+    ]
 
 
 def test_verilog_program():

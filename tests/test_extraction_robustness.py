@@ -7,17 +7,16 @@ import json
 import random
 
 import pytest
+
+import trl_ib.trainer.callbacks
 from test_callbacks import PROBLEMS as CALLBACK_PROBLEMS
 from test_callbacks import make_trainer
 from tiny_models import CHAT_TEMPLATE, tiny_llama, train_tokenizer
-
-import trl_ib.trainer.callbacks
-from trl_ib.trainer.callbacks import PassAtKMCallback
+from trl_ib.cli.eval import main
 from trl_ib.code_eval import LANGUAGES, score
 from trl_ib.code_eval.extraction import code_in_answer, python_program, sanitize_python
-from trl_ib.cli.eval import main
-from trl_ib.generation.prompting import build_programs
-from trl_ib.generation.prompting import PromptFormat
+from trl_ib.generation.prompting import PromptFormat, build_programs
+from trl_ib.trainer.callbacks import PassAtKMCallback
 
 CHAT = PromptFormat("chat")
 # HumanEval/38: the tests take encode_cyclic from the candidate's namespace and draw strings with random.randint.
@@ -39,7 +38,7 @@ def decode_cyclic(s: str):
     takes as input string encoded with encode_cyclic function. Returns decoded string.
     """
 '''
-TEST_38 = '''
+TEST_38 = """
 
 METADATA = {}
 
@@ -53,7 +52,7 @@ def check(candidate):
         str = ''.join(choice(letters) for i in range(randint(10, 20)))
         encoded_str = encode_cyclic(str)
         assert candidate(encoded_str) == str
-'''
+"""
 PROMPT = 'import math\n\n\ndef hyp(a: float, b: float) -> float:\n    """The hypotenuse."""\n'
 TEST = "def check(candidate):\n    assert candidate(3, 4) == 5\n    assert candidate(5, 12) == 13\n"
 RIGHT = "def hyp(a, b):\n    return math.sqrt(a * a + b * b)\n"
@@ -75,8 +74,11 @@ def test_the_humaneval_38_forgery_passes_unsanitized_and_fails_now():
     results = score(programs, [TEST_38], ["decode_cyclic"], progress=False).results[0]
     assert [result.result for result in results] == ["passed", "failed: ", "passed"]
     # a full answer gets the same treatment, also when the patch hides in a tuple or a loop
-    for patch in ("random.randint = lambda a, b: 0", "_, random.randint = 0, (lambda a, b: 0)",
-                  "for _ in [0]:\n    random.randint = lambda a, b: 0"):  # fmt: skip
+    for patch in (
+        "random.randint = lambda a, b: 0",
+        "_, random.randint = 0, (lambda a, b: 0)",
+        "for _ in [0]:\n    random.randint = lambda a, b: 0",
+    ):
         answer = f"import random\n{patch}\ndef decode_cyclic(s):\n    return s\n"
         assert "randint" not in python_program(PROMPT_38, answer, "decode_cyclic")
 
@@ -116,13 +118,14 @@ def test_build_programs_turns_any_exception_into_the_samples_verdict(monkeypatch
 
     monkeypatch.setitem(LANGUAGES, "python", dataclasses.replace(LANGUAGES["python"], chat_program=unreadable))
     assert verdicts(["boom", "    return math.hypot(a, b)\n"]) == [
-        "failed: the answer could not be read (MemoryError: boom)", "passed",
-    ]  # fmt: skip
+        "failed: the answer could not be read (MemoryError: boom)",
+        "passed",
+    ]
 
 
 def test_a_verilog_answer_that_cannot_be_read_becomes_a_design_of_one_comment(monkeypatch):
     def unreadable(prompt, answer, entry_point):
-        raise MemoryError("boom\n`include \"x\"")  # the reason cannot add a line to the design
+        raise MemoryError('boom\n`include "x"')  # the reason cannot add a line to the design
 
     monkeypatch.setitem(LANGUAGES, "verilog", dataclasses.replace(LANGUAGES["verilog"], chat_program=unreadable))
     programs = build_programs(["module TopModule();"], [["anything"]], PromptFormat("chat", "verilog"))
@@ -130,13 +133,45 @@ def test_a_verilog_answer_that_cannot_be_read_becomes_a_design_of_one_comment(mo
 
 
 FRAGMENTS = [
-    "import math", "from __future__ import annotations", "import random", "random.randint = lambda a, b: 0",
-    "print('stray')", "def hyp(a, b):", "    return math.hypot(a, b)", "    return (a +", "```", "```python",
-    "Here is the code:", "x = int(input())", "@lru_cache(None)", "TABLE = {}", "for i in range(3):",
-    "    TABLE[i] = i", "if __name__ == '__main__':", '    """Doc with ``` inside."""', "\t", "    ", "",
-    "try:", "except ImportError:", "A, B = 1, 2", "'''", "import sys; sys.stdout.write('x')", DEEP, "(" * 300,
-    "\r", "\0", "\udc80", "class C:", "    pass", "yield 1", "return 0", "lambda: (", "def", ")" * 10,
-]  # fmt: skip
+    "import math",
+    "from __future__ import annotations",
+    "import random",
+    "random.randint = lambda a, b: 0",
+    "print('stray')",
+    "def hyp(a, b):",
+    "    return math.hypot(a, b)",
+    "    return (a +",
+    "```",
+    "```python",
+    "Here is the code:",
+    "x = int(input())",
+    "@lru_cache(None)",
+    "TABLE = {}",
+    "for i in range(3):",
+    "    TABLE[i] = i",
+    "if __name__ == '__main__':",
+    '    """Doc with ``` inside."""',
+    "\t",
+    "    ",
+    "",
+    "try:",
+    "except ImportError:",
+    "A, B = 1, 2",
+    "'''",
+    "import sys; sys.stdout.write('x')",
+    DEEP,
+    "(" * 300,
+    "\r",
+    "\0",
+    "\udc80",
+    "class C:",
+    "    pass",
+    "yield 1",
+    "return 0",
+    "lambda: (",
+    "def",
+    ")" * 10,
+]
 
 
 @pytest.mark.parametrize("seed", range(2))
@@ -159,9 +194,23 @@ def test_random_answers_never_raise_and_never_keep_a_module_level_side_effect(se
             if tree is None:  # e.g. a kept definition that refers to a decorator the answer cut: fails in the sandbox
                 continue
             for node in tree.body:
-                assert isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef, ast.Assign,
-                                         ast.For, ast.Try, ast.AnnAssign, ast.AugAssign)), ast.dump(node)[:200]  # fmt: skip
-                assert not (isinstance(node, ast.Assign) and "random" in ast.unparse(node.targets[0])), ast.unparse(node)
+                assert isinstance(
+                    node,
+                    (
+                        ast.Import,
+                        ast.ImportFrom,
+                        ast.FunctionDef,
+                        ast.ClassDef,
+                        ast.Assign,
+                        ast.For,
+                        ast.Try,
+                        ast.AnnAssign,
+                        ast.AugAssign,
+                    ),
+                ), ast.dump(node)[:200]
+                assert not (isinstance(node, ast.Assign) and "random" in ast.unparse(node.targets[0])), ast.unparse(
+                    node
+                )
 
 
 def _parse(program):
@@ -208,8 +257,8 @@ REFUSED = {  # answer: verdict
     "mixed tabs and spaces": ("def hyp(a, b):\n        c = a * a + b * b\n\treturn math.sqrt(c)\n", "failed: "),
     "no code": ("\n```\nThe hypotenuse is the square root of the sum of squares.", "failed: no code in the answer"),
     "a body cut by the token limit": (
-        "    return math.sqrt(a * a +", "failed: the answer holds no code that parses (SyntaxError: '(' was never closed "
-        "(<unknown>, line 6))",
+        "    return math.sqrt(a * a +",
+        "failed: the answer holds no code that parses (SyntaxError: '(' was never closed (<unknown>, line 6))",
     ),
 }
 
@@ -217,12 +266,17 @@ REFUSED = {  # answer: verdict
 def test_what_a_grader_accepts_passes_and_what_it_refuses_fails():
     answers = list(ACCEPTED.values()) + [answer for answer, _ in REFUSED.values()]
     expected = ["passed"] * len(ACCEPTED) + [verdict for _, verdict in REFUSED.values()]
-    assert dict(zip(list(ACCEPTED) + list(REFUSED), verdicts(answers))) == dict(zip(list(ACCEPTED) + list(REFUSED), expected))
+    assert dict(zip(list(ACCEPTED) + list(REFUSED), verdicts(answers))) == dict(
+        zip(list(ACCEPTED) + list(REFUSED), expected)
+    )
 
 
 def test_statements_are_kept_exactly():
     program = python_program(PROMPT, ACCEPTED["a read of stdin on the import's line"], "hyp")
-    assert program == PROMPT.rstrip("\n") + "\n\n\nimport sys\ndef hyp(a, b):\n    x = a * a + b * b\n    return math.sqrt(x)\n"
+    assert (
+        program
+        == PROMPT.rstrip("\n") + "\n\n\nimport sys\ndef hyp(a, b):\n    x = a * a + b * b\n    return math.sqrt(x)\n"
+    )
     future = python_program(PROMPT, ACCEPTED["from __future__ in the answer"], "hyp")
     assert future == "from __future__ import annotations\n" + PROMPT.rstrip("\n") + "\n\n\n" + RIGHT
     assert code_in_answer("x = '```'\n```\ny = 1") == "x = '```'\n"
@@ -252,20 +306,40 @@ def test_ib_ft_eval_writes_every_verdict_after_an_answer_that_used_to_raise(tmp_
     problems = tmp_path / "problems.jsonl"
     problems.write_text(json.dumps({"task_id": "hyp", "prompt": PROMPT, "test": TEST, "entry_point": "hyp"}) + "\n")
     output = tmp_path / "out"
-    flags = ["--model_name_or_path", str(model), "--dataset", str(problems), "--prompt_mode", "chat", "--k", "1",
-             "--num_samples", "3", "--max_new_tokens", "4", "--output_dir", str(output), "--num_workers", "1"]  # fmt: skip
+    flags = [
+        "--model_name_or_path",
+        str(model),
+        "--dataset",
+        str(problems),
+        "--prompt_mode",
+        "chat",
+        "--k",
+        "1",
+        "--num_samples",
+        "3",
+        "--max_new_tokens",
+        "4",
+        "--output_dir",
+        str(output),
+        "--num_workers",
+        "1",
+    ]
     main(flags)
     rows = [json.loads(line) for line in (output / "samples.jsonl").read_text().splitlines()]
     answers = [DEEP, RIGHT, DEEPER]
-    (output / "samples.jsonl").write_text("".join(
-        json.dumps({"task_id": row["task_id"], "sample": row["sample"], "completion": answer}) + "\n"
-        for row, answer in zip(rows, answers)
-    ))  # fmt: skip
+    (output / "samples.jsonl").write_text(
+        "".join(
+            json.dumps({"task_id": row["task_id"], "sample": row["sample"], "completion": answer}) + "\n"
+            for row, answer in zip(rows, answers)
+        )
+    )
     main(flags)
     rows = [json.loads(line) for line in (output / "samples.jsonl").read_text().splitlines()]
     assert [(row["sample"], row["completion"], row["passed"]) for row in rows] == [
-        (0, DEEP, False), (1, RIGHT, True), (2, DEEPER, False),
-    ]  # fmt: skip
+        (0, DEEP, False),
+        (1, RIGHT, True),
+        (2, DEEPER, False),
+    ]
     assert rows[0]["result"].startswith("failed: the answer holds no code that parses (RecursionError")
     assert rows[2]["result"].startswith("failed: the answer holds no code that parses (MemoryError")
     assert json.loads((output / "results.json").read_text())["num_correct"] == [1]

@@ -2,8 +2,8 @@ from unittest import mock
 
 import pytest
 import torch
-from tiny_models import CHAT_TEMPLATE, tiny_gpt2, tiny_llama, train_tokenizer
 
+from tiny_models import CHAT_TEMPLATE, tiny_gpt2, tiny_llama, train_tokenizer
 from trl_ib.code_eval.extraction import cut_at_stop
 from trl_ib.generation.hf_generation import generate_samples, sample_batches
 from trl_ib.generation.prompting import PromptFormat
@@ -27,9 +27,12 @@ def plain_generate_loop(model, tokenizer, texts, num_samples, max_new_tokens, st
         input_ids = tokenizer(text, return_tensors="pt", add_special_tokens=add_special_tokens)["input_ids"]
         with torch.inference_mode():
             output = model.generate(
-                input_ids.repeat(num_samples, 1), attention_mask=torch.ones_like(input_ids).repeat(num_samples, 1),
-                do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-            )  # fmt: skip
+                input_ids.repeat(num_samples, 1),
+                attention_mask=torch.ones_like(input_ids).repeat(num_samples, 1),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         answers = tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
         completions.append([cut_at_stop(answer, stop_sequences) for answer in answers])
     return completions
@@ -38,7 +41,9 @@ def plain_generate_loop(model, tokenizer, texts, num_samples, max_new_tokens, st
 def test_shape_stops_and_training_mode_restored(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     model.train()
-    completions = generate_samples(model, tokenizer, PROMPTS, 3, max_new_tokens=12, stop_sequences=NEWLINES, batch_size=4)
+    completions = generate_samples(
+        model, tokenizer, PROMPTS, 3, max_new_tokens=12, stop_sequences=NEWLINES, batch_size=4
+    )
     assert [len(group) for group in completions] == [3, 3, 3]
     assert all("\n" not in c and "\r" not in c for group in completions for c in group)
     assert model.training
@@ -101,7 +106,10 @@ def test_greedy_equals_a_plain_generate_loop(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     expected = plain_generate_loop(model, tokenizer, PROMPTS, 4, 16, NEWLINES)
     assert len({c for group in expected for c in group}) > 1  # the prompts get different completions
-    assert generate_samples(model, tokenizer, PROMPTS, 4, 0.0, max_new_tokens=16, stop_sequences=NEWLINES, batch_size=2) == expected
+    assert (
+        generate_samples(model, tokenizer, PROMPTS, 4, 0.0, max_new_tokens=16, stop_sequences=NEWLINES, batch_size=2)
+        == expected
+    )
 
 
 def test_a_frozen_models_output_layer_gets_a_contiguous_input_and_the_same_samples(model_and_tokenizer):
@@ -116,7 +124,9 @@ def test_a_frozen_models_output_layer_gets_a_contiguous_input_and_the_same_sampl
     try:
         expected = plain_generate_loop(model, tokenizer, PROMPTS, 2, 6, NEWLINES)
         seen_by_plain_generate, seen[:] = list(seen), []
-        got = generate_samples(model, tokenizer, PROMPTS, 2, 0.0, max_new_tokens=6, stop_sequences=NEWLINES, batch_size=3)
+        got = generate_samples(
+            model, tokenizer, PROMPTS, 2, 0.0, max_new_tokens=6, stop_sequences=NEWLINES, batch_size=3
+        )
     finally:
         spy.remove()
         model.requires_grad_(True)
@@ -171,8 +181,11 @@ def test_greedy_batches_fill_every_sample_of_their_prompts(model_and_tokenizer):
     assert {(p, s): t for p, s, t in rows} == {(p, s): expected[p][s] for p in range(3) for s in range(4)}
     # a prompt's 4 greedy samples are one decode: done as soon as all of them are
     done = {(p, s) for p, s, _ in batches[0]}
-    assert [row for batch in sample_batches(model, tokenizer, PROMPTS, 4, 0.0, max_new_tokens=6, batch_size=2,
-                                            done=done) for row in batch] == batches[1]
+    assert [
+        row
+        for batch in sample_batches(model, tokenizer, PROMPTS, 4, 0.0, max_new_tokens=6, batch_size=2, done=done)
+        for row in batch
+    ] == batches[1]
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])
@@ -183,7 +196,9 @@ def test_a_shared_prefill_gives_the_samples_of_a_prefill_per_row(tmp_path, archi
     tokenizer = train_tokenizer(tmp_path)
     model = (tiny_llama if architecture == "llama" else tiny_gpt2)(vocab_size=len(tokenizer))
     prefills = []
-    spy = model.register_forward_pre_hook(lambda module, args, kwargs: prefills.append(kwargs["input_ids"].shape), with_kwargs=True)
+    spy = model.register_forward_pre_hook(
+        lambda module, args, kwargs: prefills.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
     try:
         shared = generate_samples(model, tokenizer, PROMPTS, 4, 1.0, max_new_tokens=8, batch_size=5, seed=3)
         seen, prefills[:] = list(prefills), []

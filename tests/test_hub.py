@@ -36,7 +36,10 @@ print(json.dumps({"after_import": after_import, "wrapped": [a is not b for a, b 
 
 def test_installed_by_the_first_ib_lora_adapter_and_plain_lora_keeps_peft_card(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-c", SCRIPT, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -59,10 +62,16 @@ def test_push_to_hub_overwrites_the_readme_then_calls_upload_modified_files():
     # upload step, which is why the hook must sit in `_upload_modified_files(working_dir, repo_id, ...)`.
     assert "push_to_hub" not in PeftModel.__dict__ and PeftModel.push_to_hub is PushToHubMixin.push_to_hub
     source = inspect.getsource(PushToHubMixin.push_to_hub)
-    steps = [r"self\.save_pretrained\(tmp_dir", r'model_card\.save\(os\.path\.join\(tmp_dir, "README\.md"\)\)',
-             r"return self\._upload_modified_files\(\s*tmp_dir,\s*repo_id,"]
+    steps = [
+        r"self\.save_pretrained\(tmp_dir",
+        r'model_card\.save\(os\.path\.join\(tmp_dir, "README\.md"\)\)',
+        r"return self\._upload_modified_files\(\s*tmp_dir,\s*repo_id,",
+    ]
     positions = [re.search(step, source) for step in steps]
     assert all(positions), [step for step, found in zip(steps, positions) if not found]
     assert [p.start() for p in positions] == sorted(p.start() for p in positions)
     assert list(inspect.signature(PushToHubMixin._upload_modified_files).parameters)[:3] == [
-        "self", "working_dir", "repo_id"]
+        "self",
+        "working_dir",
+        "repo_id",
+    ]

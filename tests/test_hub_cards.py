@@ -3,12 +3,12 @@
 import pytest
 from huggingface_hub import ModelCard, ModelCardData
 from peft import LoraConfig, PeftModel, get_peft_model
-from tiny_models import tiny_llama
 from transformers import Trainer, TrainingArguments
 
 import peft_ib
 from hub_cards import adapter_card, export_card, plot_training_curves, trainer_card, write_adapter_card
 from peft_ib.hub import install_card_hook
+from tiny_models import tiny_llama
 
 BASE = "user/tiny-base"
 TAGS = ["ib-lora", "information-bottleneck", "peft", "trl", "sft"]
@@ -28,8 +28,13 @@ def config():
 
 def test_adapter_card_metadata(config):
     card = adapter_card(
-        config, repo_id="user/ib", pass_at_k_m=PASS_AT_K_M, eval_dataset="openai/openai_humaneval",
-        datasets=["user/code"], license="mit", tags=["extra", "peft"],
+        config,
+        repo_id="user/ib",
+        pass_at_k_m=PASS_AT_K_M,
+        eval_dataset="openai/openai_humaneval",
+        datasets=["user/code"],
+        license="mit",
+        tags=["extra", "peft"],
     )
     metadata = ModelCard(str(card)).data.to_dict()  # what a reader of the saved README gets
     [result] = metadata.pop("model-index")[0]["results"]  # one task and dataset: one result with 4 metrics
@@ -52,16 +57,35 @@ def test_adapter_card_metadata(config):
 
 
 def test_adapter_card_body(config):
-    text = adapter_card(config, repo_id="user/ib", log_history=LOG_HISTORY, pass_at_k_m=PASS_AT_K_M,
-                        eval_dataset="openai/openai_humaneval").text
+    text = adapter_card(
+        config,
+        repo_id="user/ib",
+        log_history=LOG_HISTORY,
+        pass_at_k_m=PASS_AT_K_M,
+        eval_dataset="openai/openai_humaneval",
+    ).text
     assert "import peft_ib" in text and 'AutoPeftModelForCausalLM.from_pretrained("user/ib")' in text
     assert 'export_lora("user/ib", "lora-export")' in text
-    for row in ["| `ib_layers` | `0.625` |", "| `ib_dim` | `16` |", "| `ib_alpha` | `0.2` |", "| `ib_beta` | `0.01` |",
-                "| `ib_logvar_min` | `-4.0` |", "| `ib_logvar_max` | `4.0` |", "| `ib_kl_mask` | `attention` |",
-                "| `ib_final_norm` | `False` |", "| `r` | `8` |", "| `target_modules` | `q_proj, v_proj` |"]:
+    for row in [
+        "| `ib_layers` | `0.625` |",
+        "| `ib_dim` | `16` |",
+        "| `ib_alpha` | `0.2` |",
+        "| `ib_beta` | `0.01` |",
+        "| `ib_logvar_min` | `-4.0` |",
+        "| `ib_logvar_max` | `4.0` |",
+        "| `ib_kl_mask` | `attention` |",
+        "| `ib_final_norm` | `False` |",
+        "| `r` | `8` |",
+        "| `target_modules` | `q_proj, v_proj` |",
+    ]:
         assert row in text
-    for row in ["| `loss` | 2 | 10 |", "| `ce` | 1.5 | 10 |", "| `ib_kl` | 0.75 | 10 |", "| `ib_ce` | 2.875 | 10 |",
-                "| `ib_alpha` | 0.2 | 10 |"]:
+    for row in [
+        "| `loss` | 2 | 10 |",
+        "| `ce` | 1.5 | 10 |",
+        "| `ib_kl` | 0.75 | 10 |",
+        "| `ib_ce` | 2.875 | 10 |",
+        "| `ib_alpha` | 0.2 | 10 |",
+    ]:
         assert row in text
     assert "| 1 | 1 | 0.5200 |\n| 10 | 1 | 0.8000 |\n| 10 | 5 | 0.6000 |\n| 10 | 10 | 0.3000 |" in text
     assert "journal={arXiv preprint arXiv:2510.16022}" in text
@@ -117,8 +141,13 @@ def test_write_adapter_card_embeds_the_plots_it_draws(config, tmp_path):
 
 def test_write_adapter_card_skips_plots_without_data(config, tmp_path):
     # one m per k: nothing to draw against m; no training metric in the logs: no curves
-    write_adapter_card(tmp_path, config, log_history=[{"eval_loss": 1.0, "step": 1}],
-                       pass_at_k_m={"pass@1^(1)": 0.5, "pass@5^(5)": 0.25}, eval_dataset="d")
+    write_adapter_card(
+        tmp_path,
+        config,
+        log_history=[{"eval_loss": 1.0, "step": 1}],
+        pass_at_k_m={"pass@1^(1)": 0.5, "pass@5^(5)": 0.25},
+        eval_dataset="d",
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["README.md"]
     assert plot_training_curves([{"eval_loss": 1.0, "step": 1}], tmp_path / "curves.png") is False
 

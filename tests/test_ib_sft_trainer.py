@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
-from tiny_models import tiny_llama, train_tokenizer
 from torch import nn
 from transformers import TrainerCallback, TrainingArguments
 from trl import SFTConfig, SFTTrainer
@@ -21,6 +20,7 @@ import peft_ib.model as peft_ib_model
 import trl_ib.trainer.ib_sft_trainer as ib_sft_trainer
 from peft_ib import IBLoraConfig, find_ib_model, ib_terms
 from peft_ib.layer import kl_to_standard_normal
+from tiny_models import tiny_llama, train_tokenizer
 from trl_ib import IBSFTConfig, IBSFTTrainer, to_prompt_completion
 from trl_ib.trainer.ib_sft_trainer import CONTROLLER_FILE, chunked_target_log_probs, trl_kernel_is_fast
 
@@ -28,8 +28,18 @@ IB_BLOCK = 1  # of the tiny Llama's 4 blocks
 
 # float32 (bf16=False): these tests compare against float32 recomputations; test_precision.py covers the bf16 default
 BASE_ARGS = dict(
-    report_to="none", use_cpu=True, bf16=False, dataloader_num_workers=0, logging_steps=1, save_strategy="no", seed=0,
-    per_device_train_batch_size=2, max_steps=2, learning_rate=1e-2, lr_scheduler_type="constant", disable_tqdm=True,
+    report_to="none",
+    use_cpu=True,
+    bf16=False,
+    dataloader_num_workers=0,
+    logging_steps=1,
+    save_strategy="no",
+    seed=0,
+    per_device_train_batch_size=2,
+    max_steps=2,
+    learning_rate=1e-2,
+    lr_scheduler_type="constant",
+    disable_tqdm=True,
 )
 
 
@@ -40,19 +50,32 @@ def tokenizer(tmp_path_factory):
 
 def code_dataset(n: int) -> Dataset:
     """Prompt/completion pairs whose completions have 2, 3 or 4 lines: batches of different lengths."""
-    return Dataset.from_dict({
-        "prompt": [f"Write f{i}\n" for i in range(n)],
-        "completion": [f"def f{i}(a, b):\n" + "    a = a + b\n" * (i % 3) + "    return a\n" for i in range(n)],
-    })
+    return Dataset.from_dict(
+        {
+            "prompt": [f"Write f{i}\n" for i in range(n)],
+            "completion": [f"def f{i}(a, b):\n" + "    a = a + b\n" * (i % 3) + "    return a\n" for i in range(n)],
+        }
+    )
 
 
 def ib_config(**overrides) -> IBLoraConfig:
-    return IBLoraConfig(**{"r": 4, "lora_alpha": 8, "target_modules": "all-linear", "ib_layers": IB_BLOCK,
-                           "ib_dim": 8, **overrides})
+    return IBLoraConfig(
+        **{"r": 4, "lora_alpha": 8, "target_modules": "all-linear", "ib_layers": IB_BLOCK, "ib_dim": 8, **overrides}
+    )
 
 
-def make_trainer(tmp_path, tokenizer, train_dataset=None, peft_config=None, model=None, trainer_cls=IBSFTTrainer,
-                 eval_dataset=None, callbacks=None, compute_metrics=None, **overrides):
+def make_trainer(
+    tmp_path,
+    tokenizer,
+    train_dataset=None,
+    peft_config=None,
+    model=None,
+    trainer_cls=IBSFTTrainer,
+    eval_dataset=None,
+    callbacks=None,
+    compute_metrics=None,
+    **overrides,
+):
     args = IBSFTConfig(**{**BASE_ARGS, "output_dir": str(tmp_path), **overrides})
     return trainer_cls(
         tiny_llama() if model is None else model,
@@ -84,11 +107,13 @@ class RecordingTrainer(IBSFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
             self.recorded = getattr(self, "recorded", [])
-            self.recorded.append({
-                "inputs": {k: v.clone() for k, v in inputs.items() if torch.is_tensor(v)},
-                "rng": torch.get_rng_state(),
-                "params": trainable_params(model),
-            })
+            self.recorded.append(
+                {
+                    "inputs": {k: v.clone() for k, v in inputs.items() if torch.is_tensor(v)},
+                    "rng": torch.get_rng_state(),
+                    "params": trainable_params(model),
+                }
+            )
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
@@ -99,10 +124,12 @@ class EncoderGrads(TrainerCallback):
         self.norms: list[dict[str, float]] = []
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.norms.append({
-            name: 0.0 if p.grad is None else p.grad.norm().item()
-            for name, p in find_ib_model(model).lora_ib_encoders.named_parameters()
-        })
+        self.norms.append(
+            {
+                name: 0.0 if p.grad is None else p.grad.norm().item()
+                for name, p in find_ib_model(model).lora_ib_encoders.named_parameters()
+            }
+        )
 
 
 # ---- the loss ---------------------------------------------------------------------------------------------------
@@ -110,8 +137,15 @@ class EncoderGrads(TrainerCallback):
 
 def test_logged_total_equals_independent_recomputation(tmp_path, tokenizer):
     alpha, beta = 0.5, 0.4
-    trainer = make_trainer(tmp_path, tokenizer, trainer_cls=RecordingTrainer, per_device_train_batch_size=3,
-                           max_steps=1, ib_alpha=alpha, ib_beta=beta)
+    trainer = make_trainer(
+        tmp_path,
+        tokenizer,
+        trainer_cls=RecordingTrainer,
+        per_device_train_batch_size=3,
+        max_steps=1,
+        ib_alpha=alpha,
+        ib_beta=beta,
+    )
     trainer.train()
     (log,) = train_logs(trainer)
     (record,) = trainer.recorded
@@ -127,7 +161,9 @@ def test_logged_total_equals_independent_recomputation(tmp_path, tokenizer):
                 p.copy_(record["params"][name])
     captured = {}
     block = model.base_model.model.model.layers[IB_BLOCK]
-    handle = block.register_forward_hook(lambda m, a, out: captured.setdefault("h", out[0] if isinstance(out, tuple) else out))
+    handle = block.register_forward_hook(
+        lambda m, a, out: captured.setdefault("h", out[0] if isinstance(out, tuple) else out)
+    )
     model.train()
     torch.set_rng_state(record["rng"])
     with torch.no_grad():
@@ -165,10 +201,17 @@ def _one_sgd_step(tmp_path, tokenizer, batch_size, accumulation):
     # With the logvar head set to weight 0, bias -40 (and the clamp opened to -40) the noise is scaled by
     # exp(-20) = 2e-9, so z = mu to float precision in both runs, while KL and ce_ib still carry their full gradients.
     trainer = make_trainer(
-        tmp_path / f"b{batch_size}x{accumulation}", tokenizer,
+        tmp_path / f"b{batch_size}x{accumulation}",
+        tokenizer,
         peft_config=ib_config(init_lora_weights=False, ib_logvar_min=-40.0),
-        per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation, max_steps=1,
-        optim="sgd", learning_rate=1.0, max_grad_norm=0.0, ib_alpha=0.5, ib_beta=0.5,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        optim="sgd",
+        learning_rate=1.0,
+        max_grad_norm=0.0,
+        ib_alpha=0.5,
+        ib_beta=0.5,
     )
     with torch.no_grad():
         for encoder in encoders(trainer).values():
@@ -204,8 +247,9 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, tokenizer):
 @pytest.mark.parametrize("warmup, max_steps", [(4, 6), (0.5, 8)])
 def test_warmup_ramps_alpha(tmp_path, tokenizer, warmup, max_steps):
     alpha = 0.3
-    trainer = make_trainer(tmp_path, tokenizer, per_device_train_batch_size=1, max_steps=max_steps,
-                           ib_alpha=alpha, ib_warmup_steps=warmup)
+    trainer = make_trainer(
+        tmp_path, tokenizer, per_device_train_batch_size=1, max_steps=max_steps, ib_alpha=alpha, ib_warmup_steps=warmup
+    )
     trainer.train()
     logs = train_logs(trainer)
     expected = [alpha * min(step, 4) / 4 for step in range(max_steps)]  # 4 = int(4) = ceil(0.5 * 8)
@@ -219,9 +263,18 @@ def test_kl_controller_settles_at_target(tmp_path, tokenizer):
     target, rate, alpha0, beta0 = 0.004, 0.2, 0.2, 0.5
     # One fixed batch of 8 (shuffled each step), Adam lr 2e-2: the KL responds to alpha within a few steps. The
     # loop is underdamped (log alpha integrates the error; Adam's momentum lags), so it is judged on the mean.
-    trainer = make_trainer(tmp_path, tokenizer, per_device_train_batch_size=8, max_steps=60, learning_rate=2e-2,
-                           peft_config=ib_config(ib_input_norm="none"), ib_alpha=alpha0, ib_beta=beta0,
-                           ib_target_kl=target, ib_kl_controller_rate=rate)
+    trainer = make_trainer(
+        tmp_path,
+        tokenizer,
+        per_device_train_batch_size=8,
+        max_steps=60,
+        learning_rate=2e-2,
+        peft_config=ib_config(ib_input_norm="none"),
+        ib_alpha=alpha0,
+        ib_beta=beta0,
+        ib_target_kl=target,
+        ib_kl_controller_rate=rate,
+    )
     trainer.train()
     logs = train_logs(trainer)
     kls = [log["ib_kl"] for log in logs]
@@ -243,7 +296,7 @@ def test_kl_controller_settles_at_target(tmp_path, tokenizer):
         assert ce_weight == pytest.approx(alpha0 * beta0, rel=1e-6)
     assert trainer._ib_controller.ce_weight == pytest.approx(alpha0 * beta0, rel=1e-12)
 
-    last = kls[-len(kls) // 5:]
+    last = kls[-len(kls) // 5 :]
     assert statistics.mean(last) == pytest.approx(target, rel=0.3)
     assert alphas[-1] > 2 * alpha0  # it got there by moving alpha, not because the KL started near the target
 
@@ -253,9 +306,18 @@ def test_kl_controller_settles_at_target(tmp_path, tokenizer):
 
 @pytest.mark.slow
 def test_resume_from_checkpoint_reproduces_the_run(tmp_path, tokenizer):
-    settings = dict(trainer_cls=RecordingTrainer, train_dataset=code_dataset(12), max_steps=6, save_strategy="steps",
-                    save_steps=3, ib_target_kl=0.004, ib_kl_controller_rate=0.2, ib_warmup_steps=1,
-                    lr_scheduler_type="linear", warmup_steps=2)
+    settings = dict(
+        trainer_cls=RecordingTrainer,
+        train_dataset=code_dataset(12),
+        max_steps=6,
+        save_strategy="steps",
+        save_steps=3,
+        ib_target_kl=0.004,
+        ib_kl_controller_rate=0.2,
+        ib_warmup_steps=1,
+        lr_scheduler_type="linear",
+        warmup_steps=2,
+    )
     full = make_trainer(tmp_path / "full", tokenizer, **settings)
     full.train()
     checkpoint = tmp_path / "full" / "checkpoint-3"
@@ -297,8 +359,13 @@ def test_rejects_models_without_an_ib_adapter(tmp_path, tokenizer):
     args = IBSFTConfig(**{**BASE_ARGS, "output_dir": str(tmp_path)})
     data = code_dataset(2)
     with pytest.raises(ValueError, match=r"adapters are \{'default': LORA\}.*IBLoraConfig.*trl.SFTTrainer"):
-        IBSFTTrainer(tiny_llama(), args=args, train_dataset=data, processing_class=tokenizer,
-                     peft_config=LoraConfig(r=4, target_modules="all-linear"))
+        IBSFTTrainer(
+            tiny_llama(),
+            args=args,
+            train_dataset=data,
+            processing_class=tokenizer,
+            peft_config=LoraConfig(r=4, target_modules="all-linear"),
+        )
     with pytest.raises(ValueError, match=r"got a LlamaForCausalLM without a PEFT adapter.*IBLoraConfig"):
         IBSFTTrainer(tiny_llama(), args=args, train_dataset=data, processing_class=tokenizer)
     plain = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules="all-linear"), adapter_name="mine")
@@ -324,8 +391,14 @@ def test_two_name_switch_from_sft_trainer_positional_and_keyword(tmp_path, token
     trainers = {
         "SFTTrainer": SFTTrainer(tiny_llama(), args, collator, data, None, tokenizer, peft_config=LoraConfig(**lora)),
         "positional": IBSFTTrainer(tiny_llama(), args, collator, data, None, tokenizer, peft_config=ib_lora()),
-        "keyword": IBSFTTrainer(model=tiny_llama(), args=args, data_collator=collator, train_dataset=data,
-                                processing_class=tokenizer, peft_config=ib_lora()),
+        "keyword": IBSFTTrainer(
+            model=tiny_llama(),
+            args=args,
+            data_collator=collator,
+            train_dataset=data,
+            processing_class=tokenizer,
+            peft_config=ib_lora(),
+        ),
     }
     for name in ("positional", "keyword"):
         trainer = trainers[name]
@@ -334,7 +407,8 @@ def test_two_name_switch_from_sft_trainer_positional_and_keyword(tmp_path, token
         converted, given = trainer.args.to_dict(), args.to_dict()
         ib_fields = {f for f in converted if f.startswith("ib_")}
         assert {k: v for k, v in converted.items() if k not in ib_fields} == given | {
-            "ddp_find_unused_parameters": False}  # IBSFTConfig's rule (see the last test)
+            "ddp_find_unused_parameters": False
+        }  # IBSFTConfig's rule (see the last test)
         assert all(converted[f] == IBSFTConfig.__dataclass_fields__[f].default for f in ib_fields)
     losses = {}
     for name, trainer in trainers.items():
@@ -350,15 +424,20 @@ def test_training_arguments_convert_like_sft_trainer_converts_them(tmp_path, tok
     assert isinstance(trainer.args, IBSFTConfig)
     assert (trainer.args.gradient_accumulation_steps, trainer.args.learning_rate) == (3, BASE_ARGS["learning_rate"])
     assert trainer.args.completion_only_loss is None and trainer.args.ib_alpha is None  # SFT and IB defaults
-    with pytest.raises(TypeError, match=r"args of type dict: pass an IBSFTConfig, an SFTConfig or a TrainingArguments"):
+    with pytest.raises(
+        TypeError, match=r"args of type dict: pass an IBSFTConfig, an SFTConfig or a TrainingArguments"
+    ):
         IBSFTTrainer(tiny_llama(), {"output_dir": str(tmp_path)}, None, code_dataset(2), peft_config=ib_config())
 
 
 def test_token_scale_divides_out_tensor_parallel_ranks():
     # SFTTrainer scales its loss by num_processes // tp_size: tensor-parallel ranks share one batch.
     def scale(num_processes, tp_size, average=True):
-        trainer = SimpleNamespace(accelerator=SimpleNamespace(num_processes=num_processes), get_tp_size=lambda: tp_size,
-                                  args=SimpleNamespace(average_tokens_across_devices=average))
+        trainer = SimpleNamespace(
+            accelerator=SimpleNamespace(num_processes=num_processes),
+            get_tp_size=lambda: tp_size,
+            args=SimpleNamespace(average_tokens_across_devices=average),
+        )
         return IBSFTTrainer._token_scale.fget(trainer)
 
     assert (scale(8, 1), scale(8, 2), scale(8, 8), scale(8, 2, average=False)) == (8, 4, 1, 1)
@@ -373,10 +452,17 @@ def test_accepts_a_model_already_wrapped_with_ib_lora(tmp_path, tokenizer):
     assert all(norm > 0 for norm in grads.norms[0].values())
 
 
-@pytest.mark.parametrize("field, value", [
-    ("ib_alpha", -0.1), ("ib_beta", -1.0), ("ib_warmup_steps", -2), ("ib_target_kl", 0.0), ("ib_target_kl", -0.5),
-    ("ib_kl_controller_rate", 0.0),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("ib_alpha", -0.1),
+        ("ib_beta", -1.0),
+        ("ib_warmup_steps", -2),
+        ("ib_target_kl", 0.0),
+        ("ib_target_kl", -0.5),
+        ("ib_kl_controller_rate", 0.0),
+    ],
+)
 def test_config_errors_name_the_field(tmp_path, field, value):
     with pytest.raises(ValueError, match=rf"^{field}={value!r}: must be"):
         IBSFTConfig(output_dir=str(tmp_path), report_to="none", **{field: value})
@@ -391,8 +477,12 @@ def test_controller_needs_a_positive_starting_alpha(tmp_path, tokenizer):
 
 
 def test_instruction_response_columns_map_to_the_papers_format(tmp_path, tokenizer):
-    data = Dataset.from_dict({"Instruction": ["Write add", "Write mul"],
-                              "Response": ["def add(a, b):\n    return a + b\n", "def mul(a, b):\n    return a * b\n"]})
+    data = Dataset.from_dict(
+        {
+            "Instruction": ["Write add", "Write mul"],
+            "Response": ["def add(a, b):\n    return a + b\n", "def mul(a, b):\n    return a * b\n"],
+        }
+    )
     mapped = to_prompt_completion(data)
     assert mapped.column_names == ["prompt", "completion"]
     assert mapped[0] == {"prompt": "Write add\n", "completion": "def add(a, b):\n    return a + b\n"}
@@ -411,15 +501,17 @@ def test_instruction_response_columns_map_to_the_papers_format(tmp_path, tokeniz
 
 
 def test_evaluate_logs_the_ib_terms(tmp_path, tokenizer):
-    trainer = make_trainer(tmp_path, tokenizer, eval_dataset=code_dataset(4), per_device_eval_batch_size=4,
-                           ib_alpha=0.5, ib_beta=0.5)
+    trainer = make_trainer(
+        tmp_path, tokenizer, eval_dataset=code_dataset(4), per_device_eval_batch_size=4, ib_alpha=0.5, ib_beta=0.5
+    )
     metrics = trainer.evaluate()
     for key in ("eval_ce", "eval_ib_kl", "eval_ib_ce", "eval_ib_alpha", "eval_ib_penalty"):
         assert math.isfinite(metrics[key]) and metrics[key] > 0, key
     # One eval batch: eval_loss is its total ce + alpha * (KL + beta * ce_ib).
     assert metrics["eval_loss"] == pytest.approx(metrics["eval_ce"] + metrics["eval_ib_penalty"], rel=1e-5)
     assert metrics["eval_ib_penalty"] == pytest.approx(
-        0.5 * (metrics["eval_ib_kl"] + 0.5 * metrics["eval_ib_ce"]), rel=1e-9)
+        0.5 * (metrics["eval_ib_kl"] + 0.5 * metrics["eval_ib_ce"]), rel=1e-9
+    )
     # ...and leaves the adapter as it found it: a plain eval forward computes no IB terms.
     batch = next(iter(trainer.get_eval_dataloader()))
     trainer.model.eval()

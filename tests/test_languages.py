@@ -5,16 +5,26 @@ import inspect
 
 import pytest
 
-from trl_ib.code_eval.execution import LANGUAGES, Backend, ExecutionResult, Language, Limits, Sample, run_samples
-from trl_ib.code_eval.execution import python, verilog
+from trl_ib.code_eval.execution import (
+    LANGUAGES,
+    Backend,
+    ExecutionResult,
+    Language,
+    Limits,
+    Sample,
+    python,
+    run_samples,
+    verilog,
+)
 from trl_ib.generation.prompting import PromptFormat
 
 
 def test_every_record_is_keyed_by_its_name_and_its_backend_follows_the_protocol():
     assert sorted(LANGUAGES) == ["python", "verilog"]
     assert {name: record.backend for name, record in LANGUAGES.items()} == {
-        "python": python.ForkServers, "verilog": verilog.IcarusVerilog,
-    }  # fmt: skip
+        "python": python.ForkServers,
+        "verilog": verilog.IcarusVerilog,
+    }
     protocol = list(inspect.signature(Backend.run_sample).parameters)
     for name, record in LANGUAGES.items():
         assert record.name == name

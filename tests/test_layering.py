@@ -26,16 +26,19 @@ def loaded_by(statement: str) -> set[str]:
     return set(modules) | {name.split(".")[0] for name in modules}
 
 
-@pytest.mark.parametrize("statement, absent", [
-    ("import peft_ib", {"trl", "trl_ib", "hub_cards", "matplotlib"}),
-    ("import hub_cards", {"trl_ib", "trl", "peft_ib", "torch"}),
-    ("import trl_ib", {"torch", "transformers", "trl", "peft_ib", "hub_cards", "trl_ib.code_eval"}),
-    ("import trl_ib.code_eval", {"torch", "transformers", "trl", "peft_ib", "hub_cards", "trl_ib.cli.eval"}),
-    # `import evaluate` loads torch itself (its evaluator imports transformers.pipelines); the metric adds none of ours.
-    (LOAD_METRIC, {"trl", "peft_ib", "hub_cards", "trl_ib.cli.eval", "trl_ib.trainer.ib_sft_trainer"}),
-    # Plots are drawn with matplotlib's object API: no pyplot, no process-wide backend switch.
-    ("import hub_cards, trl_ib.memorization, trl_ib.cli.eval", {"matplotlib.pyplot"}),
-])
+@pytest.mark.parametrize(
+    "statement, absent",
+    [
+        ("import peft_ib", {"trl", "trl_ib", "hub_cards", "matplotlib"}),
+        ("import hub_cards", {"trl_ib", "trl", "peft_ib", "torch"}),
+        ("import trl_ib", {"torch", "transformers", "trl", "peft_ib", "hub_cards", "trl_ib.code_eval"}),
+        ("import trl_ib.code_eval", {"torch", "transformers", "trl", "peft_ib", "hub_cards", "trl_ib.cli.eval"}),
+        # `import evaluate` loads torch itself (its evaluator imports transformers.pipelines); the metric adds none of ours.
+        (LOAD_METRIC, {"trl", "peft_ib", "hub_cards", "trl_ib.cli.eval", "trl_ib.trainer.ib_sft_trainer"}),
+        # Plots are drawn with matplotlib's object API: no pyplot, no process-wide backend switch.
+        ("import hub_cards, trl_ib.memorization, trl_ib.cli.eval", {"matplotlib.pyplot"}),
+    ],
+)
 def test_imports_point_one_way(statement, absent):
     loaded = loaded_by(statement)
     assert not absent & loaded, sorted(absent & loaded)
@@ -59,8 +62,10 @@ def test_public_names_of_trl_ib_load_on_first_use():
 def imports_within(package: str) -> dict[str, set[str]]:
     """module -> the modules of `package` it imports (anywhere in its source, function bodies included), read from
     the source. A module's parent packages are left out: Python imports them before it in any case."""
-    paths = {".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
-             for path in (ROOT / package).rglob("*.py")}  # fmt: skip
+    paths = {
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in (ROOT / package).rglob("*.py")
+    }
     graph = {}
     for name, path in paths.items():
         here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
@@ -72,7 +77,9 @@ def imports_within(package: str) -> dict[str, set[str]]:
                 parts = here[: len(here) - node.level + 1] if node.level else []
                 base = ".".join(parts + ([node.module] if node.module else []))
                 # `from package import submodule` depends on the submodule, `from module import name` on the module
-                imported |= {f"{base}.{alias.name}" if f"{base}.{alias.name}" in paths else base for alias in node.names}
+                imported |= {
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in paths else base for alias in node.names
+                }
         graph[name] = {other for other in imported & set(paths) if not (name + ".").startswith(other + ".")}
     return graph
 
@@ -84,7 +91,7 @@ def test_no_import_circles(package):
     def circle_from(name, path):
         for other in sorted(graph[name]):
             if other in path:
-                return path[path.index(other):] + [other]
+                return path[path.index(other) :] + [other]
             if other not in done and (found := circle_from(other, path + [other])):
                 return found
         done.add(name)
@@ -99,5 +106,8 @@ def test_no_library_module_imports_the_command_line():
         return name == "trl_ib.cli" or name.startswith("trl_ib.cli.")
 
     graph = imports_within("trl_ib")
-    assert {name: sorted(filter(in_cli, others)) for name, others in graph.items()
-            if not in_cli(name) and any(map(in_cli, others))} == {}
+    assert {
+        name: sorted(filter(in_cli, others))
+        for name, others in graph.items()
+        if not in_cli(name) and any(map(in_cli, others))
+    } == {}

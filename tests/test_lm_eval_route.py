@@ -20,19 +20,24 @@ from lm_eval.models.huggingface import HFLM
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from peft_ib import IBLoraConfig, export_lora
 from hub_server import HubServer, Repo, serving
+from peft_ib import IBLoraConfig, export_lora
 from tiny_models import tiny_llama, train_tokenizer
 from trl_ib import cli
 from trl_ib.cli import eval as evaluation
 
 PROBLEMS = [
     {"task_id": f"tiny/{index}", "prompt": prompt, "test": "def check(f):\n    assert f(1) == 1\n", "entry_point": "f"}
-    for index, prompt in enumerate([
-        "def add(a, b):\n", "def mul(a, b):\n    return", "Write a function that returns the sum of a list.\n",
-        "module top(input a", 'def f(x):\n    """Return x."""\n',
-    ])
-]  # fmt: skip
+    for index, prompt in enumerate(
+        [
+            "def add(a, b):\n",
+            "def mul(a, b):\n    return",
+            "Write a function that returns the sum of a list.\n",
+            "module top(input a",
+            'def f(x):\n    """Return x."""\n',
+        ]
+    )
+]
 # "UU" cuts 3 of the 5 greedy completions of this adapter early, so both sides' stop handling is compared
 STOP_SEQUENCES, MAX_NEW_TOKENS = ["\ndef ", "UU"], 16
 HUB_ID = "user/ib-lora"  # the IB-LoRA folder on the local Hub stand-in, for `peft=` given a Hub id
@@ -57,14 +62,25 @@ def write_tasks(directory) -> None:
     generation = {"until": STOP_SEQUENCES, "do_sample": False, "max_gen_toks": MAX_NEW_TOKENS}
     tasks = {
         "tiny_gen": _task(
-            "tiny_gen", directory / "problems.jsonl", output_type="generate_until", doc_to_text="{{prompt}}",
-            doc_to_target="{{entry_point}}", generation_kwargs=generation, metric_list=[{"metric": "exact_match"}],
+            "tiny_gen",
+            directory / "problems.jsonl",
+            output_type="generate_until",
+            doc_to_text="{{prompt}}",
+            doc_to_target="{{entry_point}}",
+            generation_kwargs=generation,
+            metric_list=[{"metric": "exact_match"}],
         ),
         "tiny_mc": _task(
-            "tiny_mc", directory / "choices.jsonl", output_type="multiple_choice", doc_to_text="{{context}}",
-            doc_to_choice="{{choices}}", doc_to_target="label", target_delimiter="", metric_list=[{"metric": "acc"}],
+            "tiny_mc",
+            directory / "choices.jsonl",
+            output_type="multiple_choice",
+            doc_to_text="{{context}}",
+            doc_to_choice="{{choices}}",
+            doc_to_target="label",
+            target_delimiter="",
+            metric_list=[{"metric": "acc"}],
         ),
-    }  # fmt: skip
+    }
     for name, task in tasks.items():
         (directory / f"{name}.yaml").write_text(yaml.safe_dump(task))
 
@@ -77,9 +93,13 @@ def workspace(tmp_path_factory):
     tiny_llama(vocab_size=len(tokenizer)).save_pretrained(root / "base")
     torch.manual_seed(3)
     config = IBLoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False, ib_dim=8,
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        init_lora_weights=False,
+        ib_dim=8,
         task_type="CAUSAL_LM",
-    )  # fmt: skip
+    )
     model = get_peft_model(tiny_llama(vocab_size=len(tokenizer)), config)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -94,9 +114,20 @@ def workspace(tmp_path_factory):
 def harness_args(root, adapter) -> list[str]:
     """lm-eval arguments for `tiny_gen` and `tiny_mc` on base + `adapter`, one request at a time on the CPU."""
     return [
-        "--model", "hf", "--model_args", f"pretrained={root / 'base'},peft={adapter}", "--tasks", "tiny_gen", "tiny_mc",
-        "--include_path", str(root / "tasks"), "--device", "cpu", "--batch_size", "1",
-    ]  # fmt: skip
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={root / 'base'},peft={adapter}",
+        "--tasks",
+        "tiny_gen",
+        "tiny_mc",
+        "--include_path",
+        str(root / "tasks"),
+        "--device",
+        "cpu",
+        "--batch_size",
+        "1",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +149,11 @@ def route(workspace, hub):
     command = [sys.executable, "-m", "trl_ib.cli", "lm-eval", *harness_args(workspace, HUB_ID)]
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(workspace / "hf_home"), "HF_HUB_DISABLE_XET": "1"}
     subprocess.run(
-        [*command, "--output_path", str(output), "--log_samples"], check=True, capture_output=True, timeout=500, env=env
+        [*command, "--output_path", str(output), "--log_samples"],
+        check=True,
+        capture_output=True,
+        timeout=500,
+        env=env,
     )
     assert f"GET /{HUB_ID}/resolve/main/adapter_model.safetensors" in " ".join(hub.requests)
     (run_dir,) = output.iterdir()
@@ -167,12 +202,38 @@ def test_route_and_ib_ft_eval_give_the_same_greedy_completions(workspace, route)
     """ib-ft eval (completion mode, greedy, the same stop sequences and token budget) and `ib-ft lm-eval` on the
     same IB-LoRA adapter and prompts: 5 of 5 completions identical, 3 of them cut by a stop sequence."""
     output = workspace / "ib_ft_eval"
-    evaluation.main([
-        "--model_name_or_path", str(workspace / "base"), "--adapter_path", str(workspace / "ib-lora"),
-        "--dataset", str(workspace / "tasks" / "problems.jsonl"), "--prompt_mode", "completion", "--temperature", "0",
-        "--num_samples", "1", "--k", "1", "--m", "1", "--max_new_tokens", str(MAX_NEW_TOKENS), "--batch_size", "1",
-        "--stop_sequences", *STOP_SEQUENCES, "--timeout", "2", "--num_workers", "1", "--output_dir", str(output),
-    ])  # fmt: skip
+    evaluation.main(
+        [
+            "--model_name_or_path",
+            str(workspace / "base"),
+            "--adapter_path",
+            str(workspace / "ib-lora"),
+            "--dataset",
+            str(workspace / "tasks" / "problems.jsonl"),
+            "--prompt_mode",
+            "completion",
+            "--temperature",
+            "0",
+            "--num_samples",
+            "1",
+            "--k",
+            "1",
+            "--m",
+            "1",
+            "--max_new_tokens",
+            str(MAX_NEW_TOKENS),
+            "--batch_size",
+            "1",
+            "--stop_sequences",
+            *STOP_SEQUENCES,
+            "--timeout",
+            "2",
+            "--num_workers",
+            "1",
+            "--output_dir",
+            str(output),
+        ]
+    )
     rows = [json.loads(line) for line in (output / "samples.jsonl").read_text().splitlines()]
     assert [row["task_id"] for row in rows] == [problem["task_id"] for problem in PROBLEMS]
     completions = [row["completion"] for row in rows]
@@ -187,6 +248,7 @@ def test_route_and_ib_ft_eval_give_the_same_greedy_completions(workspace, route)
 def test_exported_lora_in_hflm_matches_the_route(workspace, route):
     """(a) The `ib-ft export` output given to HFLM as `peft=`: the same loglikelihoods and greedy completions as the
     IB-LoRA adapter through the route; the base alone gives other loglikelihoods."""
+
     def run(lm):
         pairs = [(context, choice) for context, choice, _ in route["tiny_mc"]]
         scores = lm.loglikelihood([Instance("loglikelihood", {}, pair, index) for index, pair in enumerate(pairs)])
@@ -209,8 +271,11 @@ def test_raw_ib_lora_folder_fails_in_stock_lm_eval(workspace):
     README's warning."""
     result = subprocess.run(
         [sys.executable, "-m", "lm_eval", *harness_args(workspace, workspace / "ib-lora")],
-        capture_output=True, text=True, timeout=500, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=500,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode != 0
     assert "KeyError: 'IBLORA'" in result.stderr
     assert "peft/peft_model.py" in result.stderr  # raised by PeftModel.from_pretrained, as lm-eval calls it

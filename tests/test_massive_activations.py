@@ -6,12 +6,12 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import get_peft_model
-from tiny_models import batch, tiny_llama, train_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from peft_ib import IBEncoder, IBLoraConfig, ib_terms
 from peft_ib.layer import kl_to_standard_normal
 from peft_ib.model import find_decoder_blocks
+from tiny_models import batch, tiny_llama, train_tokenizer
 from trl_ib import IBSFTConfig, IBSFTTrainer
 from trl_ib.builtin import code_dataset, resolve_model
 
@@ -26,7 +26,9 @@ def test_rms_input_is_h_over_its_rms():
         encoder.mu.weight.copy_(torch.eye(2)), encoder.mu.bias.zero_()
     h = torch.tensor([[3.0, 4.0], [0.0, -2.0]])  # rms: sqrt((9 + 16) / 2), sqrt(4 / 2)
     mu, _ = encoder.encode(h)
-    expected = torch.tensor([[3 / math.sqrt(12.5 + 1e-6), 4 / math.sqrt(12.5 + 1e-6)], [0.0, -2 / math.sqrt(2 + 1e-6)]])
+    expected = torch.tensor(
+        [[3 / math.sqrt(12.5 + 1e-6), 4 / math.sqrt(12.5 + 1e-6)], [0.0, -2 / math.sqrt(2 + 1e-6)]]
+    )
     torch.testing.assert_close(mu, expected, rtol=1e-6, atol=0)
     # 'none' is the paper's encoder: mu = W_mu h + b_mu on h itself.
     raw = IBEncoder(2, 2, -4.0, 4.0, "none")
@@ -60,8 +62,10 @@ def test_kl_at_initialization_is_model_independent():
 def model_with_sink(input_norm: str, sink_scale: float):
     """A tiny IB-LoRA Llama whose IB block output has position 0 multiplied by `sink_scale` (an attention sink)."""
     torch.manual_seed(0)
-    model = get_peft_model(tiny_llama(), IBLoraConfig(r=4, target_modules="all-linear", ib_layers=IB_BLOCK, ib_dim=8,
-                                                      ib_input_norm=input_norm))
+    model = get_peft_model(
+        tiny_llama(),
+        IBLoraConfig(r=4, target_modules="all-linear", ib_layers=IB_BLOCK, ib_dim=8, ib_input_norm=input_norm),
+    )
 
     def massive_first_position(module, args, output):
         hidden = output[0] if isinstance(output, tuple) else output
@@ -96,10 +100,22 @@ def tokenizer(tmp_path_factory):
 @pytest.mark.parametrize("input_norm, warns", [("none", True), ("rms", False)])
 def test_trainer_warns_when_the_first_penalty_swamps_ce(tmp_path, tokenizer, caplog, input_norm, warns):
     model = model_with_sink(input_norm, 10 * SINK_SCALE)  # the tiny random model's ce is ~5.7 nats
-    data = Dataset.from_dict({"prompt": [f"Write f{i}\n" for i in range(4)],
-                              "completion": [f"def f{i}(a):\n    return a\n" for i in range(4)]})
-    args = IBSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=1, logging_steps=1,
-                       per_device_train_batch_size=4, save_strategy="no", disable_tqdm=True)
+    data = Dataset.from_dict(
+        {
+            "prompt": [f"Write f{i}\n" for i in range(4)],
+            "completion": [f"def f{i}(a):\n    return a\n" for i in range(4)],
+        }
+    )
+    args = IBSFTConfig(
+        output_dir=str(tmp_path),
+        report_to="none",
+        use_cpu=True,
+        max_steps=1,
+        logging_steps=1,
+        per_device_train_batch_size=4,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     trainer = IBSFTTrainer(model, args=args, train_dataset=data, processing_class=tokenizer)
     with caplog.at_level("WARNING", logger="trl_ib.trainer.ib_sft_trainer"):
         trainer.train()
@@ -119,21 +135,34 @@ def test_config_rejects_unknown_input_norm():
         IBLoraConfig(ib_input_norm="layer")
 
 
-
 # ---- the real model: SmolLM2-135M-Instruct, whose attention sink is ~110x the median norm at block 18 ---------------
 
 
 def smollm2_train_logs(tmp_path, input_norm: str, max_steps: int) -> list[dict]:
     """IBSFTTrainer's per-step train logs on the built-in base: the paper's depth 0.625, D 64, batches of 4 rows."""
     path = resolve_model("smollm2-135m-instruct")
-    peft_config = IBLoraConfig(r=16, lora_alpha=32, target_modules="all-linear", ib_layers=0.625, ib_dim=64,
-                               ib_input_norm=input_norm)
-    args = IBSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=max_steps, logging_steps=1,
-                       per_device_train_batch_size=4, learning_rate=1e-4, save_strategy="no", seed=0,
-                       disable_tqdm=True)
-    trainer = IBSFTTrainer(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), args=args,
-                           train_dataset=code_dataset().select(range(8)),
-                           processing_class=AutoTokenizer.from_pretrained(path), peft_config=peft_config)
+    peft_config = IBLoraConfig(
+        r=16, lora_alpha=32, target_modules="all-linear", ib_layers=0.625, ib_dim=64, ib_input_norm=input_norm
+    )
+    args = IBSFTConfig(
+        output_dir=str(tmp_path),
+        report_to="none",
+        use_cpu=True,
+        max_steps=max_steps,
+        logging_steps=1,
+        per_device_train_batch_size=4,
+        learning_rate=1e-4,
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+    )
+    trainer = IBSFTTrainer(
+        AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+        args=args,
+        train_dataset=code_dataset().select(range(8)),
+        processing_class=AutoTokenizer.from_pretrained(path),
+        peft_config=peft_config,
+    )
     trainer.train()
     return [log for log in trainer.state.log_history if "ib_penalty" in log]
 

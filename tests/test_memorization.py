@@ -158,9 +158,26 @@ def test_cli_scores_base_and_adapter_and_drops(model, tokenizer, tmp_path):
     (tmp_path / "reference.jsonl").write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES[:3]))
     (tmp_path / "run.yaml").write_text(f"model_name_or_path: {tmp_path / 'base'}\nk: 0.5\nib_layers: 1\n")
     out = tmp_path / "out"
-    main(["--config", str(tmp_path / "run.yaml"), "--dataset", str(tmp_path / "d_code.jsonl"), "--output_dir", str(out),
-          "--adapter_path", str(tmp_path / "adapter"), "--reference_dataset", str(tmp_path / "reference.jsonl"),
-          "--drop-top-memorized", "0.4", "--gap_fraction", "0.4", "--batch_size", "2"])  # fmt: skip
+    main(
+        [
+            "--config",
+            str(tmp_path / "run.yaml"),
+            "--dataset",
+            str(tmp_path / "d_code.jsonl"),
+            "--output_dir",
+            str(out),
+            "--adapter_path",
+            str(tmp_path / "adapter"),
+            "--reference_dataset",
+            str(tmp_path / "reference.jsonl"),
+            "--drop-top-memorized",
+            "0.4",
+            "--gap_fraction",
+            "0.4",
+            "--batch_size",
+            "2",
+        ]
+    )
 
     rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
     paper = [{"prompt": e["prompt"] + "\n", "completion": e["completion"]} for e in EXAMPLES]

@@ -307,18 +307,29 @@ def test_save_and_reload(arch, tmp_path):
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     config = model.peft_config["default"]
     assert saved["peft_type"] == "IBLORA"
-    for field in ("ib_layers", "ib_dim", "ib_alpha", "ib_beta", "ib_logvar_min", "ib_logvar_max", "ib_kl_mask",
-                  "ib_final_norm", "ib_blocks_path"):
+    for field in (
+        "ib_layers",
+        "ib_dim",
+        "ib_alpha",
+        "ib_beta",
+        "ib_logvar_min",
+        "ib_logvar_max",
+        "ib_kl_mask",
+        "ib_final_norm",
+        "ib_blocks_path",
+    ):
         assert saved[field] == getattr(config, field), field
     weights = load_file(tmp_path / "adapter_model.safetensors")
     encoder_keys = {k for k in weights if "lora_ib_encoders" in k}
     assert encoder_keys == {
-        f"base_model.lora_ib_encoders.{IB_BLOCK}.{part}.{kind}" for part in ("mu", "logvar", "up")
+        f"base_model.lora_ib_encoders.{IB_BLOCK}.{part}.{kind}"
+        for part in ("mu", "logvar", "up")
         for kind in ("weight", "bias")
     }  # adapter-name free, like LoRA's keys
     for part in ("mu", "logvar", "up"):
-        assert torch.equal(weights[f"base_model.lora_ib_encoders.{IB_BLOCK}.{part}.weight"],
-                           getattr(encoder_of(model), part).weight)
+        assert torch.equal(
+            weights[f"base_model.lora_ib_encoders.{IB_BLOCK}.{part}.weight"], getattr(encoder_of(model), part).weight
+        )
 
     plain_load = PeftModel.from_pretrained(ARCHS[arch](), tmp_path)
     assert not plain_load.training
@@ -461,17 +472,26 @@ def snapshot(model: nn.Module) -> list:
     """What adding an adapter can change: every module's type, hooks, peft_config and parameters (trainability,
     values)."""
     return [
-        (name, type(module), len(module._forward_hooks), len(module._forward_pre_hooks), hasattr(module, "peft_config"),
-         [(p_name, p.requires_grad, p.detach().tolist()) for p_name, p in module.named_parameters(recurse=False)])
+        (
+            name,
+            type(module),
+            len(module._forward_hooks),
+            len(module._forward_pre_hooks),
+            hasattr(module, "peft_config"),
+            [(p_name, p.requires_grad, p.detach().tolist()) for p_name, p in module.named_parameters(recurse=False)],
+        )
         for name, module in model.named_modules()
     ]
 
 
-@pytest.mark.parametrize("overrides, error", [
-    ({"ib_layers": 4}, r"ib_layers=4: block index 4 is out of range for a model with 4 decoder blocks"),
-    ({"ib_layers": 0.1}, r"ib_layers=0.1 selects hidden_states\[0\]"),
-    ({"ib_blocks_path": "model.norm"}, r"ib_blocks_path='model.norm' does not name an nn.ModuleList"),
-])
+@pytest.mark.parametrize(
+    "overrides, error",
+    [
+        ({"ib_layers": 4}, r"ib_layers=4: block index 4 is out of range for a model with 4 decoder blocks"),
+        ({"ib_layers": 0.1}, r"ib_layers=0.1 selects hidden_states\[0\]"),
+        ({"ib_blocks_path": "model.norm"}, r"ib_blocks_path='model.norm' does not name an nn.ModuleList"),
+    ],
+)
 def test_a_config_that_does_not_fit_leaves_the_model_untouched(overrides, error):
     base = tiny_llama()
     before = snapshot(base)

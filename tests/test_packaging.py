@@ -27,8 +27,9 @@ METADATA = {"METADATA", "WHEEL", "RECORD", "entry_points.txt", "top_level.txt"}
 
 def source_files() -> list[str]:
     """The working tree as a fresh clone would have it: tracked and new files, not what .gitignore leaves out."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
-                            check=True)  # fmt: skip
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     return [path for path in listed.stdout.splitlines() if (ROOT / path).is_file()]
 
 
@@ -39,8 +40,12 @@ def built(tmp_path_factory):
     for path in source_files():
         (tree / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / path, tree / path)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), "."],
-                   cwd=tree, check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), "."],
+        cwd=tree,
+        check=True,
+        capture_output=True,
+    )
     script = f"from setuptools import build_meta; build_meta.build_sdist({str(out)!r})"
     subprocess.run([sys.executable, "-c", script], cwd=tree, check=True, capture_output=True)
     [wheel], [sdist] = out.glob("*.whl"), out.glob("*.tar.gz")

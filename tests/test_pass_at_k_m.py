@@ -100,7 +100,7 @@ def test_invalid_inputs_name_field_value_and_allowed_range(n, c, k, m, message):
         ([1], [2, 3], "k=[1] and m=[2, 3] give no pair with 1 <= m <= k; Pass@k^(m) needs m <= k"),
         (1, [1], "k=1 is invalid; give a non-empty list, e.g. k=[1, 10]"),
         ([2], [1.9], "m=1.9 is invalid; give an integer 1 <= m <= k or the string 'k' (meaning m = k)"),
-        ([2], "12", 'm=\'12\' is invalid; give a non-empty list, e.g. m=[1, "k"]'),
+        ([2], "12", "m='12' is invalid; give a non-empty list, e.g. m=[1, \"k\"]"),
         ([True], [1], "k=[True] is invalid: True is not an integer >= 1"),
     ],
 )
@@ -138,7 +138,9 @@ print(scores["pass@1^(1)"], scores["pass@2^(1)"], scores["pass@2^(2)"], scores["
 print(sorted(name for name in ("torch", "trl", "transformers") if name in sys.modules))
 """
     env = {**os.environ, "HF_ALLOW_CODE_EVAL": "1", "USE_TORCH": "0"}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1]
+    )
     assert done.stdout == "0.5 1.0 0.0 [1]\n[]\n", done.stderr
 
 
@@ -161,9 +163,14 @@ def test_metric_folder_is_a_space_that_loads_from_a_copy(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate.utils, "launch_gradio_widget", shown.append)  # gradio itself is the Space's
     runpy.run_path(str(space / "app.py"), run_name="__main__")
     for metric in (evaluate.load(str(copy)), *shown):
-        assert metric.info.license == project["license"] and metric.info.codebase_urls == ["https://pypi.org/project/ib-ft/"]
+        assert metric.info.license == project["license"] and metric.info.codebase_urls == [
+            "https://pypi.org/project/ib-ft/"
+        ]
         scores = metric.compute(
-            predictions=[["def f():\n    return 1"] * 3 + ["def f():\n    return 2"]], references=["assert f() == 1"], k=[2], m=[1, 2]
+            predictions=[["def f():\n    return 1"] * 3 + ["def f():\n    return 2"]],
+            references=["assert f() == 1"],
+            k=[2],
+            m=[1, 2],
         )
         assert (scores["pass@2^(1)"], scores["pass@2^(2)"], scores["num_correct"]) == (1.0, 0.5, [3])  # C(3,2)/C(4,2)
     assert len(shown) == 1

@@ -12,7 +12,6 @@ import pytest
 import torch
 from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
-from tiny_models import batch, tiny_gpt2, tiny_llama
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -25,24 +24,44 @@ from transformers import (
 )
 
 from peft_ib import IBLoraConfig, find_ib_model, ib_loss, ib_terms
+from tiny_models import batch, tiny_gpt2, tiny_llama
 
 VOCAB = 300
 
 
 def tiny_qwen2() -> Qwen2ForCausalLM:
     torch.manual_seed(0)
-    return Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, tie_word_embeddings=False,
-    ))
+    return Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            pad_token_id=0,
+            tie_word_embeddings=False,
+        )
+    )
 
 
 def tiny_opt() -> OPTForCausalLM:
     torch.manual_seed(0)
-    return OPTForCausalLM(OPTConfig(
-        vocab_size=VOCAB, hidden_size=32, word_embed_proj_dim=32, ffn_dim=64, num_hidden_layers=4,
-        num_attention_heads=4, max_position_embeddings=256, pad_token_id=0, dropout=0.0, attention_dropout=0.0,
-    ))
+    return OPTForCausalLM(
+        OPTConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            word_embed_proj_dim=32,
+            ffn_dim=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            pad_token_id=0,
+            dropout=0.0,
+            attention_dropout=0.0,
+        )
+    )
 
 
 ARCHS = {"llama": tiny_llama, "qwen2": tiny_qwen2, "gpt2": tiny_gpt2, "opt": tiny_opt}
@@ -51,8 +70,14 @@ METHODS = {"ib-lora": IBLoraConfig, "lora": LoraConfig}
 
 def adapter_config(method: str, **overrides):
     # init_lora_weights=False: LoRA's B is random, so an adapter changes the logits and round trips are not vacuous.
-    fields = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear", "init_lora_weights": False,
-              "task_type": "CAUSAL_LM", **overrides}
+    fields = {
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": "all-linear",
+        "init_lora_weights": False,
+        "task_type": "CAUSAL_LM",
+        **overrides,
+    }
     if method == "ib-lora":
         fields = {"ib_layers": 1, "ib_dim": 8, **fields}
     return METHODS[method](**fields)
@@ -238,8 +263,10 @@ def test_add_weighted_adapter(base_dir, method, caplog):
         model.add_weighted_adapter(["default", "other"], [0.5, 0.5], "combined", combination_type="cat")
     # "cat" keeps both ranks: each LoRA layer's combined delta is the weighted sum of the two deltas
     layer = next(m for m in model.modules() if isinstance(m, BaseTunerLayer) and "combined" in m.lora_A)
-    torch.testing.assert_close(layer.get_delta_weight("combined"),
-                               0.5 * layer.get_delta_weight("default") + 0.5 * layer.get_delta_weight("other"))
+    torch.testing.assert_close(
+        layer.get_delta_weight("combined"),
+        0.5 * layer.get_delta_weight("default") + 0.5 * layer.get_delta_weight("other"),
+    )
     if method == "ib-lora":
         assert "newly initialized" in caplog.text
         assert encoder_state(model, "combined").keys() == encoder_state(model, "default").keys()
@@ -260,8 +287,11 @@ def test_mixed_adapter_batches(base_dir, method):
         model.set_adapter(name)
         per_adapter[name] = logits(model, b)
     with torch.no_grad():
-        mixed = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                      adapter_names=["default", "other", "__base__"]).logits
+        mixed = model(
+            input_ids=b["input_ids"],
+            attention_mask=b["attention_mask"],
+            adapter_names=["default", "other", "__base__"],
+        ).logits
     torch.testing.assert_close(mixed[0], per_adapter["default"][0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(mixed[1], per_adapter["other"][1], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(mixed[2], logits(load_base(base_dir), b)[2], rtol=1e-5, atol=1e-6)
@@ -275,15 +305,17 @@ def test_mixed_adapter_batches(base_dir, method):
 def test_autocast_adapter_dtype(base_dir, method, tmp_path, dtype, autocast_adapter_dtype):
     """LoRA's contract, for every adapter weight: float32 with autocast_adapter_dtype=True, else the base's dtype."""
     expected = torch.float32 if autocast_adapter_dtype else dtype
-    model = get_peft_model(load_base(base_dir, dtype=dtype), adapter_config(method),
-                           autocast_adapter_dtype=autocast_adapter_dtype)
+    model = get_peft_model(
+        load_base(base_dir, dtype=dtype), adapter_config(method), autocast_adapter_dtype=autocast_adapter_dtype
+    )
     model.add_adapter("other", adapter_config(method), autocast_adapter_dtype=autocast_adapter_dtype)
     adapter = {n: p.dtype for n, p in model.named_parameters() if "lora_" in n}
     assert {n for n in adapter if "lora_ib_encoders" in n} or method == "lora"
     assert set(adapter.values()) == {expected}
     model.save_pretrained(tmp_path)
-    loaded = PeftModel.from_pretrained(load_base(base_dir, dtype=dtype), tmp_path,
-                                       autocast_adapter_dtype=autocast_adapter_dtype)
+    loaded = PeftModel.from_pretrained(
+        load_base(base_dir, dtype=dtype), tmp_path, autocast_adapter_dtype=autocast_adapter_dtype
+    )
     assert {p.dtype for n, p in loaded.named_parameters() if "lora_" in n} == {expected}
 
 
@@ -374,8 +406,16 @@ def test_transformers_trainer_trains_ib_ft(base_dir, tmp_path):
     before = encoder_state(model)
     b = batch(VOCAB, batch_size=4)
     data = Dataset.from_dict({k: v.tolist() for k, v in b.items()})
-    args = TrainingArguments(str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2,
-                             learning_rate=1e-2, report_to="none", use_cpu=True, save_strategy="no")
+    args = TrainingArguments(
+        str(tmp_path),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=2,
+        learning_rate=1e-2,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+    )
     Trainer(model=model, args=args, train_dataset=data).train()
     after = encoder_state(model)
     assert all(not torch.equal(before[n], after[n]) for n in before)

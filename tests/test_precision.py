@@ -5,14 +5,14 @@ import torch
 from peft import get_peft_model
 
 from peft_ib import IBLoraConfig, ib_terms
-from trl_ib import IBSFTConfig
-from trl_ib import precision
+from tiny_models import batch, tiny_llama
+from trl_ib import IBSFTConfig, precision
 from trl_ib.cli.eval import EvalArguments
 
-from tiny_models import batch, tiny_llama
 
-
-@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, True), (False, True, True), (False, False, False)])
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, expected", [(True, False, True), (False, True, True), (False, False, False)]
+)
 def test_cpu_rule_follows_the_cpu_capability(monkeypatch, avx512_bf16, amx, expected):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
@@ -24,7 +24,9 @@ def test_cpu_rule_follows_the_cpu_capability(monkeypatch, avx512_bf16, amx, expe
 def test_cuda_rule_asks_for_hardware_bf16_not_emulation(monkeypatch):
     asked = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(including_emulation) or False)
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(including_emulation) or False
+    )
     assert precision.native_bf16("cuda:0") is False and asked == [False]
     assert precision.native_bf16("meta") is False
 
@@ -45,7 +47,9 @@ def test_ib_sft_config_bf16_default_is_the_rule_and_overrides_win(tmp_path, monk
     monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda: None)  # a CPU-only machine
     args = IBSFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True)
     assert (args.bf16, args.device.type) == (native, "cpu")
-    assert IBSFTConfig(output_dir=str(tmp_path), report_to="none").bf16 is False  # transformers: CPU bf16 needs use_cpu
+    assert (
+        IBSFTConfig(output_dir=str(tmp_path), report_to="none").bf16 is False
+    )  # transformers: CPU bf16 needs use_cpu
     assert IBSFTConfig(output_dir=str(tmp_path), report_to="none", bf16=False).bf16 is False
 
 

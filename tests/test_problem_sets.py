@@ -6,7 +6,10 @@ import pytest
 from trl_ib.code_eval import score
 from trl_ib.code_eval.problem_sets import is_verilog_eval_dir, load_verilog_eval
 
-ROWS = [json.loads(line) for line in (Path(__file__).parent / "data" / "verilog" / "problems.jsonl").read_text().splitlines()]
+ROWS = [
+    json.loads(line)
+    for line in (Path(__file__).parent / "data" / "verilog" / "problems.jsonl").read_text().splitlines()
+]
 
 
 def write_verilog_eval(directory: Path, rows: list[dict] = ROWS) -> Path:
@@ -25,7 +28,9 @@ def test_verilog_eval_layout_loads_and_its_reference_solutions_pass(tmp_path):
     directory = write_verilog_eval(tmp_path / "spec-to-rtl")
     problems = load_verilog_eval(directory)
     assert is_verilog_eval_dir(directory) and not is_verilog_eval_dir(tmp_path / "missing")
-    assert [p["task_id"] for p in problems] == [f"Prob{n:03d}_{row['task_id'].split('/')[1]}" for n, row in enumerate(ROWS, 1)]
+    assert [p["task_id"] for p in problems] == [
+        f"Prob{n:03d}_{row['task_id'].split('/')[1]}" for n, row in enumerate(ROWS, 1)
+    ]
     assert [p["prompt"] for p in problems] == [row["prompt"] for row in ROWS]
     assert {p["entry_point"] for p in problems} == {"tb"}
     assert problems[0]["test"].startswith("module tb();") and "\n\nmodule RefModule(" in problems[0]["test"]
@@ -38,8 +43,11 @@ def test_verilog_eval_errors_name_the_missing_file(tmp_path):
     directory = write_verilog_eval(tmp_path / "broken", ROWS[:2])
     stem = next(directory.glob("Prob002_*_ref.sv")).name.removesuffix("_ref.sv")
     (directory / f"{stem}_ref.sv").unlink()
-    with pytest.raises(ValueError, match=f"VerilogEval problem '{stem}' in .* lacks {stem}_ref.sv; every ProbNNN_<name> "
-                                         "needs <name>_prompt.txt, <name>_test.sv, <name>_ref.sv"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=f"VerilogEval problem '{stem}' in .* lacks {stem}_ref.sv; every ProbNNN_<name> "
+        "needs <name>_prompt.txt, <name>_test.sv, <name>_ref.sv",
+    ):
         load_verilog_eval(directory)
     with pytest.raises(ValueError, match="holds no VerilogEval problem: no file named ProbNNN_<name>_prompt.txt"):
         load_verilog_eval(tmp_path)

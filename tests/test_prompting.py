@@ -1,8 +1,8 @@
 import pytest
-from tiny_models import CHAT_TEMPLATE, train_tokenizer
 
-from trl_ib.code_eval.extraction import cut_at_stop
+from tiny_models import CHAT_TEMPLATE, train_tokenizer
 from trl_ib.code_eval.execution import LANGUAGES
+from trl_ib.code_eval.extraction import cut_at_stop
 from trl_ib.generation.prompting import PromptFormat, resolve_prompt_mode
 
 PROMPT = 'def one():\n    """Return 1."""\n'
@@ -24,8 +24,11 @@ def test_auto_rule_and_chat_without_template(tokenizers):
     assert resolve_prompt_mode("auto", chat, "Qwen/Qwen2.5-Coder-0.5B") == "completion"  # a base model with a template
     assert resolve_prompt_mode("auto", plain, "some/model-Instruct") == "completion"  # no template
     assert resolve_prompt_mode("completion", chat, "x-instruct") == "completion"
-    with pytest.raises(ValueError, match="prompt_mode='chat' needs a tokenizer with a chat template, and the tokenizer "
-                                         "of 'tiny' has none; use --prompt_mode completion"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match="prompt_mode='chat' needs a tokenizer with a chat template, and the tokenizer "
+        "of 'tiny' has none; use --prompt_mode completion",
+    ):
         resolve_prompt_mode("chat", plain, "tiny")
     with pytest.raises(ValueError, match=r"prompt_mode='instruct' is not supported; choose one of \['auto', "):
         resolve_prompt_mode("instruct", chat, "tiny")
@@ -41,12 +44,16 @@ def test_render(tokenizers):
     assert PromptFormat("chat", instruction_prefix="Solve:", response_prefix="Here:").render(PROMPT, chat) == (
         '<user>Solve:\n```\ndef one():\n    """Return 1."""\n```\n</user>\n<assistant>Here:\n```python\n'
     )
-    assert PromptFormat("chat", "verilog").render("Implement TopModule.", chat).startswith(
-        f"<user>{LANGUAGES['verilog'].instruction_prefix}\n```\nImplement TopModule.\n```\n</user>\n"
+    assert (
+        PromptFormat("chat", "verilog")
+        .render("Implement TopModule.", chat)
+        .startswith(f"<user>{LANGUAGES['verilog'].instruction_prefix}\n```\nImplement TopModule.\n```\n</user>\n")
     )
     assert PromptFormat("chat", "verilog").render("x", chat).endswith(":\n```verilog\n")
     # render's check is resolve_prompt_mode's, with the tokenizer's name
-    with pytest.raises(ValueError, match="prompt_mode='chat' needs a tokenizer with a chat template, and the tokenizer"):
+    with pytest.raises(
+        ValueError, match="prompt_mode='chat' needs a tokenizer with a chat template, and the tokenizer"
+    ):
         PromptFormat("chat").render(PROMPT, plain)
 
 

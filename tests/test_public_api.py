@@ -11,12 +11,31 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 PUBLIC = {
-    "peft_ib": ["IBLoraConfig", "IBLoraModel", "IBEncoder", "IBTerms", "ib_loss", "ib_terms", "find_ib_model",
-                "export_lora"],
+    "peft_ib": [
+        "IBLoraConfig",
+        "IBLoraModel",
+        "IBEncoder",
+        "IBTerms",
+        "ib_loss",
+        "ib_terms",
+        "find_ib_model",
+        "export_lora",
+    ],
     "trl_ib": ["IBSFTConfig", "IBSFTTrainer", "PassAtKMCallback", "to_prompt_completion"],
     "trl_ib.trainer": ["IBSFTConfig", "IBSFTTrainer", "PassAtKMCallback", "to_prompt_completion"],
-    "trl_ib.code_eval": ["LANGUAGES", "ExecutionResult", "Limits", "Sample", "SandboxError", "Scores", "pass_at_k_m",
-                         "pass_at_k_m_table", "resolve_m", "run_samples", "score"],
+    "trl_ib.code_eval": [
+        "LANGUAGES",
+        "ExecutionResult",
+        "Limits",
+        "Sample",
+        "SandboxError",
+        "Scores",
+        "pass_at_k_m",
+        "pass_at_k_m_table",
+        "resolve_m",
+        "run_samples",
+        "score",
+    ],
     "hub_cards": ["adapter_card", "export_card", "plot_training_curves", "trainer_card", "write_adapter_card"],
 }
 DOCUMENTED = {

@@ -12,10 +12,10 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import PeftModel
-from tiny_models import tiny_llama, train_tokenizer
 from transformers import AutoModelForCausalLM
 
 from peft_ib.config import IB_FIELDS
+from tiny_models import tiny_llama, train_tokenizer
 from trl_ib.cli.eval import main as ib_ft_eval
 
 ROOT = Path(__file__).parents[1]
@@ -51,7 +51,10 @@ def test_every_python_block_and_the_eval_line_run_as_written(tmp_path, monkeypat
     assert train.count("SFTConfig(output_dir") == 1 and train.count(HUB_MODEL) == 1
     dataset = Dataset.from_list([{"prompt": "def add(a, b):\n", "completion": "    return a + b\n"}] * 4)
     namespace = {"dataset": dataset}
-    exec(train.replace(HUB_MODEL, str(model_dir)).replace("SFTConfig(output_dir", "SFTConfig(use_cpu=True, output_dir"), namespace)
+    exec(
+        train.replace(HUB_MODEL, str(model_dir)).replace("SFTConfig(output_dir", "SFTConfig(use_cpu=True, output_dir"),
+        namespace,
+    )
     adapter = json.loads((tmp_path / "out" / "ib-lora" / "adapter_config.json").read_text())
     assert adapter["peft_type"] == "IBLORA" and adapter["ib_dim"] == 256 and adapter["r"] == 32
     assert namespace["trainer"].state.global_step > 0
@@ -71,7 +74,12 @@ def test_every_python_block_and_the_eval_line_run_as_written(tmp_path, monkeypat
     argv = shlex.split(bash.replace("\\\n", " ").split("#")[0])
     assert argv[:2] == ["ib-ft", "eval"]
     problems = tmp_path / "HumanEval.jsonl.gz"
-    problem = {"task_id": "t/0", "prompt": "def f():\n", "test": "def check(c):\n    assert c() == 1\n", "entry_point": "f"}
+    problem = {
+        "task_id": "t/0",
+        "prompt": "def f():\n",
+        "test": "def check(c):\n    assert c() == 1\n",
+        "entry_point": "f",
+    }
     problems.write_bytes(gzip.compress((json.dumps(problem) + "\n").encode()))
     argv = [arg.replace(HUB_MODEL, str(model_dir)).replace("HumanEval.jsonl.gz", str(problems)) for arg in argv[2:]]
     ib_ft_eval(argv + ["--max_new_tokens", "4", "--output_dir", str(tmp_path / "eval")])
@@ -87,7 +95,11 @@ def test_the_readme_test_command_is_the_one_ci_runs():
 
 
 def test_the_ib_field_table_matches_the_config():
-    rows = re.findall(r"^\| `(ib_\w+)`(?:, `(ib_\w+)`)? \| `([^`]*)`(?:, `([^`]*)`)? \|", section(TRAINING, "The adapter: `IBLoraConfig`"), re.M)
+    rows = re.findall(
+        r"^\| `(ib_\w+)`(?:, `(ib_\w+)`)? \| `([^`]*)`(?:, `([^`]*)`)? \|",
+        section(TRAINING, "The adapter: `IBLoraConfig`"),
+        re.M,
+    )
     table = {}
     for first, second, first_default, second_default in rows:
         table[first] = first_default

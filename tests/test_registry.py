@@ -36,10 +36,14 @@ def test_mappings_point_to_ib_lora():
 def test_register_is_idempotent():
     before_members = list(PeftType)
     before_names = list(PeftType._member_names_)
-    before_maps = [dict(m) for m in (
-        peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING, peft.mapping.PEFT_TYPE_TO_TUNER_MAPPING,
-        peft.mapping.PEFT_TYPE_TO_PREFIX_MAPPING,
-    )]
+    before_maps = [
+        dict(m)
+        for m in (
+            peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING,
+            peft.mapping.PEFT_TYPE_TO_TUNER_MAPPING,
+            peft.mapping.PEFT_TYPE_TO_PREFIX_MAPPING,
+        )
+    ]
     first = register()
     second = register()
     assert first is second is PeftType.IBLORA
@@ -47,10 +51,14 @@ def test_register_is_idempotent():
     assert list(PeftType) == before_members
     assert PeftType._member_names_ == before_names
     assert PeftType._member_names_.count("IBLORA") == 1
-    after_maps = [dict(m) for m in (
-        peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING, peft.mapping.PEFT_TYPE_TO_TUNER_MAPPING,
-        peft.mapping.PEFT_TYPE_TO_PREFIX_MAPPING,
-    )]
+    after_maps = [
+        dict(m)
+        for m in (
+            peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING,
+            peft.mapping.PEFT_TYPE_TO_TUNER_MAPPING,
+            peft.mapping.PEFT_TYPE_TO_PREFIX_MAPPING,
+        )
+    ]
     assert after_maps == before_maps
 
 

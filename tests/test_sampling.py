@@ -48,12 +48,16 @@ def test_draws_follow_the_warped_distribution():
     sampler = TopKTopPSampler(0.8, 6, 0.8)
     torch.manual_seed(0)
     out = sampler(None, scores)
-    assert torch.equal(out.max(dim=-1).values, torch.zeros(len(out))) and bool((torch.isfinite(out).sum(-1) == 1).all())
+    assert torch.equal(out.max(dim=-1).values, torch.zeros(len(out))) and bool(
+        (torch.isfinite(out).sum(-1) == 1).all()
+    )
     frequency = torch.bincount(out.argmax(dim=-1), minlength=12).double() / len(out)
     probability = warped(scores[:1], 0.8, 6, 0.8).softmax(dim=-1)[0].double()
     # by hand: the six highest over 0.8 have softmax .578 .166 .089 .078 .047 .042; from the bottom up, .042 + .047
     # + .078 = .167 <= 1 - 0.8, so 1.4, 1.0 and 0.9 go; 3.0, 2.0 and 1.5 stay, renormalized to .694 .199 .107
-    assert torch.allclose(probability[[8, 0, 1]], torch.tensor([0.6945, 0.1990, 0.1065], dtype=torch.float64), atol=1e-4)
+    assert torch.allclose(
+        probability[[8, 0, 1]], torch.tensor([0.6945, 0.1990, 0.1065], dtype=torch.float64), atol=1e-4
+    )
     assert int((probability > 0).sum()) == 3
     assert frequency[probability == 0].sum() == 0
     assert torch.allclose(frequency, probability, atol=0.005)
@@ -67,16 +71,25 @@ def test_sampling_arguments_choose_the_route_generate_would_sample_the_same_way_
     assert sampling_arguments(GenerationConfig(top_k=7), 0.8, 0.95)["logits_processor"][0].top_k == 7
     assert sampling_arguments(None, 0.8, 0.95)["logits_processor"][0].top_k == 50
     generates_own = {"do_sample": True, "temperature": 0.8, "top_p": 0.95}
-    for config in (GenerationConfig(top_k=0), GenerationConfig(min_p=0.1), GenerationConfig(typical_p=0.9),
-                   GenerationConfig(epsilon_cutoff=3e-4), GenerationConfig(eta_cutoff=3e-4)):  # fmt: skip
+    for config in (
+        GenerationConfig(top_k=0),
+        GenerationConfig(min_p=0.1),
+        GenerationConfig(typical_p=0.9),
+        GenerationConfig(epsilon_cutoff=3e-4),
+        GenerationConfig(eta_cutoff=3e-4),
+    ):
         assert sampling_arguments(config, 0.8, 0.95) == generates_own
     assert sampling_arguments(GenerationConfig(), 0.0, 0.95) == {"do_sample": False}
 
 
 @pytest.mark.parametrize(
     "arguments, message",
-    [((0.0, 50, 0.9), "temperature=0.0"), ((0.8, 0, 0.9), "top_k=0"), ((0.8, 50, 0.0), "top_p=0.0"),
-     ((0.8, 50, 1.5), "top_p=1.5")],  # fmt: skip
+    [
+        ((0.0, 50, 0.9), "temperature=0.0"),
+        ((0.8, 0, 0.9), "top_k=0"),
+        ((0.8, 50, 0.0), "top_p=0.0"),
+        ((0.8, 50, 1.5), "top_p=1.5"),
+    ],
 )
 def test_bad_settings_are_refused(arguments, message):
     with pytest.raises(ValueError, match=message):

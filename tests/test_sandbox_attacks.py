@@ -15,7 +15,6 @@ import pytest
 from trl_ib.code_eval import score
 from trl_ib.code_eval.execution import Limits, Sample, SandboxError, bwrap_available, python, run_samples, sandbox
 
-
 ADD = "def add(a, b):\n    return a + b\n"
 WRONG_ADD = "def add(a, b):\n    return a - b\n"
 ADD_TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n"
@@ -51,7 +50,9 @@ def needs_bubblewrap():
 
 # 1. Patching builtins.exec must not turn the tests into no-ops (through the metric's `score` too).
 def test_1_patched_exec_does_not_pass_a_wrong_program():
-    program = "import builtins\nbuiltins.exec = lambda *a, **k: None\nbuiltins.compile = lambda *a, **k: None\n" + WRONG_ADD
+    program = (
+        "import builtins\nbuiltins.exec = lambda *a, **k: None\nbuiltins.compile = lambda *a, **k: None\n" + WRONG_ADD
+    )
     assert run_one(program, ADD_TEST, "add").result == "failed: "
     assert score([[program]], [ADD_TEST], ["add"], k=[1], m=[1], progress=False).table == {"pass@1^(1)": 0.0}
 
@@ -78,7 +79,10 @@ def test_3_verdict_channel_cannot_be_forged():
         "    os.write(real, nonce + b'passed')\n    time.sleep(60)\n"
         "def add(a, b):\n    raise AssertionError('\\u00e9' * 5000)\n"
     )
-    assert run_one(redirect, ADD_TEST, "add", timeout=2.0).result == "failed: the program exited before reporting a result"
+    assert (
+        run_one(redirect, ADD_TEST, "add", timeout=2.0).result
+        == "failed: the program exited before reporting a result"
+    )
     reopen = "import os\nos.open('/proc/self/fd/3', os.O_RDONLY)\n"
     assert run_one(reopen).result == "failed: [Errno 2] No such file or directory: '/proc/self/fd/3'"
     append = (
@@ -92,7 +96,12 @@ def test_3_verdict_channel_cannot_be_forged():
 
 # 4. Verilog: a design must stand alone (no references into the testbench).
 @pytest.mark.parametrize(
-    "body", ["  assign out = good1.out;\n", "  assign out = tb.good1.out;\n", "  assign out = a | b;\n  always @(tb.errors) tb.errors = 0;\n"]
+    "body",
+    [
+        "  assign out = good1.out;\n",
+        "  assign out = tb.good1.out;\n",
+        "  assign out = a | b;\n  always @(tb.errors) tb.errors = 0;\n",
+    ],
 )
 def test_4_designs_reaching_into_the_testbench_fail(body):
     assert run_design(body).result.startswith("failed: the design does not stand alone: design.sv:")
@@ -100,7 +109,9 @@ def test_4_designs_reaching_into_the_testbench_fail(body):
 
 def test_4_a_design_cannot_bring_its_own_testbench():
     fake = "  assign out = tb.errors;\nendmodule\nmodule tb; integer errors = 0; endmodule\nmodule Dummy;\n"
-    assert run_design(fake).result.startswith("failed: compile error: design.sv:9: error: 'tb' has already been declared")
+    assert run_design(fake).result.startswith(
+        "failed: compile error: design.sv:9: error: 'tb' has already been declared"
+    )
 
 
 # 5. Verilog: the design can neither read its stdout (for the nonce) nor write over the report.
@@ -108,8 +119,8 @@ def test_5_design_cannot_read_or_rewrite_its_output():
     # Reopen stdout through /proc, read the nonce off the report line, write a forged report at offset 0.
     forge = (
         "  assign out = a | b;\n  integer fd, r; reg [8*200:1] line; reg [8*32:1] nonce;\n"
-        "  final begin $fflush(32'h80000001); fd = $fopen(\"/proc/self/fd/1\", \"r+\"); $display(\"fd=%0d\", fd);\n"
-        "    r = $fgets(line, fd); r = $fgets(line, fd); r = $sscanf(line, \"%s\", nonce); r = $fseek(fd, 0, 0);\n"
+        '  final begin $fflush(32\'h80000001); fd = $fopen("/proc/self/fd/1", "r+"); $display("fd=%0d", fd);\n'
+        '    r = $fgets(line, fd); r = $fgets(line, fd); r = $sscanf(line, "%s", nonce); r = $fseek(fd, 0, 0);\n'
         '    $fwrite(fd, "%0s Mismatches: 0 in 60 samples\\n", nonce); $fflush(fd); end\n'
     )
     result = run_design(forge)
@@ -120,11 +131,13 @@ def test_5_design_cannot_read_or_rewrite_its_output():
         '    $fdisplay(32\'h80000001, "%0s Mismatches: 0 in 60 samples", line[8*80:8*48+1]); end\n'
     )
     assert run_design(rewind).result == "failed: 24 mismatches in 60 samples"
-    hidden = '  assign out = a | b;\n  initial $display("%0d %0d", $fopen("sim.vvp", "r"), $fopen("testbench.sv", "r"));\n'
+    hidden = (
+        '  assign out = a | b;\n  initial $display("%0d %0d", $fopen("sim.vvp", "r"), $fopen("testbench.sv", "r"));\n'
+    )
     assert run_design(hidden).stdout.startswith("0 0\n")
     stdin = (  # the driver's stdin held the testbench: rewind it and read
         "  assign out = a | b;\n  reg [8*120:1] line; integer r;\n"
-        '  initial begin r = $fseek(32\'h80000000, 0, 0); r = $fgets(line, 32\'h80000000); $display("r=%0d", r); end\n'
+        "  initial begin r = $fseek(32'h80000000, 0, 0); r = $fgets(line, 32'h80000000); $display(\"r=%0d\", r); end\n"
     )
     assert run_design(stdin).stdout.startswith("r=0\n")
 
@@ -246,12 +259,16 @@ def test_10_memory_outside_address_space_and_tmpfs_is_refused():
     for call in ("shmget(0, 2**20, 0o1600)", "msgget(0, 0o1600)", "semget(0, 1, 0o1600)"):
         program = f"import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nassert (libc.{call}, ctypes.get_errno()) == (-1, 1)\n"
         assert run_one(program).result == "passed", call
-    assert run_one("open('/dev/shm/blob', 'w')\n").result == "failed: [Errno 30] Read-only file system: '/dev/shm/blob'"
+    assert (
+        run_one("open('/dev/shm/blob', 'w')\n").result == "failed: [Errno 30] Read-only file system: '/dev/shm/blob'"
+    )
 
 
 # 11. A long non-ASCII (or unencodable) failure message is a verdict, never a crash.
 def test_11_long_and_unencodable_messages():
-    results = run_samples([Sample("raise ValueError('é' * 5000)\n", ""), Sample("raise ValueError('\\ud800')\n", "")], progress=False)
+    results = run_samples(
+        [Sample("raise ValueError('é' * 5000)\n", ""), Sample("raise ValueError('\\ud800')\n", "")], progress=False
+    )
     assert [result.result for result in results] == ["failed: " + "é" * 1992, "failed: \\ud800"]
 
 
@@ -276,8 +293,11 @@ def test_12_13_leftovers_do_not_reach_the_next_sample():
 def test_13_a_server_that_dies_between_samples_costs_no_verdict():
     with python.ForkServers() as servers:
         assert servers.run_sample(ADD, ADD_TEST, "add", 3.0, Limits()).result == "passed"
-        server = next(pid for pid in descendants(servers._local.server.process.pid)
-                      if b"PR_SET_DUMPABLE" in Path(f"/proc/{pid}/cmdline").read_bytes())  # fmt: skip
+        server = next(
+            pid
+            for pid in descendants(servers._local.server.process.pid)
+            if b"PR_SET_DUMPABLE" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        )
         os.kill(server, 9)  # the fork server dies between samples, by no sample's doing
         while os.path.exists(f"/proc/{server}"):
             time.sleep(0.01)
@@ -308,7 +328,9 @@ def test_16_interpreter_in_a_venv_under_tmp(tmp_path):
             "from trl_ib.code_eval.execution import Sample, run_samples\n"
             f"print(run_samples([Sample({ADD!r}, {ADD_TEST!r}, 'add')], progress=False)[0].result)\n"
         )
-        done = subprocess.run([venv / "bin/python", "-c", script], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+        done = subprocess.run(
+            [venv / "bin/python", "-c", script], capture_output=True, text=True, cwd=Path(__file__).parents[1]
+        )
         assert (done.stdout, done.returncode) == ("passed\n", 0), done.stderr
     finally:
         sandbox.remove_tree(str(venv))
@@ -331,7 +353,9 @@ def test_16_a_verilog_sandbox_that_cannot_run_says_so(monkeypatch):
     sandbox._view.cache_clear()
     verilog.check_sandbox.cache_clear()
     try:
-        with pytest.raises(SandboxError, match=r"the Verilog sandbox cannot run a known-good design: failed: the simulation"):
+        with pytest.raises(
+            SandboxError, match=r"the Verilog sandbox cannot run a known-good design: failed: the simulation"
+        ):
             run_design("  assign out = a & b;\n")
     finally:
         sandbox._view.cache_clear()
@@ -364,7 +388,13 @@ def test_f1_server_state_is_not_reachable_from_the_sample():
     assert results[1].result == "passed"
     main_names, server_names = results[1].stdout.splitlines()
     assert eval(main_names) == ["__doc__", "__loader__", "__name__", "__package__", "__spec__"]
-    assert eval(server_names) == ["RLIMITS", "SAMPLE_DIR", "WORKSPACE", "__annotations__", "__name__"]  # constants only
+    assert eval(server_names) == [
+        "RLIMITS",
+        "SAMPLE_DIR",
+        "WORKSPACE",
+        "__annotations__",
+        "__name__",
+    ]  # constants only
 
 
 # F3 (red team's F13): plain asserts (entry_point None) call the candidate's builtin-named functions.
@@ -386,9 +416,9 @@ def test_f10_early_finish_and_zero_samples_fail():
     )
     assert run_v2_design('  assign out = a & b;\n  initial $display("$finish"); // $finish\n').result == "passed"
     empty = 'module tb;\n  initial $display("Mismatches: %1d in %1d samples", 0, 0);\nendmodule\n'
-    assert run_samples([Sample("module TopModule;\nendmodule\n", empty, "tb")], language="verilog", progress=False)[0].result == (
-        "failed: 0 mismatches in 0 samples"
-    )
+    assert run_samples([Sample("module TopModule;\nendmodule\n", empty, "tb")], language="verilog", progress=False)[
+        0
+    ].result == ("failed: 0 mismatches in 0 samples")
 
 
 # Red team's F2: the design is compiled as preprocessed alone; `ifdef on the testbench's macros sees nothing.
@@ -410,7 +440,9 @@ def test_f2_ifdef_on_testbench_macros_does_not_switch_in_a_cheat(cheat):
 # Red team's F3: a sample killed by a real-time signal (no `signal.Signals` member) is a verdict.
 def test_f3_real_time_signal_is_a_verdict():
     killed = "import os, signal\nos.kill(os.getpid(), signal.SIGRTMIN + 6)\n" + ADD
-    results = run_samples([Sample(ADD, ADD_TEST, "add"), Sample(killed, ADD_TEST, "add")], num_workers=1, progress=False)
+    results = run_samples(
+        [Sample(ADD, ADD_TEST, "add"), Sample(killed, ADD_TEST, "add")], num_workers=1, progress=False
+    )
     assert [result.result for result in results] == ["passed", "failed: the program was killed by signal 40"]
     assert score([[ADD, killed]], [ADD_TEST], ["add"], k=[2], m=[1, 2], progress=False).table == {
         "pass@2^(1)": 1.0,
@@ -454,7 +486,9 @@ def test_f7_bad_input_fails_early():
     for timeout in (1e10, float("inf"), float("nan")):
         with pytest.raises(ValueError, match=rf"timeout={timeout!r} is invalid; .* <= 1e\+06"):
             run_one(ADD, ADD_TEST, "add", timeout=timeout)
-    with pytest.raises(ValueError, match=r"Limits.memory_bytes=1180591620717411303424 is invalid; .* from 1 to 2\*\*62"):
+    with pytest.raises(
+        ValueError, match=r"Limits.memory_bytes=1180591620717411303424 is invalid; .* from 1 to 2\*\*62"
+    ):
         Limits(memory_bytes=2**70)
     with pytest.raises(ValueError, match=r"Limits.disk_bytes="):
         Limits(disk_bytes=2**63)
@@ -498,12 +532,17 @@ def test_f12_no_pty_can_be_opened():
         "        print(path, 'opened')\n    except OSError as error:\n        print(path, error.strerror)\n"
     )
     result = run_one(program)
-    assert (result.result, result.stdout) == ("passed", "/dev/ptmx No such file or directory\n/dev/pts/ptmx No such file or directory\n")
+    assert (result.result, result.stdout) == (
+        "passed",
+        "/dev/ptmx No such file or directory\n/dev/pts/ptmx No such file or directory\n",
+    )
 
 
 # Red team's F4: the default limits fit 2 workers on a 24 GiB machine; a setting that does not fit says so.
 def test_f4_default_memory_bound_and_a_warning_past_the_machines_ram():
     assert Limits().max_memory_bytes == 8 * 2**30 + 64 * 2**20  # 8 processes x 1 GiB of address space + the tmpfs
     physical_bytes = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    with pytest.warns(RuntimeWarning, match=r"num_workers=2 sandboxes may hold up to .* GiB each .* Lower num_workers"):
+    with pytest.warns(
+        RuntimeWarning, match=r"num_workers=2 sandboxes may hold up to .* GiB each .* Lower num_workers"
+    ):
         run_samples([], num_workers=2, limits=Limits(memory_bytes=physical_bytes // 16), progress=False)

@@ -26,19 +26,43 @@ from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from trl_ib.cli import export
 from test_cli_train import _free_port, assert_adapter_reloads, train
-from trl_ib.trainer.distributed import check_distributed_run
 from tiny_models import tiny_llama, train_tokenizer
-
+from trl_ib.cli import export
+from trl_ib.trainer.distributed import check_distributed_run
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-DEEPSPEED_MISSING = "ZeRO-3 needs deepspeed: DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed==0.19.8 (README)"
+DEEPSPEED_MISSING = (
+    "ZeRO-3 needs deepspeed: DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed==0.19.8 (README)"
+)
 # Both arms: same LoRA, lr high enough that 3 steps move the adapter; logvar pinned (see the module docstring).
-TRAIN = ["--dtype", "float32", "--max_steps", "3", "--report_to", "none", "--logging_steps", "1",
-         "--per_device_train_batch_size", "4", "--ib_dim", "16", "--lora_r", "4", "--lora_dropout", "0",
-         "--learning_rate", "1e-2", "--ib_logvar_min", "-31", "--ib_logvar_max", "-30", "--save_strategy", "no"]
+TRAIN = [
+    "--dtype",
+    "float32",
+    "--max_steps",
+    "3",
+    "--report_to",
+    "none",
+    "--logging_steps",
+    "1",
+    "--per_device_train_batch_size",
+    "4",
+    "--ib_dim",
+    "16",
+    "--lora_r",
+    "4",
+    "--lora_dropout",
+    "0",
+    "--learning_rate",
+    "1e-2",
+    "--ib_logvar_min",
+    "-31",
+    "--ib_logvar_max",
+    "-30",
+    "--save_strategy",
+    "no",
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +85,25 @@ def test_zero3_user_path_matches_one_process(saved_base, tmp_path, peft_type):
     flags = ["--model_name_or_path", str(saved_base), "--peft_type", peft_type, *TRAIN]
     out, probe = tmp_path / "zero3", tmp_path / "probe"
     probe.mkdir()
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               "examples/accelerate/zero3_cpu.yaml", "--main_process_port", str(_free_port()),
-               "tests/sharded_probe.py", "train", *flags, "--output_dir", str(out), "--ddp_backend", "gloo"]
-    result = subprocess.run(command, env={**ENV, "PROBE_OUT": str(probe)}, cwd=ROOT, capture_output=True, text=True,
-                            timeout=480)
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "examples/accelerate/zero3_cpu.yaml",
+        "--main_process_port",
+        str(_free_port()),
+        "tests/sharded_probe.py",
+        "train",
+        *flags,
+        "--output_dir",
+        str(out),
+        "--ddp_backend",
+        "gloo",
+    ]
+    result = subprocess.run(
+        command, env={**ENV, "PROBE_OUT": str(probe)}, cwd=ROOT, capture_output=True, text=True, timeout=480
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
 
@@ -125,8 +163,17 @@ def test_fsdp2_and_zero3_loops_match_one_process_with_a_fully_masked_rank(tmp_pa
     """tests/sharded_worker.py: 3 steps of each engine x adapter, rank 1 without a supervised token at step 1 (with
     an early return in the IB branch, ZeRO-3 aborts there: a gloo collective mismatch on lm_head's gather)."""
     assert importlib.util.find_spec("deepspeed"), DEEPSPEED_MISSING
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), "tests/sharded_worker.py", str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "tests/sharded_worker.py",
+        str(tmp_path),
+    ]
     result = subprocess.run(command, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=480)
     assert result.returncode == 0, result.stderr[-4000:]
     for engine in ("fsdp2", "zero3"):
@@ -153,16 +200,30 @@ def test_fsdp2_and_zero3_loops_match_one_process_with_a_fully_masked_rank(tmp_pa
             assert_stock_peft_loads(run / "adapter", tmp_path / "base", trained)
             if peft_type == "iblora":
                 export.main(["--adapter", str(run / "adapter"), "--output", str(tmp_path / f"{engine}-exported")])
-                assert_stock_peft_loads(tmp_path / f"{engine}-exported", tmp_path / "base",
-                                        {k: v for k, v in trained.items() if "lora_ib_encoders" not in k})
+                assert_stock_peft_loads(
+                    tmp_path / f"{engine}-exported",
+                    tmp_path / "base",
+                    {k: v for k, v in trained.items() if "lora_ib_encoders" not in k},
+                )
 
 
-@pytest.mark.parametrize("env, peft_type, message", [
-    ({"WORLD_SIZE": "2"}, "iblora", r"^2 processes were launched \(WORLD_SIZE=2\), but the Trainer runs each as a run "
-     r"of its own .* pass --ddp_backend gloo"),
-    ({"ACCELERATE_USE_FSDP": "true"}, "lora", r"^The accelerate config asks for FSDP, but accelerate runs this launch "
-     r"as NO on cpu .* examples/accelerate/zero3_cpu.yaml"),
-])
+@pytest.mark.parametrize(
+    "env, peft_type, message",
+    [
+        (
+            {"WORLD_SIZE": "2"},
+            "iblora",
+            r"^2 processes were launched \(WORLD_SIZE=2\), but the Trainer runs each as a run "
+            r"of its own .* pass --ddp_backend gloo",
+        ),
+        (
+            {"ACCELERATE_USE_FSDP": "true"},
+            "lora",
+            r"^The accelerate config asks for FSDP, but accelerate runs this launch "
+            r"as NO on cpu .* examples/accelerate/zero3_cpu.yaml",
+        ),
+    ],
+)
 def test_launches_that_would_train_wrongly_are_refused(tmp_path, monkeypatch, env, peft_type, message):
     """What `accelerate launch` sets in each process's environment, beside a Trainer that would not act on it: the
     IB trainer and the plain-LoRA control of `ib-ft train` refuse before the first step."""
@@ -176,10 +237,17 @@ def test_launches_that_would_train_wrongly_are_refused(tmp_path, monkeypatch, en
 def test_engines_that_would_save_no_adapter_are_refused_and_the_shipped_configs_save_it():
     """ZeRO-3 without the 16-bit gather saves an empty adapter; FSDP with a sharded state dict, none at all."""
     fsdp = SimpleNamespace(state_dict_type="StateDictType.SHARDED_STATE_DICT")
-    trainer = SimpleNamespace(args=SimpleNamespace(world_size=2), accelerator=SimpleNamespace(
-        distributed_type=DistributedType.FSDP, state=SimpleNamespace(deepspeed_plugin=None, fsdp_plugin=fsdp)))
-    with pytest.raises(ValueError, match=r"^FSDP with fsdp_state_dict_type StateDictType.SHARDED_STATE_DICT: "
-                                         r"Trainer.save_model writes no adapter .* FULL_STATE_DICT"):
+    trainer = SimpleNamespace(
+        args=SimpleNamespace(world_size=2),
+        accelerator=SimpleNamespace(
+            distributed_type=DistributedType.FSDP, state=SimpleNamespace(deepspeed_plugin=None, fsdp_plugin=fsdp)
+        ),
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"^FSDP with fsdp_state_dict_type StateDictType.SHARDED_STATE_DICT: "
+        r"Trainer.save_model writes no adapter .* FULL_STATE_DICT",
+    ):
         check_distributed_run(trainer)
     fsdp.state_dict_type = "StateDictType.FULL_STATE_DICT"
     check_distributed_run(trainer)
@@ -187,10 +255,18 @@ def test_engines_that_would_save_no_adapter_are_refused_and_the_shipped_configs_
     assert fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
 
     plugin = SimpleNamespace(zero_stage=3, deepspeed_config={"zero_optimization": {"stage": 3}})
-    trainer = SimpleNamespace(args=SimpleNamespace(world_size=2), accelerator=SimpleNamespace(
-        distributed_type=DistributedType.DEEPSPEED, state=SimpleNamespace(deepspeed_plugin=plugin, fsdp_plugin=None)))
-    with pytest.raises(ValueError, match=r"stage3_gather_16bit_weights_on_model_save=false: the Trainer would save an "
-                                         r"empty adapter"):
+    trainer = SimpleNamespace(
+        args=SimpleNamespace(world_size=2),
+        accelerator=SimpleNamespace(
+            distributed_type=DistributedType.DEEPSPEED,
+            state=SimpleNamespace(deepspeed_plugin=plugin, fsdp_plugin=None),
+        ),
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"stage3_gather_16bit_weights_on_model_save=false: the Trainer would save an "
+        r"empty adapter",
+    ):
         check_distributed_run(trainer)
     plugin.deepspeed_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
     check_distributed_run(trainer)

@@ -45,13 +45,32 @@ def test_sharded_training_on_gpus_from_a_saved_model(engine, peft_type, saved_ba
     out, probe = tmp_path / "out", tmp_path / "probe"
     probe.mkdir()
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"examples/accelerate/{engine}.yaml",
-        "--num_processes", str(processes), "--main_process_port", str(_free_port()),
-        "tests/sharded_probe.py", "train", "--model_name_or_path", str(saved_base), "--peft_type", peft_type,
-        "--max_steps", "3", "--output_dir", str(out), "--bf16", "true", *FAST,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        f"examples/accelerate/{engine}.yaml",
+        "--num_processes",
+        str(processes),
+        "--main_process_port",
+        str(_free_port()),
+        "tests/sharded_probe.py",
+        "train",
+        "--model_name_or_path",
+        str(saved_base),
+        "--peft_type",
+        peft_type,
+        "--max_steps",
+        "3",
+        "--output_dir",
+        str(out),
+        "--bf16",
+        "true",
+        *FAST,
     ]
-    result = subprocess.run(command, env={**os.environ, "PROBE_OUT": str(probe)}, cwd=ROOT, capture_output=True,
-                            text=True, timeout=900)
+    result = subprocess.run(
+        command, env={**os.environ, "PROBE_OUT": str(probe)}, cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     rank0 = json.loads((probe / "rank0.json").read_text())
     big = {name: shapes for name, shapes in rank0["shapes"].items() if math.prod(shapes[1]) > 1e5}

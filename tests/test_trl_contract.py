@@ -12,11 +12,11 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
-from test_ib_sft_trainer import BASE_ARGS, EncoderGrads, code_dataset, ib_config, make_trainer, train_logs
-from tiny_models import tiny_llama, train_tokenizer
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
+from test_ib_sft_trainer import BASE_ARGS, EncoderGrads, code_dataset, ib_config, make_trainer, train_logs
+from tiny_models import tiny_llama, train_tokenizer
 from trl_ib import IBSFTConfig, IBSFTTrainer
 
 IB_TERMS = ("ce", "ib_kl", "ib_ce", "ib_alpha", "ib_penalty")
@@ -37,12 +37,22 @@ def token_accuracy(prediction) -> dict[str, float]:
 
 def pair(tmp_path, tokenizer, eval_dataset=None, compute_metrics=None, **overrides):
     """(IBSFTTrainer + IBLoraConfig at ib_alpha 0, SFTTrainer + LoraConfig) on the same data, seed and LoRA settings."""
-    ib = make_trainer(tmp_path / "ib", tokenizer, eval_dataset=eval_dataset, compute_metrics=compute_metrics,
-                      ib_alpha=0.0, **overrides)
+    ib = make_trainer(
+        tmp_path / "ib",
+        tokenizer,
+        eval_dataset=eval_dataset,
+        compute_metrics=compute_metrics,
+        ib_alpha=0.0,
+        **overrides,
+    )
     lora = SFTTrainer(
-        tiny_llama(), args=SFTConfig(output_dir=str(tmp_path / "lora"), **{**BASE_ARGS, **overrides}),
-        train_dataset=code_dataset(8), eval_dataset=eval_dataset, processing_class=tokenizer,
-        compute_metrics=compute_metrics, peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
+        tiny_llama(),
+        args=SFTConfig(output_dir=str(tmp_path / "lora"), **{**BASE_ARGS, **overrides}),
+        train_dataset=code_dataset(8),
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
     )
     return ib, lora
 
@@ -53,8 +63,14 @@ def pair(tmp_path, tokenizer, eval_dataset=None, compute_metrics=None, **overrid
 @pytest.mark.parametrize("prediction_loss_only", [True, False])
 def test_evaluate_with_and_without_metrics_equals_sft_trainer(tmp_path, tokenizer, prediction_loss_only):
     compute_metrics = None if prediction_loss_only else token_accuracy
-    ib, lora = pair(tmp_path, tokenizer, eval_dataset=code_dataset(4), per_device_eval_batch_size=4,
-                    prediction_loss_only=prediction_loss_only, compute_metrics=compute_metrics)
+    ib, lora = pair(
+        tmp_path,
+        tokenizer,
+        eval_dataset=code_dataset(4),
+        per_device_eval_batch_size=4,
+        prediction_loss_only=prediction_loss_only,
+        compute_metrics=compute_metrics,
+    )
     ours, theirs = ib.evaluate(), lora.evaluate()
     assert ours["eval_loss"] == pytest.approx(theirs["eval_loss"], rel=1e-6)
     assert ours["eval_ce"] == pytest.approx(theirs["eval_loss"], rel=1e-6)  # alpha 0: the total is the task loss
@@ -66,8 +82,15 @@ def test_evaluate_with_and_without_metrics_equals_sft_trainer(tmp_path, tokenize
 
 
 def test_evaluate_total_is_ce_plus_the_penalty(tmp_path, tokenizer):
-    trainer = make_trainer(tmp_path, tokenizer, eval_dataset=code_dataset(4), per_device_eval_batch_size=4,
-                           compute_metrics=token_accuracy, ib_alpha=0.5, ib_beta=0.5)
+    trainer = make_trainer(
+        tmp_path,
+        tokenizer,
+        eval_dataset=code_dataset(4),
+        per_device_eval_batch_size=4,
+        compute_metrics=token_accuracy,
+        ib_alpha=0.5,
+        ib_beta=0.5,
+    )
     metrics = trainer.evaluate()
     assert metrics["eval_loss"] == pytest.approx(metrics["eval_ce"] + metrics["eval_ib_penalty"], rel=1e-5)
     assert metrics["eval_ib_penalty"] == pytest.approx(0.5 * (metrics["eval_ib_kl"] + 0.5 * metrics["eval_ib_ce"]))
@@ -86,8 +109,15 @@ def test_predict_equals_sft_trainer(tmp_path, tokenizer):
 
 
 def test_training_with_eval_strategy_and_compute_metrics(tmp_path, tokenizer):
-    trainer = make_trainer(tmp_path, tokenizer, eval_dataset=code_dataset(4), eval_strategy="steps", eval_steps=1,
-                           compute_metrics=token_accuracy, ib_alpha=0.3)
+    trainer = make_trainer(
+        tmp_path,
+        tokenizer,
+        eval_dataset=code_dataset(4),
+        eval_strategy="steps",
+        eval_steps=1,
+        compute_metrics=token_accuracy,
+        ib_alpha=0.3,
+    )
     trainer.train()
     evals = [log for log in trainer.state.log_history if "eval_loss" in log]
     assert [log["step"] for log in evals] == [1, 2]
@@ -135,17 +165,22 @@ CHAT_TEMPLATE = (
 
 def _messages_dataset(n: int) -> Dataset:
     rows = code_dataset(n)
-    return Dataset.from_dict({"messages": [
-        [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
-        for row in rows
-    ]})
+    return Dataset.from_dict(
+        {
+            "messages": [
+                [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
+                for row in rows
+            ]
+        }
+    )
 
 
 FORMATS = {
     "packing": dict(args={"packing": True}),
     "padding_free": dict(args={"padding_free": True, "max_length": None}),
-    "gradient_checkpointing": dict(args={"gradient_checkpointing": True,
-                                         "gradient_checkpointing_kwargs": {"use_reentrant": False}}),
+    "gradient_checkpointing": dict(
+        args={"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    ),
     "completion_only": dict(args={"completion_only_loss": True}),
     "messages": dict(data=_messages_dataset),
     "assistant_only": dict(data=_messages_dataset, args={"assistant_only_loss": True}),
@@ -159,8 +194,9 @@ def test_formats_train_the_encoder(tmp_path, tokenizer, name):
         tokenizer = train_tokenizer(tmp_path / "chat")
         tokenizer.chat_template = CHAT_TEMPLATE
     grads = EncoderGrads()
-    trainer = make_trainer(tmp_path, tokenizer, train_dataset=spec.get("data", code_dataset)(4), callbacks=[grads],
-                           **spec.get("args", {}))
+    trainer = make_trainer(
+        tmp_path, tokenizer, train_dataset=spec.get("data", code_dataset)(4), callbacks=[grads], **spec.get("args", {})
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     trainer.train()
     logs = train_logs(trainer)
@@ -178,7 +214,7 @@ def test_formats_train_the_encoder(tmp_path, tokenizer, name):
         prompt_ids = tokenizer(row["prompt"])["input_ids"]
         labels = trainer.data_collator([row])["labels"][0]
         assert (labels[: len(prompt_ids)] == -100).all()
-        assert tokenizer.decode(labels[len(prompt_ids):]) == row["completion"]
+        assert tokenizer.decode(labels[len(prompt_ids) :]) == row["completion"]
     if name == "assistant_only":  # the loss is on the assistant's content only
         labels = batch["labels"][0]
         assert tokenizer.decode(labels[labels != -100]) == code_dataset(4)[0]["completion"]
@@ -202,9 +238,13 @@ def test_model_by_id_instance_or_wrapped(tmp_path, tokenizer, given):
         trainer = make_trainer(tmp_path / given, tokenizer, ib_alpha=0.5, model=get_peft_model(base, ib_config()))
     else:
         args = IBSFTConfig(**{**BASE_ARGS, "output_dir": str(tmp_path / given), "ib_alpha": 0.5})
-        trainer = IBSFTTrainer(str(base_dir) if given == "id" else tiny_llama(), args=args,
-                               train_dataset=code_dataset(8), peft_config=ib_config(),
-                               processing_class=None if given == "id" else tokenizer)
+        trainer = IBSFTTrainer(
+            str(base_dir) if given == "id" else tiny_llama(),
+            args=args,
+            train_dataset=code_dataset(8),
+            peft_config=ib_config(),
+            processing_class=None if given == "id" else tokenizer,
+        )
     trainer.train()
     for ours, theirs in zip(train_logs(trainer), train_logs(reference), strict=True):
         for key in ("loss", "ce", "ib_kl", "ib_ce"):

@@ -7,8 +7,9 @@ import pytest
 
 from trl_ib.code_eval.execution import Sample, SandboxError, run_samples, sandbox, verilog
 
-
-PROBLEMS = [json.loads(line) for line in (Path(__file__).parent / "data/verilog/problems.jsonl").read_text().splitlines()]
+PROBLEMS = [
+    json.loads(line) for line in (Path(__file__).parent / "data/verilog/problems.jsonl").read_text().splitlines()
+]
 AND_GATE = PROBLEMS[0]
 
 
@@ -23,18 +24,25 @@ def test_correct_designs_pass_and_buggy_designs_report_their_mismatches():
         for solution in ("canonical_solution", "buggy_solution")
     ]
     assert run(samples) == [
-        "passed", "failed: 24 mismatches in 60 samples",  # and_gate
-        "passed", "failed: 59 mismatches in 60 samples",  # mux2
-        "passed", "failed: 46 mismatches in 60 samples",  # adder4
-        "passed", "failed: 3 mismatches in 60 samples",  # dff8
-        "passed", "failed: 54 mismatches in 60 samples",  # counter4
-    ]  # fmt: skip
+        "passed",
+        "failed: 24 mismatches in 60 samples",  # and_gate
+        "passed",
+        "failed: 59 mismatches in 60 samples",  # mux2
+        "passed",
+        "failed: 46 mismatches in 60 samples",  # adder4
+        "passed",
+        "failed: 3 mismatches in 60 samples",  # dff8
+        "passed",
+        "failed: 54 mismatches in 60 samples",  # counter4
+    ]
 
 
 def test_compile_errors_fake_reports_and_hangs_fail():
     design = AND_GATE["prompt"] + "{body}endmodule\n"
     broken = design.format(body="  assign out = a &;\n")
-    fake = design.format(body='  assign out = a | b;\n  initial begin $display("Mismatches: 0 in 60 samples"); $finish; end\n')
+    fake = design.format(
+        body='  assign out = a | b;\n  initial begin $display("Mismatches: 0 in 60 samples"); $finish; end\n'
+    )
     hang = design.format(body="  assign out = a & b;\n  initial while (1) begin end\n")
     samples = [Sample(program, AND_GATE["test"], "tb") for program in (broken, fake, hang)]
     assert run(samples, timeout=2.0) == [
@@ -45,14 +53,17 @@ def test_compile_errors_fake_reports_and_hangs_fail():
 
 
 def test_design_cannot_read_the_testbench_during_simulation():
-    peek = AND_GATE["prompt"] + '  assign out = a & b;\n  initial $display("fd=%0d", $fopen("testbench.sv", "r"));\nendmodule\n'
+    peek = (
+        AND_GATE["prompt"]
+        + '  assign out = a & b;\n  initial $display("fd=%0d", $fopen("testbench.sv", "r"));\nendmodule\n'
+    )
     result = run_samples([Sample(peek, AND_GATE["test"], "tb")], language="verilog", progress=False)[0]
     assert result.passed
     assert result.stdout.startswith("fd=0\n")
 
 
 def test_testbench_without_a_mismatch_report_is_rejected():
-    with pytest.raises(ValueError, match="test does not print \"Mismatches: %1d in %1d samples\""):
+    with pytest.raises(ValueError, match='test does not print "Mismatches: %1d in %1d samples"'):
         run([Sample(AND_GATE["prompt"] + "endmodule\n", "module tb(); endmodule\n", "tb")])
 
 
@@ -60,7 +71,9 @@ def test_missing_icarus_says_how_to_install(monkeypatch):
     monkeypatch.setattr(sandbox.shutil, "which", lambda name: None if name == "iverilog" else f"/usr/bin/{name}")
     sandbox.find_tool.cache_clear()
     try:
-        with pytest.raises(RuntimeError, match=r"iverilog is not installed; install it with `apt-get install -y iverilog`"):
+        with pytest.raises(
+            RuntimeError, match=r"iverilog is not installed; install it with `apt-get install -y iverilog`"
+        ):
             run([Sample(AND_GATE["prompt"], AND_GATE["test"], "tb")])
     finally:
         sandbox.find_tool.cache_clear()
@@ -73,7 +86,9 @@ def counting_probe(monkeypatch, passed: bool) -> list:
     def fake_run(*args):
         calls.append(args)
         time.sleep(0.2)  # long enough for every thread to arrive while the first probe runs
-        return sandbox.ExecutionResult(passed=passed, result="passed" if passed else "failed: boom", stderr="no driver")
+        return sandbox.ExecutionResult(
+            passed=passed, result="passed" if passed else "failed: boom", stderr="no driver"
+        )
 
     monkeypatch.setattr(verilog, "_run", fake_run)
     verilog.check_sandbox.cache_clear()
@@ -120,7 +135,12 @@ def test_check_sandbox_remembers_a_failure_and_raises_it_every_time(monkeypatch)
                 verilog.check_sandbox()
             assert str(again.value) == message
         with pytest.raises(SandboxError, match="cannot run a known-good design: failed: boom"):
-            run_samples([Sample(AND_GATE["prompt"], AND_GATE["test"], "tb")] * 4, language="verilog", num_workers=2, progress=False)
+            run_samples(
+                [Sample(AND_GATE["prompt"], AND_GATE["test"], "tb")] * 4,
+                language="verilog",
+                num_workers=2,
+                progress=False,
+            )
         assert len(calls) == 1
     finally:
         verilog.check_sandbox.cache_clear()

@@ -9,15 +9,14 @@ import warnings
 from contextlib import contextmanager
 
 import pytest
-import torch
 from datasets import Dataset
-from tiny_models import tiny_gpt2, tiny_llama, train_tokenizer
 
 from peft_ib import IBLoraConfig
+from tiny_models import tiny_gpt2, tiny_llama, train_tokenizer
 from trl_ib import IBSFTConfig, IBSFTTrainer
-from trl_ib.trainer.callbacks import PassAtKMCallback
 from trl_ib.cli.eval import main as ib_ft_eval
 from trl_ib.generation.hf_generation import generate_samples
+from trl_ib.trainer.callbacks import PassAtKMCallback
 
 OURS = ("/peft_ib/", "/trl_ib/", "/hub_cards/")
 # frames between a deprecated call and its warning: the library that warns, and the machinery that calls it
@@ -56,7 +55,9 @@ def test_the_recorder_catches_a_deprecated_call_of_ours(monkeypatch):
         return new
 
     library = type(sys)("library")
-    exec(compile("def call(api):\n    return api(old=1)\n", "/site-packages/library/call.py", "exec"), library.__dict__)
+    exec(
+        compile("def call(api):\n    return api(old=1)\n", "/site-packages/library/call.py", "exec"), library.__dict__
+    )
     with our_deprecations(ours=(__file__,)) as found, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert api(old=1) == 1 and library.call(api) == 1
@@ -71,7 +72,9 @@ def test_sampling_calls_nothing_deprecated(tmp_path, arch):
     prompts = ["def add(a, b):\n", "def mul(a, b):\n    return"]
     with our_deprecations() as found:
         for temperature, num_samples in ((0.8, 3), (0.0, 2)):
-            completions = generate_samples(model, tokenizer, prompts, num_samples, temperature, max_new_tokens=6, seed=0)
+            completions = generate_samples(
+                model, tokenizer, prompts, num_samples, temperature, max_new_tokens=6, seed=0
+            )
             assert [len(group) for group in completions] == [num_samples] * 2
     assert found == []
 
@@ -79,15 +82,34 @@ def test_sampling_calls_nothing_deprecated(tmp_path, arch):
 def test_training_with_checkpointing_and_the_callback_call_nothing_deprecated(tmp_path):
     """IBSFTTrainer with TRL's defaults (activation checkpointing on), with the Pass@k^(m) callback on hf."""
     tokenizer = train_tokenizer(tmp_path / "tokenizer")
-    data = Dataset.from_dict({"prompt": [f"Write f{i}\n" for i in range(4)],
-                              "completion": [f"def f{i}(a):\n    return a\n" for i in range(4)]})  # fmt: skip
-    args = IBSFTConfig(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, bf16=False, max_steps=2,
-                       per_device_train_batch_size=2, save_strategy="no", disable_tqdm=True)  # fmt: skip
+    data = Dataset.from_dict(
+        {
+            "prompt": [f"Write f{i}\n" for i in range(4)],
+            "completion": [f"def f{i}(a):\n    return a\n" for i in range(4)],
+        }
+    )
+    args = IBSFTConfig(
+        output_dir=str(tmp_path / "out"),
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     config = IBLoraConfig(r=4, lora_alpha=8, target_modules="all-linear", ib_layers=1, ib_dim=8)
-    problems = [{"prompt": "def f():\n    return 1\n#", "test": "def check(c):\n    assert c() == 1\n", "entry_point": "f"}]
+    problems = [
+        {"prompt": "def f():\n    return 1\n#", "test": "def check(c):\n    assert c() == 1\n", "entry_point": "f"}
+    ]
     with our_deprecations() as found:
-        trainer = IBSFTTrainer(tiny_llama(vocab_size=len(tokenizer)), args=args, train_dataset=data,
-                               processing_class=tokenizer, peft_config=config)  # fmt: skip
+        trainer = IBSFTTrainer(
+            tiny_llama(vocab_size=len(tokenizer)),
+            args=args,
+            train_dataset=data,
+            processing_class=tokenizer,
+            peft_config=config,
+        )
         trainer.add_callback(PassAtKMCallback(trainer, problems, every_n_steps=2, max_new_tokens=4, backend="hf"))
         trainer.train()
     assert [log["eval_pass@1^(1)"] for log in trainer.state.log_history if "eval_pass@1^(1)" in log] == [1.0]
@@ -98,9 +120,27 @@ def test_ib_ft_eval_calls_nothing_deprecated(tmp_path):
     tokenizer = train_tokenizer(tmp_path / "model")
     tiny_llama(vocab_size=len(tokenizer)).save_pretrained(tmp_path / "model")
     problems = tmp_path / "problems.jsonl"
-    problems.write_text(json.dumps({"task_id": "t/0", "prompt": "def f():\n", "test": "def check(c):\n    pass\n",
-                                    "entry_point": "f"}) + "\n")  # fmt: skip
+    problems.write_text(
+        json.dumps({"task_id": "t/0", "prompt": "def f():\n", "test": "def check(c):\n    pass\n", "entry_point": "f"})
+        + "\n"
+    )
     with our_deprecations() as found:
-        ib_ft_eval(["--model_name_or_path", str(tmp_path / "model"), "--dataset", str(problems), "--num_samples", "2",
-                    "--k", "1", "--max_new_tokens", "4", "--backend", "hf", "--output_dir", str(tmp_path / "out")])
+        ib_ft_eval(
+            [
+                "--model_name_or_path",
+                str(tmp_path / "model"),
+                "--dataset",
+                str(problems),
+                "--num_samples",
+                "2",
+                "--k",
+                "1",
+                "--max_new_tokens",
+                "4",
+                "--backend",
+                "hf",
+                "--output_dir",
+                str(tmp_path / "out"),
+            ]
+        )
     assert found == []

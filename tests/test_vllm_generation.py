@@ -13,10 +13,10 @@ import sys
 import pytest
 import torch
 from peft import IA3Config, LoraConfig, get_peft_model
-from tiny_models import CHAT_TEMPLATE, tiny_llama, train_tokenizer
 
-from trl_ib import builtin
 from peft_ib import IBLoraConfig
+from tiny_models import CHAT_TEMPLATE, tiny_llama, train_tokenizer
+from trl_ib import builtin
 from trl_ib.code_eval.extraction import cut_at_stop
 from trl_ib.generation.hf_generation import generate_samples
 from trl_ib.generation.prompting import PromptFormat
@@ -66,10 +66,17 @@ def served(tmp_path_factory):
     tokenizer.save_pretrained(root / "model")
     base_model(len(tokenizer)).save_pretrained(root / "model")
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    lora = adapter(base_model(len(tokenizer)),
-                   LoraConfig(r=8, lora_alpha=16, target_modules=targets), root / "lora", seed=1)  # fmt: skip
-    ib_config = IBLoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], ib_layers=0.5,
-                             ib_dim=8, task_type="CAUSAL_LM")  # fmt: skip
+    lora = adapter(
+        base_model(len(tokenizer)), LoraConfig(r=8, lora_alpha=16, target_modules=targets), root / "lora", seed=1
+    )
+    ib_config = IBLoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        ib_layers=0.5,
+        ib_dim=8,
+        task_type="CAUSAL_LM",
+    )
     ib = adapter(base_model(len(tokenizer)), ib_config, root / "ib", seed=2)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
@@ -83,12 +90,12 @@ def served(tmp_path_factory):
 def test_greedy_completions_equal_generate_samples(served, mode, adapter_name):
     root, tokenizer, peft_models, llm = served
     prompt_format = PromptFormat(mode)
-    model = base_model(len(tokenizer)) if adapter_name is None else (
-        peft_models[adapter_name])  # fmt: skip
+    model = base_model(len(tokenizer)) if adapter_name is None else (peft_models[adapter_name])
     expected = generate_samples(model.eval(), tokenizer, PROMPTS, 2, 0.0, 1.0, MAX_NEW_TOKENS, STOPS, 2, prompt_format)
     lora_path = None if adapter_name is None else root / adapter_name
-    completions = generate_samples_vllm(llm, tokenizer, PROMPTS, 2, 0.0, 1.0, MAX_NEW_TOKENS, STOPS, prompt_format,
-                                        lora_path=lora_path)  # fmt: skip
+    completions = generate_samples_vllm(
+        llm, tokenizer, PROMPTS, 2, 0.0, 1.0, MAX_NEW_TOKENS, STOPS, prompt_format, lora_path=lora_path
+    )
     assert completions == expected
     assert [len(group) for group in completions] == [2] * len(PROMPTS) and all(a == b for a, b in completions)
     assert sum(len(group[0]) for group in completions) > 20  # not all cut to nothing
@@ -144,8 +151,9 @@ def test_missing_vllm_names_the_install_route(monkeypatch, tmp_path):
 def test_auto_is_vllm_where_installed_in_one_process(monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: name == "vllm" or find_spec(name, *a))
-    assert [resolve_backend(name, processes) for name, processes in [("auto", 1), ("auto", 2), ("hf", 2), ("vllm", 1)]
-            ] == ["vllm", "hf", "hf", "vllm"]  # fmt: skip
+    assert [
+        resolve_backend(name, processes) for name, processes in [("auto", 1), ("auto", 2), ("hf", 2), ("vllm", 1)]
+    ] == ["vllm", "hf", "hf", "vllm"]
     with pytest.raises(ValueError, match=r"backend='vllm' runs in one process, and 2 were launched"):
         resolve_backend("vllm", 2)
     with pytest.raises(ValueError, match=r"backend='tgi': choose one of 'auto', 'hf', 'vllm'"):
@@ -166,10 +174,12 @@ def test_vllm_dtype_is_the_checkpoints_for_auto(tmp_path):
 
 def test_adapter_ranks_and_unsupported_adapter_types(tmp_path):
     get_peft_model(tiny_llama(), LoraConfig(r=8, target_modules=["q_proj"])).save_pretrained(tmp_path / "lora")
-    get_peft_model(tiny_llama(), IBLoraConfig(r=4, target_modules=["q_proj"], ib_layers=0.5, ib_dim=8,
-                                              task_type="CAUSAL_LM")).save_pretrained(tmp_path / "ib")  # fmt: skip
+    get_peft_model(
+        tiny_llama(), IBLoraConfig(r=4, target_modules=["q_proj"], ib_layers=0.5, ib_dim=8, task_type="CAUSAL_LM")
+    ).save_pretrained(tmp_path / "ib")
     get_peft_model(tiny_llama(), IA3Config(target_modules=["q_proj"], feedforward_modules=[])).save_pretrained(
-        tmp_path / "ia3")  # fmt: skip
+        tmp_path / "ia3"
+    )
     assert (lora_rank(tmp_path / "lora"), lora_rank(tmp_path / "ib")) == (8, 4)
     with pytest.raises(ValueError, match=r"holds a IA3 adapter; the vLLM backend serves LoRA and IB-LoRA"):
         lora_rank(tmp_path / "ia3")
@@ -196,12 +206,32 @@ def eval_flags(root, output, *extra):
     """`ib-ft eval` on 6 problems of the tiny model, its completions cut by the tiny model's frequent stops."""
     problems = root / "problems.jsonl"
     if not problems.exists():
-        rows = [{"task_id": f"p/{i}", "prompt": prompt, "test": "def check(c):\n    assert False\n", "entry_point": "f"}
-                for i, prompt in enumerate(PROMPTS + ["def f():\n", "def g(x):\n"])]  # fmt: skip
+        rows = [
+            {"task_id": f"p/{i}", "prompt": prompt, "test": "def check(c):\n    assert False\n", "entry_point": "f"}
+            for i, prompt in enumerate(PROMPTS + ["def f():\n", "def g(x):\n"])
+        ]
         problems.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return ["--model_name_or_path", str(root / "model"), "--dataset", str(problems), "--k", "1", "--timeout", "1",
-            "--num_workers", "1", "--max_new_tokens", str(MAX_NEW_TOKENS), "--batch_size", "4", "--output_dir",
-            str(output), "--prompt_mode", "completion", *extra]  # fmt: skip
+    return [
+        "--model_name_or_path",
+        str(root / "model"),
+        "--dataset",
+        str(problems),
+        "--k",
+        "1",
+        "--timeout",
+        "1",
+        "--num_workers",
+        "1",
+        "--max_new_tokens",
+        str(MAX_NEW_TOKENS),
+        "--batch_size",
+        "4",
+        "--output_dir",
+        str(output),
+        "--prompt_mode",
+        "completion",
+        *extra,
+    ]
 
 
 def eval_rows(output):
@@ -217,7 +247,16 @@ def test_ib_ft_eval_backend_vllm_equals_hf_and_resumes(served, tmp_path):
 
     root = served[0]
     llm_kwargs = ["--vllm_kwargs", json.dumps({"dtype": "float32", "max_model_len": MAX_LENGTH})]
-    greedy = ["--num_samples", "2", "--temperature", "0", "--adapter_path", str(root / "ib"), "--stop_sequences", *STOPS]
+    greedy = [
+        "--num_samples",
+        "2",
+        "--temperature",
+        "0",
+        "--adapter_path",
+        str(root / "ib"),
+        "--stop_sequences",
+        *STOPS,
+    ]
     main(eval_flags(root, tmp_path / "hf", *greedy, "--backend", "hf"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -281,8 +320,12 @@ def test_pass_at_k_m_callback_samples_alike_on_both_backends(served, tmp_path, m
     from trl_ib.trainer import callbacks
 
     _, tokenizer, _, _ = served
-    lora = adapter(base_model(len(tokenizer)), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
-                   tmp_path / "lora", seed=3).train()  # fmt: skip
+    lora = adapter(
+        base_model(len(tokenizer)),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+        tmp_path / "lora",
+        seed=3,
+    ).train()
     ids = [tokenizer("def add(a, b):\n    return a + b\n")["input_ids"][:8]] * 4
     args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, save_strategy="no")
     train = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
@@ -290,16 +333,26 @@ def test_pass_at_k_m_callback_samples_alike_on_both_backends(served, tmp_path, m
     test = "def check(c):\n    assert True\n"
     problems = [{"prompt": prompt, "test": test, "entry_point": "f"} for prompt in PROMPTS]
     sampled, sample = [], callbacks.generate_samples_with
-    monkeypatch.setattr(callbacks, "generate_samples_with", lambda *a, **k: sampled.append(sample(*a, **k)) or sampled[-1])  # fmt: skip
+    monkeypatch.setattr(
+        callbacks, "generate_samples_with", lambda *a, **k: sampled.append(sample(*a, **k)) or sampled[-1]
+    )
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     metrics = [
         callbacks.PassAtKMCallback(
-            trainer, problems, k=[1], num_samples=2, temperature=0.0, max_new_tokens=MAX_NEW_TOKENS,
-            stop_sequences=STOPS, prompt_mode="completion", backend=backend, timeout=2.0,
+            trainer,
+            problems,
+            k=[1],
+            num_samples=2,
+            temperature=0.0,
+            max_new_tokens=MAX_NEW_TOKENS,
+            stop_sequences=STOPS,
+            prompt_mode="completion",
+            backend=backend,
+            timeout=2.0,
             vllm_kwargs={"max_model_len": MAX_LENGTH},
         ).evaluate()
         for backend in ("hf", "vllm")
-    ]  # fmt: skip
+    ]
     assert sampled[0] == sampled[1] and sum(len(group[0]) for group in sampled[0]) > 20
     assert metrics[0] == metrics[1] and set(metrics[0]) == {"eval_pass@1^(1)"}
     assert lora.training  # the model being trained is left as it was
@@ -309,11 +362,20 @@ def test_pass_at_k_m_callback_samples_alike_on_both_backends(served, tmp_path, m
 def test_ib_ft_eval_command_with_vllm_exits_cleanly(served, tmp_path):
     """The `ib-ft eval` command in a process of its own: vLLM's engine shuts down without an error."""
     root = served[0]
-    flags = eval_flags(root, tmp_path / "cli", "--num_samples", "2", "--backend", "vllm", "--vllm_kwargs",
-                       json.dumps({"dtype": "float32", "max_model_len": MAX_LENGTH}))  # fmt: skip
+    flags = eval_flags(
+        root,
+        tmp_path / "cli",
+        "--num_samples",
+        "2",
+        "--backend",
+        "vllm",
+        "--vllm_kwargs",
+        json.dumps({"dtype": "float32", "max_model_len": MAX_LENGTH}),
+    )
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    run = subprocess.run([sys.executable, "-m", "trl_ib.cli", "eval", *flags], capture_output=True, text=True, env=env,
-                         timeout=600)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "trl_ib.cli", "eval", *flags], capture_output=True, text=True, env=env, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Traceback" not in run.stderr and "Error" not in run.stderr.replace("ERROR", ""), run.stderr[-3000:]
     assert len(eval_rows(tmp_path / "cli")) == 12

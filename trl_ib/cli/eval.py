@@ -46,7 +46,6 @@ from trl_ib.models import load_model
 from trl_ib.precision import DTYPE_CHOICES, resolve_dtype
 
 
-
 @dataclass
 class EvalArguments:
     model_name_or_path: str = field(
@@ -82,7 +81,9 @@ class EvalArguments:
     )
     response_prefix: str | None = field(
         default=None,
-        metadata={"help": "Chat mode: text that starts the answer, before the code block it opens; default per language."},
+        metadata={
+            "help": "Chat mode: text that starts the answer, before the code block it opens; default per language."
+        },
     )
     num_samples: int = field(default=10, metadata={"help": "n, samples drawn per problem; needs n >= max(k)."})
     k: list[int] = field(default_factory=lambda: [1, 5, 10], metadata={"help": "The k values of Pass@k^(m)."})
@@ -98,31 +99,42 @@ class EvalArguments:
     )
     batch_size: int = field(
         default=16,
-        metadata={"help": "hf: sequences generated per forward pass; vllm: problems per vLLM call (each call's "
-                  "samples are appended to samples.jsonl)."},
+        metadata={
+            "help": "hf: sequences generated per forward pass; vllm: problems per vLLM call (each call's "
+            "samples are appended to samples.jsonl)."
+        },
     )
     backend: str = field(
         default="auto",
-        metadata={"help": "What generates the samples: hf (transformers' generate, data parallel under accelerate "
-                  "launch), vllm (one process; pip install \"ib-ft[vllm]\", docs/VLLM.md) or auto: vllm where it is "
-                  "installed and one process runs, else hf.", "choices": list(BACKENDS)},
+        metadata={
+            "help": "What generates the samples: hf (transformers' generate, data parallel under accelerate "
+            'launch), vllm (one process; pip install "ib-ft[vllm]", docs/VLLM.md) or auto: vllm where it is '
+            "installed and one process runs, else hf.",
+            "choices": list(BACKENDS),
+        },
     )
     merge_adapter: bool = field(
         default=True,
-        metadata={"help": "hf backend: merge --adapter_path into the weights before sampling (the same model up to "
-                  "rounding, as fast as the base); False samples through PEFT's unmerged adapter layers."},
-    )  # fmt: skip
+        metadata={
+            "help": "hf backend: merge --adapter_path into the weights before sampling (the same model up to "
+            "rounding, as fast as the base); False samples through PEFT's unmerged adapter layers."
+        },
+    )
     dtype: str = field(
         default="auto",
-        metadata={"help": "Dtype of the weights while sampling (vllm: unless --vllm_kwargs names one). auto: the "
-                  "checkpoint's own dtype; rule: bfloat16 where the device computes it natively (a CUDA GPU with "
-                  "bf16, a CPU with AVX-512 BF16 or AMX), else float32; or float32, bfloat16, float16.",
-                  "choices": list(DTYPE_CHOICES)},
-    )  # fmt: skip
+        metadata={
+            "help": "Dtype of the weights while sampling (vllm: unless --vllm_kwargs names one). auto: the "
+            "checkpoint's own dtype; rule: bfloat16 where the device computes it natively (a CUDA GPU with "
+            "bf16, a CPU with AVX-512 BF16 or AMX), else float32; or float32, bfloat16, float16.",
+            "choices": list(DTYPE_CHOICES),
+        },
+    )
     vllm_kwargs: str = field(
         default="{}",
-        metadata={"help": "With --backend vllm: a JSON object of vllm.LLM arguments, e.g. "
-                  "'{\"tensor_parallel_size\": 2, \"dtype\": \"bfloat16\"}'."},
+        metadata={
+            "help": "With --backend vllm: a JSON object of vllm.LLM arguments, e.g. "
+            '\'{"tensor_parallel_size": 2, "dtype": "bfloat16"}\'.'
+        },
     )
     timeout: float = field(default=3.0, metadata={"help": "Wall-clock seconds each sample may run."})
     num_workers: int | None = field(default=None, metadata={"help": "Samples run in parallel; default: CPUs."})
@@ -152,10 +164,14 @@ class EvalArguments:
         resolve_dtype(self.dtype)
 
 
-def plot_pass_at_k_m(num_samples: Sequence[int] | int, num_correct: Sequence[int], k: Sequence[int], path: str) -> None:
+def plot_pass_at_k_m(
+    num_samples: Sequence[int] | int, num_correct: Sequence[int], k: Sequence[int], path: str
+) -> None:
     """Save a PNG of Pass@k^(m) against m = 1..k, one line per k."""
     curves = {
-        f"k = {k_}": list(enumerate(pass_at_k_m_table(num_samples, num_correct, k=[k_], m=range(1, k_ + 1)).values(), 1))
+        f"k = {k_}": list(
+            enumerate(pass_at_k_m_table(num_samples, num_correct, k=[k_], m=range(1, k_ + 1)).values(), 1)
+        )
         for k_ in k
     }
     plot_against_m(curves, path, "Pass@k^(m) against m")
@@ -163,10 +179,28 @@ def plot_pass_at_k_m(num_samples: Sequence[int] | int, num_correct: Sequence[int
 
 # The EvalArguments that decide the samples: a rerun resumes an output_dir only if these, and the prompts, match.
 GENERATION_FIELDS = (
-    "model_name_or_path", "adapter_path", "dataset", "dataset_split", "prompt_column", "num_problems", "language",
-    "prompt_mode", "instruction_prefix", "response_prefix", "num_samples", "temperature", "top_p", "max_new_tokens",
-    "stop_sequences", "batch_size", "seed", "backend", "vllm_kwargs", "dtype", "merge_adapter",
-)  # fmt: skip
+    "model_name_or_path",
+    "adapter_path",
+    "dataset",
+    "dataset_split",
+    "prompt_column",
+    "num_problems",
+    "language",
+    "prompt_mode",
+    "instruction_prefix",
+    "response_prefix",
+    "num_samples",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "stop_sequences",
+    "batch_size",
+    "seed",
+    "backend",
+    "vllm_kwargs",
+    "dtype",
+    "merge_adapter",
+)
 
 
 def read_done_samples(output_dir: str, generation: dict, task_ids: list) -> dict[tuple[int, int], str]:
@@ -179,7 +213,9 @@ def read_done_samples(output_dir: str, generation: dict, task_ids: list) -> dict
         recorded = json.load(file)
     changed = sorted(name for name in {**recorded, **generation} if recorded.get(name) != generation.get(name))
     if changed:
-        differences = "; ".join(f"{name}: {recorded.get(name)!r} there, {generation.get(name)!r} now" for name in changed)
+        differences = "; ".join(
+            f"{name}: {recorded.get(name)!r} there, {generation.get(name)!r} now" for name in changed
+        )
         raise ValueError(
             f"output_dir {output_dir!r} holds samples generated with other arguments ({differences}). Resume with "
             "the same arguments, pass another --output_dir, or --overwrite_output_dir to start afresh"
@@ -239,7 +275,10 @@ def main(argv: list[str]) -> None:
     set_seed(args.seed)
     columns = {"prompt": args.prompt_column, "test": args.test_column, "entry_point": args.entry_point_column}
     problems = load_problems(args.dataset, args.dataset_split, args.num_problems, columns)
-    prompts, entry_points = [problem["prompt"] for problem in problems], [problem["entry_point"] for problem in problems]
+    prompts, entry_points = (
+        [problem["prompt"] for problem in problems],
+        [problem["entry_point"] for problem in problems],
+    )
     task_ids = [problem["task_id"] for problem in problems]
     generation = {name: getattr(args, name) for name in GENERATION_FIELDS}
     dtype = resolve_dtype(args.dtype, device=state.device)  # "rule" resolves per machine
@@ -280,15 +319,29 @@ def main(argv: list[str]) -> None:
         + (f"; {state.num_processes} processes" if state.num_processes > 1 else "")
     )
     new_rows = []
-    sampling = (prompts, args.num_samples, args.temperature, args.top_p, args.max_new_tokens, stop_sequences,
-                args.batch_size, prompt_format)  # fmt: skip
+    sampling = (
+        prompts,
+        args.num_samples,
+        args.temperature,
+        args.top_p,
+        args.max_new_tokens,
+        stop_sequences,
+        args.batch_size,
+        prompt_format,
+    )
     if backend == "vllm":
         batches = vllm_sample_batches(llm, tokenizer, *sampling, args.adapter_path, args.seed, done, progress=True)
     else:
         batches = sample_batches(
-            model, tokenizer, *sampling, progress=state.is_main_process, seed=args.seed, done=done,
-            rank=state.process_index, world_size=state.num_processes,
-        )  # fmt: skip
+            model,
+            tokenizer,
+            *sampling,
+            progress=state.is_main_process,
+            seed=args.seed,
+            done=done,
+            rank=state.process_index,
+            world_size=state.num_processes,
+        )
     for rows in batches:
         append_samples(samples_path, rows, task_ids)
         new_rows += rows

@@ -1,6 +1,6 @@
 """`ib-ft export`: an IB-LoRA adapter as a plain LoRA adapter (peft_type LORA) for serving with vLLM, TGI or PEFT.
 
-    ib-ft export --adapter out/ib-lora --output out/lora [--push-to-hub user/name-lora]
+ib-ft export --adapter out/ib-lora --output out/lora [--push-to-hub user/name-lora]
 """
 
 import argparse

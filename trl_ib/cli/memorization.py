@@ -45,12 +45,18 @@ def load_examples(path: str, split: str = "train") -> tuple[Dataset, Dataset]:
 
 @dataclass
 class MemorizationArguments:
-    model_name_or_path: str = field(metadata={"help": "Base causal LM: a local folder, a Hub id or the built-in name smollm2-135m-instruct."})
-    dataset: str = field(
-        metadata={"help": "D_code: a .json/.jsonl/.csv/.parquet file or a dataset name, with prompt/completion or "
-                  "Instruction/Response columns."}
+    model_name_or_path: str = field(
+        metadata={"help": "Base causal LM: a local folder, a Hub id or the built-in name smollm2-135m-instruct."}
     )
-    output_dir: str = field(default="memorization", metadata={"help": "Folder for scores, summary, plot and kept set."})
+    dataset: str = field(
+        metadata={
+            "help": "D_code: a .json/.jsonl/.csv/.parquet file or a dataset name, with prompt/completion or "
+            "Instruction/Response columns."
+        }
+    )
+    output_dir: str = field(
+        default="memorization", metadata={"help": "Folder for scores, summary, plot and kept set."}
+    )
     adapter_path: str | None = field(
         default=None,
         metadata={"help": "A (IB-)LoRA adapter: the dataset is then scored under the base model AND base + adapter."},
@@ -74,8 +80,10 @@ class MemorizationArguments:
     )
     ib_layers: str = field(
         default=str(IBLoraConfig.ib_layers),
-        metadata={"help": "Block read for the representation gap, as IBLoraConfig.ib_layers: '0.625' relative depth "
-                  "or '19' a 0-based index."},
+        metadata={
+            "help": "Block read for the representation gap, as IBLoraConfig.ib_layers: '0.625' relative depth "
+            "or '19' a 0-based index."
+        },
     )
     dtype: str = field(default="float32", metadata={"help": "torch dtype of the model: float32, bfloat16, float16."})
     device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "torch device."})

@@ -20,7 +20,6 @@ from trl import ModelConfig, ScriptArguments, SFTTrainer, TrlParser
 from peft_ib import IBLoraConfig
 from peft_ib.config import IB_FIELDS
 from peft_ib.export import to_lora_config
-
 from trl_ib import builtin
 from trl_ib.trainer.data import PAPER_COLUMNS, to_prompt_completion
 from trl_ib.trainer.distributed import check_distributed_run
@@ -54,13 +53,17 @@ class IBArguments(IBEncoderArguments):
 
     peft_type: str = field(
         default="iblora",
-        metadata={"help": "'iblora': IB-FT (IBSFTTrainer); 'lora': the plain-LoRA control, trl's SFTTrainer with the "
-                  "same LoRA settings and no IB encoders (the ib_* flags are then unused)."},
+        metadata={
+            "help": "'iblora': IB-FT (IBSFTTrainer); 'lora': the plain-LoRA control, trl's SFTTrainer with the "
+            "same LoRA settings and no IB encoders (the ib_* flags are then unused)."
+        },
     )
     prompt_column: str | None = field(
         default=None,
-        metadata={"help": "With completion_column: map rows to prompt = row[prompt_column] + '\\n' (paper's format). "
-                  "Default: the Instruction/Response columns where a dataset has them."},
+        metadata={
+            "help": "With completion_column: map rows to prompt = row[prompt_column] + '\\n' (paper's format). "
+            "Default: the Instruction/Response columns where a dataset has them."
+        },
     )
     completion_column: str | None = field(default=None, metadata={"help": "Column holding the response."})
 
@@ -113,11 +116,15 @@ def load_data(script_args: ScriptArguments, ib_args: IBArguments):
     if ib_args.prompt_column or ib_args.completion_column:
         if not (ib_args.prompt_column and ib_args.completion_column):
             raise ValueError("prompt_column and completion_column must be given together.")
-        dataset = {split: to_prompt_completion(ds, ib_args.prompt_column, ib_args.completion_column)
-                   for split, ds in dataset.items()}
+        dataset = {
+            split: to_prompt_completion(ds, ib_args.prompt_column, ib_args.completion_column)
+            for split, ds in dataset.items()
+        }
     else:
-        dataset = {split: to_prompt_completion(ds) if set(PAPER_COLUMNS) <= set(ds.column_names) else ds
-                   for split, ds in dataset.items()}
+        dataset = {
+            split: to_prompt_completion(ds) if set(PAPER_COLUMNS) <= set(ds.column_names) else ds
+            for split, ds in dataset.items()
+        }
     return dataset[script_args.dataset_train_split], dataset.get(script_args.dataset_test_split)
 
 
@@ -140,7 +147,9 @@ def run(script_args: ScriptArguments, training_args: IBSFTConfig, model_args: Mo
         model_args.model_name_or_path = builtin.resolve_model(model_args.model_name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
         model = AutoModelForCausalLM.from_pretrained(
-            model_args.model_name_or_path, revision=model_args.model_revision, dtype=model_args.dtype or "auto",
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            dtype=model_args.dtype or "auto",
             attn_implementation=model_args.attn_implementation,
         )
     peft_config = build_peft_config(model_args, ib_args, training_args)
@@ -163,7 +172,9 @@ def run(script_args: ScriptArguments, training_args: IBSFTConfig, model_args: Mo
     trainer.create_model_card(dataset_name=script_args.dataset_name)
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(training_args.output_dir)
-    trainer.accelerator.print(f"{'LoRA' if ib_args.peft_type == 'lora' else 'IB-LoRA'} adapter saved to {training_args.output_dir}")
+    trainer.accelerator.print(
+        f"{'LoRA' if ib_args.peft_type == 'lora' else 'IB-LoRA'} adapter saved to {training_args.output_dir}"
+    )
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
     return trainer

@@ -198,7 +198,7 @@ def _lines(code: str) -> list[str]:
 
 
 def _root(node: ast.expr) -> str | None:
-    """"TABLE" for `TABLE[i].x`; None when the chain does not start at a name (a call's result, ...)."""
+    """ "TABLE" for `TABLE[i].x`; None when the chain does not start at a name (a call's result, ...)."""
     while isinstance(node, (ast.Subscript, ast.Attribute)):
         node = node.value
     return node.id if isinstance(node, ast.Name) else None
@@ -244,7 +244,8 @@ def _is_import_guard(node: ast.stmt) -> bool:
     fallbacks = [inner for handler in node.handlers for inner in handler.body] + node.orelse + node.finalbody
     return all(
         isinstance(inner, (*_IMPORTS, *_DEFINITIONS, ast.Pass))
-        or isinstance(inner, ast.Assign) and all(isinstance(target, ast.Name) for target in inner.targets)
+        or isinstance(inner, ast.Assign)
+        and all(isinstance(target, ast.Name) for target in inner.targets)
         for inner in fallbacks
     )
 

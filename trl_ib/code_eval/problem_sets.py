@@ -60,6 +60,7 @@ def load_problems(
         problems = load_verilog_eval(dataset)
     else:
         import datasets  # only for these sources, so that the evaluator imports without it
+
         if dataset.endswith((".json", ".jsonl", ".json.gz", ".jsonl.gz")):
             rows = datasets.load_dataset("json", data_files=dataset, split="train")
         else:

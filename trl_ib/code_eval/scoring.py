@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from .estimator import pass_at_k_m_table
 from .execution import ExecutionResult, Sample, run_samples
 
-
 NO_CODE = ExecutionResult(passed=False, result="failed: no code in the answer")
 
 
@@ -18,7 +17,6 @@ class Scores:
     num_samples: list[int]  # n per problem
     num_correct: list[int]  # c per problem
     results: list[list[ExecutionResult]]  # [problem][sample]
-
 
 
 def score(
@@ -41,7 +39,9 @@ def score(
         entry_points: one per problem, or None for tests without a `check(entry_point)` call.
     """
     for name, value in (("programs", programs), ("tests", tests), ("entry_points", entry_points)):
-        if isinstance(value, (str, bytes)) or not (value is None and name == "entry_points" or isinstance(value, Sequence)):
+        if isinstance(value, (str, bytes)) or not (
+            value is None and name == "entry_points" or isinstance(value, Sequence)
+        ):
             raise TypeError(f"{name}={value!r:.80} is invalid; give a list with one item per problem")
     for index, group in enumerate(programs):
         if isinstance(group, (str, bytes)) or not isinstance(group, Sequence):

@@ -22,12 +22,17 @@ from trl_ib.files import folder_written_atomically
 # Full fine-tuning at a high learning rate for its size, so that D_code is partly memorized (Min-K% of D_code below
 # that of fresh problems) within the demo's time budget; epochs come from the demo's budget.
 CONTAMINATION_ARGS = dict(
-    per_device_train_batch_size=16, learning_rate=3e-4, lr_scheduler_type="cosine",
-    warmup_steps=0.1, weight_decay=0.0,
-)  # fmt: skip
+    per_device_train_batch_size=16,
+    learning_rate=3e-4,
+    lr_scheduler_type="cosine",
+    warmup_steps=0.1,
+    weight_decay=0.0,
+)
 
 
-def contaminate(model_name: str, texts: list[str], output_dir: str | Path, epochs: float, bf16: bool, seed: int = 0) -> None:
+def contaminate(
+    model_name: str, texts: list[str], output_dir: str | Path, epochs: float, bf16: bool, seed: int = 0
+) -> None:
     """
     Full fine-tuning of `model_name` as a language model on `texts` for `epochs` (float32 master weights, under bf16
     autocast if `bf16`); model + tokenizer to `output_dir`.
@@ -35,10 +40,19 @@ def contaminate(model_name: str, texts: list[str], output_dir: str | Path, epoch
     model = AutoModelForCausalLM.from_pretrained(resolve_model(model_name), dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(model_name))
     args = SFTConfig(
-        output_dir=str(output_dir), seed=seed, logging_steps=5, save_strategy="no", report_to="none", bf16=bf16,
-        use_cpu=not torch.cuda.is_available(), disable_tqdm=False, **(CONTAMINATION_ARGS | {"num_train_epochs": epochs}),
-    )  # fmt: skip
-    trainer = SFTTrainer(model, args=args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tokenizer)
+        output_dir=str(output_dir),
+        seed=seed,
+        logging_steps=5,
+        save_strategy="no",
+        report_to="none",
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
+        **(CONTAMINATION_ARGS | {"num_train_epochs": epochs}),
+    )
+    trainer = SFTTrainer(
+        model, args=args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tokenizer
+    )
     trainer.train()
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)

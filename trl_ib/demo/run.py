@@ -1,4 +1,5 @@
-"""The demo (`ib-ft demo`): does memorizing D_code block fine-tuning on it, and does IB-FT help? SmolLM2-135M-Instruct, on CPU.
+"""The demo (`ib-ft demo`): does memorizing D_code block fine-tuning on it, and does IB-FT help?
+SmolLM2-135M-Instruct, on CPU.
 
     ib-ft demo                          # one strength, one seed, six rows (the bases are cached for later runs)
     ib-ft demo --small                  # 64 D_code / 30 held-out problems: faster, not a test of the barrier
@@ -47,10 +48,10 @@ from trl_ib.code_eval import score
 from trl_ib.files import write_atomically
 from trl_ib.generation.prompting import build_programs
 from trl_ib.generation.sampling import TEMPERATURE, TOP_P
-from trl_ib.models import merge_adapter
-from trl_ib.memorization import plot_distributions, representation_gap, score_min_k, summarize
-from trl_ib.precision import native_bf16, resolve_dtype
 from trl_ib.generation.vllm_generation import generate_samples_with, resolve_backend
+from trl_ib.memorization import plot_distributions, representation_gap, score_min_k, summarize
+from trl_ib.models import merge_adapter
+from trl_ib.precision import native_bf16, resolve_dtype
 
 from .contaminate import cached_base, key_hash
 from .study import ARMS, BASES, contrasts, format_strength, plot_barrier
@@ -66,7 +67,9 @@ class Budget:
     num_validation: int
     num_held_out: int
     fine_tune_epochs: float
-    max_new_tokens: int  # held-out canonical solutions are 28-39 tokens; EOS or a stop sequence usually ends them first
+    max_new_tokens: (
+        int  # held-out canonical solutions are 28-39 tokens; EOS or a stop sequence usually ends them first
+    )
     fine_tune_batch_size: int = 16  # both arms' batch: 16 optimizer steps at either size
     num_samples: int = 10  # per scored problem; Pass@k^(m) needs n >= k = 10
 
@@ -82,9 +85,14 @@ QUICK_STRENGTH = 1.0  # contamination epochs of --quick
 # Identical for both arms: the paper's recipe (cosine, warmup 0.1, all linear layers, dropout 0.05), rank 16, at a
 # learning rate high enough for 16 steps to move the contaminated base.
 FT_ARGS = dict(
-    learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.1,
-    save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
-)  # fmt: skip
+    learning_rate=1e-3,
+    lr_scheduler_type="cosine",
+    warmup_steps=0.1,
+    save_strategy="no",
+    report_to="none",
+    use_cpu=not torch.cuda.is_available(),
+    disable_tqdm=False,
+)
 LORA_ARGS = dict(r=16, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
 ARM_FOLDERS = {"LoRA FT": "lora", "IB-FT": "ib-lora"}
 K_VALUES = (1, 5, 10)
@@ -101,37 +109,49 @@ class DemoArguments:
     )
     strengths: list[float] = field(
         default_factory=lambda: [6.0],
-        metadata={"help": "Contamination strengths: epochs of full fine-tuning that make both bases (fixed on "
-                  "D_code's Min-K% shift, never on scored problems: results/README.md)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Contamination strengths: epochs of full fine-tuning that make both bases (fixed on "
+            "D_code's Min-K% shift, never on scored problems: results/README.md)."
+        },
+    )
     arms: list[str] = field(
         default_factory=lambda: list(ARMS),
-        metadata={"help": f"Fine-tuning arms run on each base: {', '.join(ARMS)}. LoRA FT alone measures the barrier."},
+        metadata={
+            "help": f"Fine-tuning arms run on each base: {', '.join(ARMS)}. LoRA FT alone measures the barrier."
+        },
     )
     task_seed: int = field(default=0, metadata={"help": "Seed of the task family (and so of the bases)."})
     split: str = field(
         default="held_out",
-        metadata={"help": "Problems scored: the held-out ones, or the validation ones used to choose the IB settings.",
-                  "choices": SPLITS},
-    )  # fmt: skip
+        metadata={
+            "help": "Problems scored: the held-out ones, or the validation ones used to choose the IB settings.",
+            "choices": SPLITS,
+        },
+    )
     model: str = field(
         default=SMOLLM2_NAME, metadata={"help": "Model both bases start from: a built-in name, a Hub id or a folder."}
     )
     bf16: bool | None = field(
         default=None,
-        metadata={"help": "Train (both bases, both arms) under bf16 autocast with float32 master weights. None: the "
-                  "dtype rule, bf16 where the device computes it natively (trl_ib.precision)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Train (both bases, both arms) under bf16 autocast with float32 master weights. None: the "
+            "dtype rule, bf16 where the device computes it natively (trl_ib.precision)."
+        },
+    )
     dtype: str = field(
         default="rule",
-        metadata={"help": "Weights while sampling (adapters merged into them first): rule (default), bfloat16 where "
-                  "the device computes it natively, else float32 (bf16 moved no Pass@1 beyond noise on the demo's "
-                  "rows: benchmarks/README.md); float32; bfloat16.",
-                  "choices": ["float32", "bfloat16", "rule"]},
-    )  # fmt: skip
+        metadata={
+            "help": "Weights while sampling (adapters merged into them first): rule (default), bfloat16 where "
+            "the device computes it natively, else float32 (bf16 moved no Pass@1 beyond noise on the demo's "
+            "rows: benchmarks/README.md); float32; bfloat16.",
+            "choices": ["float32", "bfloat16", "rule"],
+        },
+    )
     # The IB-FT settings fixed on the validation problems (validate.py, results/README.md): the paper's alpha, beta,
     # depth and ib_dim, and the RMS-normalized encoder input.
-    ib_alpha: float = field(default=IBLoraConfig.ib_alpha, metadata={"help": "IBLoraConfig.ib_alpha of the IB-FT arm."})
+    ib_alpha: float = field(
+        default=IBLoraConfig.ib_alpha, metadata={"help": "IBLoraConfig.ib_alpha of the IB-FT arm."}
+    )
     ib_beta: float = field(default=IBLoraConfig.ib_beta, metadata={"help": "IBLoraConfig.ib_beta of the IB-FT arm."})
     ib_layers: float = field(default=0.625, metadata={"help": "IBLoraConfig.ib_layers (relative depth) of IB-FT."})
     ib_dim: int = field(default=256, metadata={"help": "IBLoraConfig.ib_dim of the IB-FT arm."})
@@ -141,9 +161,11 @@ class DemoArguments:
     )
     small: bool = field(
         default=False,
-        metadata={"help": "Half the problems (64 D_code, 30 scored): faster, but contamination does not memorize "
-                  "D_code at this size (results/README.md), so it does not test the barrier."},
-    )  # fmt: skip
+        metadata={
+            "help": "Half the problems (64 D_code, 30 scored): faster, but contamination does not memorize "
+            "D_code at this size (results/README.md), so it does not test the barrier."
+        },
+    )
 
     def __post_init__(self):
         if self.split not in SPLITS:
@@ -180,24 +202,49 @@ def stage(seconds: dict[str, float], name: str):
     seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - start, 1)
 
 
-def fine_tune(arm: str, base_dir: Path, tokenizer, rows: list[dict], output_dir: Path, seed: int, budget: Budget,
-              ib_options: dict | None = None, bf16: bool = False):  # fmt: skip
+def fine_tune(
+    arm: str,
+    base_dir: Path,
+    tokenizer,
+    rows: list[dict],
+    output_dir: Path,
+    seed: int,
+    budget: Budget,
+    ib_options: dict | None = None,
+    bf16: bool = False,
+):
     """
     Fine-tune the base in `base_dir` on `rows` as `arm` ("lora", or "ib-lora" with the IBLoraConfig fields
     `ib_options`) for `budget`'s epochs and batch size, float32 weights, under bf16 autocast if `bf16`; save adapter
     + card. Returns the PeftModel in eval mode and the first logged step (losses).
     """
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    common = dict(output_dir=str(output_dir), seed=seed, logging_steps=1, num_train_epochs=budget.fine_tune_epochs,
-                  per_device_train_batch_size=budget.fine_tune_batch_size, bf16=bf16, **FT_ARGS)  # fmt: skip
+    common = dict(
+        output_dir=str(output_dir),
+        seed=seed,
+        logging_steps=1,
+        num_train_epochs=budget.fine_tune_epochs,
+        per_device_train_batch_size=budget.fine_tune_batch_size,
+        bf16=bf16,
+        **FT_ARGS,
+    )
     data = Dataset.from_list(rows)
     if arm == "lora":
-        trainer = SFTTrainer(model, args=SFTConfig(**common), peft_config=LoraConfig(**LORA_ARGS), train_dataset=data,
-                             processing_class=tokenizer)  # fmt: skip
+        trainer = SFTTrainer(
+            model,
+            args=SFTConfig(**common),
+            peft_config=LoraConfig(**LORA_ARGS),
+            train_dataset=data,
+            processing_class=tokenizer,
+        )
     else:
-        trainer = IBSFTTrainer(model, args=IBSFTConfig(**common), peft_config=IBLoraConfig(**LORA_ARGS, **ib_options),
-                               train_dataset=data,
-                               processing_class=tokenizer)  # fmt: skip
+        trainer = IBSFTTrainer(
+            model,
+            args=IBSFTConfig(**common),
+            peft_config=IBLoraConfig(**LORA_ARGS, **ib_options),
+            train_dataset=data,
+            processing_class=tokenizer,
+        )
     trainer.train()
     trainer.save_model(str(output_dir))
     trainer.create_model_card(model_name=f"ib-ft-demo-{arm}", dataset_name="ib-ft demo D_code")
@@ -211,9 +258,17 @@ def sample_and_score(model, tokenizer, problems: list[dict], budget: Budget, see
     set_seed(seed)
     prompts = [p["prompt"] for p in problems]
     completions = generate_samples_with(
-        "auto", model, tokenizer, prompts, budget.num_samples, TEMPERATURE, TOP_P,
-        budget.max_new_tokens, batch_size=80, progress=True,
-    )  # fmt: skip
+        "auto",
+        model,
+        tokenizer,
+        prompts,
+        budget.num_samples,
+        TEMPERATURE,
+        TOP_P,
+        budget.max_new_tokens,
+        batch_size=80,
+        progress=True,
+    )
     programs = build_programs(prompts, completions, "python")
     m = range(1, max(K_VALUES) + 1)
     return score(programs, [p["test"] for p in problems], [p["entry_point"] for p in problems], K_VALUES, m)
@@ -259,8 +314,10 @@ def demo_task(task_seed: int, budget: Budget) -> Task:
 
 def bases(model: str, task: Task, epochs: float, bf16: bool) -> dict[str, Path]:
     """{"clean": `model` fully fine-tuned on the reference problems, "contaminated": on D_code}, `epochs` each."""
-    return {"clean": cached_base(model, texts(task.reference), epochs, bf16),
-            "contaminated": cached_base(model, texts(task.train), epochs, bf16)}  # fmt: skip
+    return {
+        "clean": cached_base(model, texts(task.reference), epochs, bf16),
+        "contaminated": cached_base(model, texts(task.train), epochs, bf16),
+    }
 
 
 def cached_json(path: Path, compute) -> dict:
@@ -272,8 +329,9 @@ def cached_json(path: Path, compute) -> dict:
     return value
 
 
-def base_scores(base_dir: Path, tokenizer, d_code, reference, problems, budget: Budget, dtype: torch.dtype,
-                seed: int) -> dict:  # fmt: skip
+def base_scores(
+    base_dir: Path, tokenizer, d_code, reference, problems, budget: Budget, dtype: torch.dtype, seed: int
+) -> dict:
     """
     The base's `evaluate` row on `problems` sampled with `seed` ("sampling_seed"), plus its Min-K% of the reference
     problems ("min_k_reference"), cached beside the base: the seed-independent part (Min-K%, representation gap)
@@ -285,13 +343,21 @@ def base_scores(base_dir: Path, tokenizer, d_code, reference, problems, budget: 
         reference_min_k = score_min_k(base(), tokenizer, reference)
         return memorization_row(base(), tokenizer, d_code, None, dtype) | {"min_k_reference": reference_min_k}
 
-    memorized_row = cached_json(base_dir / f"base-memorization-{key_hash(d_code, reference, str(dtype))}.json",
-                                memorized)  # fmt: skip
+    memorized_row = cached_json(
+        base_dir / f"base-memorization-{key_hash(d_code, reference, str(dtype))}.json", memorized
+    )
     backend = resolve_backend("auto")  # named in the key where not hf: the files cached before it keep their names
-    key = key_hash([p["prompt"] for p in problems], budget.num_samples, budget.max_new_tokens, str(dtype), seed,
-                   *([backend] if backend != "hf" else []))  # fmt: skip
-    sampled_row = cached_json(base_dir / f"base-samples-{key}.json",
-                              lambda: sampled(base().to(dtype), tokenizer, problems, budget, seed))  # fmt: skip
+    key = key_hash(
+        [p["prompt"] for p in problems],
+        budget.num_samples,
+        budget.max_new_tokens,
+        str(dtype),
+        seed,
+        *([backend] if backend != "hf" else []),
+    )
+    sampled_row = cached_json(
+        base_dir / f"base-samples-{key}.json", lambda: sampled(base().to(dtype), tokenizer, problems, budget, seed)
+    )
     return sampled_row | memorized_row | {"sampling_seed": seed}
 
 
@@ -311,8 +377,10 @@ def run_strength(args: DemoArguments, task: Task, epochs: float, budget: Budget,
     draws, seeds = {}, {}
     for seed in args.seeds:
         with stage(seconds, f"{epochs:g} epochs: scoring both bases (cached)"):
-            draws[str(seed)] = {name: base_scores(folder, tokenizer, d_code, reference, problems, budget, dtype, seed)
-                                for name, folder in folders.items()}  # fmt: skip
+            draws[str(seed)] = {
+                name: base_scores(folder, tokenizer, d_code, reference, problems, budget, dtype, seed)
+                for name, folder in folders.items()
+            }
         # the gap's groups: D_code as memorized by contamination (Min-K% does not depend on the seed)
         memorized_first = draws[str(seed)]["contaminated"]["min_k_d_code_values"]
         seeds[str(seed)] = {name: {} for name in BASES}
@@ -320,16 +388,23 @@ def run_strength(args: DemoArguments, task: Task, epochs: float, budget: Budget,
             for arm in args.arms:
                 output_dir = adapter_dir(Path(args.output_dir), epochs, seed, name, arm)
                 with stage(seconds, f"{epochs:g} epochs: fine-tuning {arm}"):
-                    model, _ = fine_tune(ARM_FOLDERS[arm], folder, tokenizer, d_code, output_dir, seed,
-                                         budget, args.ib_options(), bf16)  # fmt: skip
+                    model, _ = fine_tune(
+                        ARM_FOLDERS[arm], folder, tokenizer, d_code, output_dir, seed, budget, args.ib_options(), bf16
+                    )
                 with stage(seconds, f"{epochs:g} epochs: scoring {arm}"):
-                    seeds[str(seed)][name][arm] = score_model(model, tokenizer, problems, d_code, memorized_first,
-                                                           budget, seed, dtype)  # fmt: skip
+                    seeds[str(seed)][name][arm] = score_model(
+                        model, tokenizer, problems, d_code, memorized_first, budget, seed, dtype
+                    )
     contaminated = draws[str(args.seeds[0])]["contaminated"]
-    shift = {"d_code": contaminated["min_k_d_code"]["median"],
-             "reference": summarize(contaminated["min_k_reference"])["median"]}  # fmt: skip
-    result = {"min_k_shift": shift | {"shift": shift["reference"] - shift["d_code"]}, "base_draws": draws,
-              "seeds": seeds}  # fmt: skip
+    shift = {
+        "d_code": contaminated["min_k_d_code"]["median"],
+        "reference": summarize(contaminated["min_k_reference"])["median"],
+    }
+    result = {
+        "min_k_shift": shift | {"shift": shift["reference"] - shift["d_code"]},
+        "base_draws": draws,
+        "seeds": seeds,
+    }
     return result | {"contrasts": contrasts(result, budget.num_samples)}
 
 
@@ -338,12 +413,15 @@ def plots(strengths: dict[str, dict], output_dir: Path, split: str) -> None:
     epochs, first = next(iter(strengths.items()))
     seed, by_base = next(iter(first["seeds"].items()))
     draws = first["base_draws"][seed]
-    plot_distributions({
-        "D_code, contaminated base": draws["contaminated"]["min_k_d_code_values"],
-        "reference, contaminated base": draws["contaminated"]["min_k_reference"],
-        "D_code, clean base": draws["clean"]["min_k_d_code_values"],
-        f"D_code, contaminated + LoRA FT, seed {seed}": by_base["contaminated"]["LoRA FT"]["min_k_d_code_values"],
-    }, output_dir / "min_k.png")  # fmt: skip
+    plot_distributions(
+        {
+            "D_code, contaminated base": draws["contaminated"]["min_k_d_code_values"],
+            "reference, contaminated base": draws["contaminated"]["min_k_reference"],
+            "D_code, clean base": draws["clean"]["min_k_d_code_values"],
+            f"D_code, contaminated + LoRA FT, seed {seed}": by_base["contaminated"]["LoRA FT"]["min_k_d_code_values"],
+        },
+        output_dir / "min_k.png",
+    )
     rows = {f"{name} base": draws[name] for name in BASES}
     rows |= {f"{name} + {arm}": row for name, arms in by_base.items() for arm, row in arms.items()}
     curves = {label: [(m, row["pass"][f"pass@10^({m})"]) for m in range(1, 11)] for label, row in rows.items()}
@@ -375,11 +453,15 @@ def run_demo(args: DemoArguments) -> dict:
     }
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     problems = task.held_out if args.split == "held_out" else task.validation
-    print(f"\n{args.split} problems ({len(problems)}), {budget.num_samples} samples each, "
-          f"sampling in {summary['precision']['sampling_dtype']}:\n")  # fmt: skip
+    print(
+        f"\n{args.split} problems ({len(problems)}), {budget.num_samples} samples each, "
+        f"sampling in {summary['precision']['sampling_dtype']}:\n"
+    )
     for epochs, strength in results.items():
         print(format_strength(epochs, strength, budget.num_samples) + "\n")
     print("wall seconds per stage: " + ", ".join(f"{name} {value:.0f}" for name, value in seconds.items()))
-    print(f"wrote {output_dir}/: *ep/seed-*/*/{{lora,ib-lora}}, min_k.png, pass_at_10_m.png, results.json"
-          + (", barrier.png" if len(results) > 1 else ""))  # fmt: skip
+    print(
+        f"wrote {output_dir}/: *ep/seed-*/*/{{lora,ib-lora}}, min_k.png, pass_at_10_m.png, results.json"
+        + (", barrier.png" if len(results) > 1 else "")
+    )
     return summary

@@ -100,8 +100,11 @@ def base_draws(strength: dict) -> dict[str, dict[str, dict]]:
 
 def shares_base_draws(strength: dict) -> bool:
     """Whether some seed's contrasts use a base draw sampled with another seed (runs from before per-seed draws)."""
-    return any(row.get("sampling_seed", 0) != int(seed)
-               for seed, rows in base_draws(strength).items() for row in rows.values())  # fmt: skip
+    return any(
+        row.get("sampling_seed", 0) != int(seed)
+        for seed, rows in base_draws(strength).items()
+        for row in rows.values()
+    )
 
 
 def labelled_rows(strength: dict) -> dict[str, dict]:
@@ -112,10 +115,12 @@ def labelled_rows(strength: dict) -> dict[str, dict]:
     rows = {f"{label}, seed {seed}": row for seed, labelled in per_seed.items() for label, row in labelled.items()}
     if len(per_seed) > 1:
         for label, first in next(iter(per_seed.values())).items():
-            rows[f"{label}, mean"] = {"pass": {
-                key: float(np.mean([labelled[label]["pass"][key] for labelled in per_seed.values()]))
-                for key in first["pass"]
-            }}  # fmt: skip
+            rows[f"{label}, mean"] = {
+                "pass": {
+                    key: float(np.mean([labelled[label]["pass"][key] for labelled in per_seed.values()]))
+                    for key in first["pass"]
+                }
+            }
     return rows
 
 
@@ -130,9 +135,13 @@ def contrasts(strength: dict, num_samples: int) -> dict[str, dict[str, list[floa
     for k, m in HEADLINE:
 
         def gain(arm, name):  # (S, P): each seed's arm minus the same seed's draw of its base
-            return np.stack([per_problem(by_base[name][arm], num_samples, k, m)
-                             - per_problem(draws[seed][name], num_samples, k, m)
-                             for seed, by_base in seeds.items()])  # fmt: skip
+            return np.stack(
+                [
+                    per_problem(by_base[name][arm], num_samples, k, m)
+                    - per_problem(draws[seed][name], num_samples, k, m)
+                    for seed, by_base in seeds.items()
+                ]
+            )
 
         table = {
             "LoRA FT gain, clean base": gain("LoRA FT", "clean"),
@@ -143,9 +152,9 @@ def contrasts(strength: dict, num_samples: int) -> dict[str, dict[str, list[floa
             table |= {
                 "IB-FT - LoRA FT, clean base": gain("IB-FT", "clean") - gain("LoRA FT", "clean"),
                 "IB-FT - LoRA FT, contaminated base": gain("IB-FT", "contaminated") - gain("LoRA FT", "contaminated"),
-                "barrier left under IB-FT: LoRA FT clean gain - IB-FT contaminated gain":
-                    gain("LoRA FT", "clean") - gain("IB-FT", "contaminated"),
-            }  # fmt: skip
+                "barrier left under IB-FT: LoRA FT clean gain - IB-FT contaminated gain": gain("LoRA FT", "clean")
+                - gain("IB-FT", "contaminated"),
+            }
         for name, differences in table.items():
             result.setdefault(name, {})[f"pass@{k}^({m})"] = list(paired_bootstrap(differences))
     return result
@@ -156,7 +165,9 @@ def format_contrasts(table: dict[str, dict[str, list[float]]]) -> str:
     lines = ["| contrast (paired, same problems) | Pass@1 | Pass@5^(5) | Pass@10^(10) |", "|---|---|---|---|"]
     for name, values in table.items():
         cells = [values[f"pass@{k}^({m})"] for k, m in HEADLINE]
-        lines.append(f"| {name} | " + " | ".join(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]" for mean, low, high in cells) + " |")
+        lines.append(
+            f"| {name} | " + " | ".join(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]" for mean, low, high in cells) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -169,10 +180,14 @@ def format_strength(epochs: str, strength: dict, num_samples: int) -> str:
     return (
         f"## contamination {epochs} epochs: Min-K% median, contaminated base: D_code {shift['d_code']:.3f}, fresh "
         f"reference {shift['reference']:.3f} nats (shift {shift['shift']:+.3f}; lower = more memorized)\n\n"
-        + format_rows(rows) + "\n\nPass@10^(m):\n\n" + format_sweep(rows)
+        + format_rows(rows)
+        + "\n\nPass@10^(m):\n\n"
+        + format_sweep(rows)
         + f"\n\nContrasts over {len(strength['seeds'])} seed(s) x {num_problems} problems, 95% bootstrap intervals"
-        + (shared if shares_base_draws(strength) else "") + ":\n\n" + format_contrasts(strength["contrasts"])
-    )  # fmt: skip
+        + (shared if shares_base_draws(strength) else "")
+        + ":\n\n"
+        + format_contrasts(strength["contrasts"])
+    )
 
 
 def plot_barrier(strengths: dict[str, dict], path: str | Path) -> None:
@@ -186,8 +201,11 @@ def plot_barrier(strengths: dict[str, dict], path: str | Path) -> None:
         axes.errorbar([x], [mean], yerr=[[mean - low], [high - mean]], fmt="o", capsize=4, color="C0")
         axes.annotate(f"{epochs} ep", (x, mean), textcoords="offset points", xytext=(6, 4))
     axes.axhline(0, color="grey", linewidth=0.8)
-    axes.set(xlabel="Min-K% shift of D_code (reference - D_code median, nats)",
-             ylabel="barrier, Pass@1 (95% CI)", title="LoRA FT gain lost to memorizing D_code")  # fmt: skip
+    axes.set(
+        xlabel="Min-K% shift of D_code (reference - D_code median, nats)",
+        ylabel="barrier, Pass@1 (95% CI)",
+        title="LoRA FT gain lost to memorizing D_code",
+    )
     axes.grid(alpha=0.3)
     figure.savefig(path, dpi=120)
 
@@ -203,8 +221,14 @@ def merge_runs(runs: list[dict]) -> dict[str, dict]:
     # existed ran the default size at batch 16)
     asked = ("dtype", "bf16", "quick", "small")
     settings = {
-        json.dumps([{"fine_tune_batch_size": 16} | run["budget"], run.get("precision"),
-                    run["arguments"] | {k: None for k in free + asked}], sort_keys=True)  # fmt: skip
+        json.dumps(
+            [
+                {"fine_tune_batch_size": 16} | run["budget"],
+                run.get("precision"),
+                run["arguments"] | {k: None for k in free + asked},
+            ],
+            sort_keys=True,
+        )
         for run in runs
     }
     if len(settings) > 1:

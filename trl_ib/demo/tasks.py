@@ -113,9 +113,14 @@ def consecutive_pairs(operations: Sequence[str]) -> set[tuple[str, str]]:
 
 
 def sample_chains(
-    rng: random.Random, lengths: tuple[int, ...], new_pairs: list[tuple[str, str]], train_pairs: list[tuple[str, str]],
-    count: int, prefix: str, taken: set[str],
-) -> list[dict]:  # fmt: skip
+    rng: random.Random,
+    lengths: tuple[int, ...],
+    new_pairs: list[tuple[str, str]],
+    train_pairs: list[tuple[str, str]],
+    count: int,
+    prefix: str,
+    taken: set[str],
+) -> list[dict]:
     """
     `count` problems chaining operations, their lengths spread evenly over `lengths`, with random constants and
     variable names. Every consecutive pair of a chain is in `train_pairs` or `new_pairs`; with `new_pairs`, at least
@@ -124,11 +129,12 @@ def sample_chains(
     new, known = set(new_pairs), set(new_pairs) | set(train_pairs)
     chains = {
         length: [
-            chain for chain in itertools.product(OPERATIONS, repeat=length)
+            chain
+            for chain in itertools.product(OPERATIONS, repeat=length)
             if (pairs := consecutive_pairs(chain)) <= known and (not new or pairs & new)
         ]
         for length in lengths
-    }  # fmt: skip
+    }
     for length, found in chains.items():
         if not found:
             raise ValueError(
@@ -171,7 +177,9 @@ def make_task(
     return Task(
         train=sample_chains(rng, train_lengths, [], train_pairs, num_train, "train", taken),
         reference=sample_chains(rng, train_lengths, [], train_pairs, num_reference, "reference", taken),
-        validation=sample_chains(rng, test_lengths, validation_pairs, train_pairs, num_validation, "validation", taken),
+        validation=sample_chains(
+            rng, test_lengths, validation_pairs, train_pairs, num_validation, "validation", taken
+        ),
         held_out=sample_chains(rng, test_lengths, held_out_pairs, train_pairs, num_held_out, "held_out", taken),
         validation_pairs=validation_pairs,
         held_out_pairs=held_out_pairs,

@@ -37,9 +37,11 @@ class ValidationArguments:
     seed: int = field(default=0, metadata={"help": "Seed of fine-tuning and sampling."})
     settings: list[int] | None = field(
         default=None,
-        metadata={"help": "Run only these rows (0 = LoRA FT, then GRID's settings in order), e.g. to run two "
-                  "processes side by side; default: all."},
-    )  # fmt: skip
+        metadata={
+            "help": "Run only these rows (0 = LoRA FT, then GRID's settings in order), e.g. to run two "
+            "processes side by side; default: all."
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,14 +59,21 @@ def main(argv: list[str] | None = None) -> None:
             continue
         arm = "lora" if options is None else "ib-lora"
         output_dir = Path(args.output_dir) / f"{index}-{arm}"
-        model, first_step = fine_tune(arm, base_dir, tokenizer, d_code, output_dir, args.seed,
-                                      budget, options, bf16)  # fmt: skip
+        model, first_step = fine_tune(arm, base_dir, tokenizer, d_code, output_dir, args.seed, budget, options, bf16)
         scores = sample_and_score(model.to(dtype), tokenizer, task.validation, budget, args.seed)
-        rows[name] = {"options": options, "first_step": first_step, "pass": scores.table,
-                      "num_correct": scores.num_correct}  # fmt: skip
+        rows[name] = {
+            "options": options,
+            "first_step": first_step,
+            "pass": scores.table,
+            "num_correct": scores.num_correct,
+        }
         (Path(args.output_dir) / "validation.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"\nvalidation problems ({len(task.validation)}, pairs {task.validation_pairs}), seed {args.seed}:\n")
-    print("| IB-FT setting | " + " | ".join(f"step 1 {name}" for name in LOSSES) + " | Pass@1 | Pass@5^(5) | Pass@10^(10) |")
+    print(
+        "| IB-FT setting | "
+        + " | ".join(f"step 1 {name}" for name in LOSSES)
+        + " | Pass@1 | Pass@5^(5) | Pass@10^(10) |"
+    )
     print("|" + "---|" * (1 + len(LOSSES) + len(HEADLINE)))
     for name, row in rows.items():
         losses = [f"{row['first_step'].get(key, float('nan')):.4g}" for key in LOSSES]

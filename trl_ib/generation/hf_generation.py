@@ -94,9 +94,13 @@ def prompt_cache(model: PreTrainedModel, inputs: dict, rows: torch.LongTensor) -
     position_ids.masked_fill_(mask == 0, 1)
     cache = DynamicCache(config=model.config)
     model(
-        input_ids=input_ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
-        use_cache=True, logits_to_keep=1, **{cache_keyword(model): cache},
-    )  # fmt: skip
+        input_ids=input_ids[:, :-1],
+        attention_mask=mask[:, :-1],
+        position_ids=position_ids[:, :-1],
+        use_cache=True,
+        logits_to_keep=1,
+        **{cache_keyword(model): cache},
+    )
     cache.batch_select_indices(rows)
     return cache
 
@@ -155,15 +159,21 @@ def sample_batches(
     add_special_tokens = prompt_format.mode == "completion"  # a chat template writes its own special tokens
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
     # (problem, copy) in length order; a stable sort keeps copy 0..copies-1 of a problem in order
-    requests = sorted(((index, copy) for index in range(len(texts)) for copy in range(copies)), key=lambda r: -lengths[r[0]])
+    requests = sorted(
+        ((index, copy) for index in range(len(texts)) for copy in range(copies)), key=lambda r: -lengths[r[0]]
+    )
     samples_of = {copy: [copy] for copy in range(copies)} if copies > 1 else {0: list(range(num_samples))}
     done = set(done)
     batches = [
         (number, requests[first : first + batch_size])
         for number, first in enumerate(range(0, len(requests), batch_size))
         if number % world_size == rank
-        and not all((index, sample) in done for index, copy in requests[first : first + batch_size] for sample in samples_of[copy])
-    ]  # fmt: skip
+        and not all(
+            (index, sample) in done
+            for index, copy in requests[first : first + batch_size]
+            for sample in samples_of[copy]
+        )
+    ]
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # built once: `generate(stop_strings=...)` rebuilds this table over the whole vocabulary on every call
     stop = StopInNewTokens(tokenizer, stop_sequences) if stop_sequences else None
@@ -179,9 +189,11 @@ def sample_batches(
         for number, batch in batches:
             distinct = {index: row for row, index in enumerate(dict.fromkeys(index for index, _ in batch))}
             prompt_inputs = tokenizer(
-                [texts[index] for index in distinct], return_tensors="pt", padding=True,
+                [texts[index] for index in distinct],
+                return_tensors="pt",
+                padding=True,
                 add_special_tokens=add_special_tokens,
-            ).to(model.device)  # fmt: skip
+            ).to(model.device)
             rows = torch.tensor([distinct[index] for index, _ in batch], device=model.device)
             inputs = {name: tensor[rows] for name, tensor in prompt_inputs.items()}  # (batch, length)
             if stop is not None:
@@ -190,9 +202,13 @@ def sample_batches(
                 torch.manual_seed(batch_seed(seed, number))
             with torch.inference_mode(), contiguous_output_layer_input(model):
                 output = model.generate(
-                    **inputs, **sampling, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
-                    stopping_criteria=stopping, **{cache_keyword(model): prompt_cache(model, prompt_inputs, rows)},
-                )  # fmt: skip
+                    **inputs,
+                    **sampling,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=pad_token_id,
+                    stopping_criteria=stopping,
+                    **{cache_keyword(model): prompt_cache(model, prompt_inputs, rows)},
+                )
             new_tokens = output[:, inputs["input_ids"].shape[1] :]  # (batch, <= max_new_tokens)
             new_token_count += int((new_tokens != pad_token_id).sum())
             texts_out = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
@@ -238,9 +254,19 @@ def generate_samples(
     """
     completions = [[""] * num_samples for _ in prompts]
     batches = sample_batches(
-        model, tokenizer, prompts, num_samples, temperature, top_p, max_new_tokens, stop_sequences, batch_size,
-        prompt_format, progress, seed,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        prompts,
+        num_samples,
+        temperature,
+        top_p,
+        max_new_tokens,
+        stop_sequences,
+        batch_size,
+        prompt_format,
+        progress,
+        seed,
+    )
     for rows in batches:
         for index, sample, completion in rows:
             completions[index][sample] = completion

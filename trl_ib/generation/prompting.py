@@ -35,7 +35,7 @@ def check_prompt_mode(prompt_mode: str) -> None:
 
 
 def resolve_prompt_mode(prompt_mode: str, tokenizer: PreTrainedTokenizerBase, model_name_or_path: str) -> str:
-    """"completion" or "chat" for `prompt_mode` ("auto" decided by the rule in this module's docstring)."""
+    """ "completion" or "chat" for `prompt_mode` ("auto" decided by the rule in this module's docstring)."""
     check_prompt_mode(prompt_mode)
     has_template = getattr(tokenizer, "chat_template", None) is not None
     if prompt_mode == "chat" and not has_template:
@@ -87,9 +87,13 @@ class PromptFormat:
         language = self.language_record
         instruction = language.instruction_prefix if self.instruction_prefix is None else self.instruction_prefix
         response = language.response_prefix if self.response_prefix is None else self.response_prefix
-        resolve_prompt_mode("chat", tokenizer, getattr(tokenizer, "name_or_path", ""))  # raises without a chat template
+        resolve_prompt_mode(
+            "chat", tokenizer, getattr(tokenizer, "name_or_path", "")
+        )  # raises without a chat template
         user = f"{instruction}\n{FENCE}\n{prompt.strip()}\n{FENCE}\n"
-        turns = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+        turns = tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        )
         return f"{turns}{response}\n{FENCE}{self.language}\n"
 
     def program(self, prompt: str, answer: str, entry_point: str | None = None) -> str | None:

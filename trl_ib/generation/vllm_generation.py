@@ -52,7 +52,7 @@ _lora_ids = itertools.count(1)
 
 
 def resolve_backend(backend: str, num_processes: int = 1, field: str = "backend") -> str:
-    """"hf" or "vllm" for `backend` (one of `BACKENDS`): auto is vllm where the vllm package is installed and the
+    """ "hf" or "vllm" for `backend` (one of `BACKENDS`): auto is vllm where the vllm package is installed and the
     work runs in one process (`num_processes`), else hf. Raises ValueError for another name, or vllm in several
     processes (vLLM spreads one model over devices itself, from one process); ImportError (`INSTALL_HINT`) for vllm
     where it is not installed."""
@@ -66,7 +66,7 @@ def resolve_backend(backend: str, num_processes: int = 1, field: str = "backend"
     if backend == "vllm" and num_processes > 1:
         raise ValueError(
             f"{field}='vllm' runs in one process, and {num_processes} were launched: run it without accelerate "
-            "launch (vLLM spreads one model over GPUs itself: vllm_kwargs {\"tensor_parallel_size\": N}), or use hf "
+            'launch (vLLM spreads one model over GPUs itself: vllm_kwargs {"tensor_parallel_size": N}), or use hf '
             "for data parallel generation"
         )
     return backend
@@ -111,8 +111,10 @@ def make_llm(model_name_or_path: str, max_lora_rank: int | None = None, seed: in
     if max_lora_rank is not None:
         ranks = [rank for rank in typing.get_args(MaxLoRARanks) if rank >= max_lora_rank]
         if not ranks:
-            raise ValueError(f"max_lora_rank={max_lora_rank} exceeds the largest rank vLLM serves, "
-                             f"{max(typing.get_args(MaxLoRARanks))}")
+            raise ValueError(
+                f"max_lora_rank={max_lora_rank} exceeds the largest rank vLLM serves, "
+                f"{max(typing.get_args(MaxLoRARanks))}"
+            )
         llm_kwargs = {"enable_lora": True, "max_lora_rank": ranks[0], "max_loras": 1, **llm_kwargs}
     from vllm.platforms import current_platform
 
@@ -192,8 +194,10 @@ def _adapter_config(lora_path: str | os.PathLike) -> PeftConfig:
     config = PeftConfig.from_pretrained(str(lora_path))
     if config.peft_type != PeftType.LORA and not isinstance(config, IBLoraConfig):
         peft_type = getattr(config.peft_type, "value", config.peft_type)
-        raise ValueError(f"lora_path={str(lora_path)!r} holds a {peft_type} adapter; the vLLM backend serves LoRA "
-                         "and IB-LoRA (exported to LoRA) adapters only")
+        raise ValueError(
+            f"lora_path={str(lora_path)!r} holds a {peft_type} adapter; the vLLM backend serves LoRA "
+            "and IB-LoRA (exported to LoRA) adapters only"
+        )
     return config
 
 
@@ -265,29 +269,37 @@ def generate_samples_vllm(
     else:
         llm = llm_or_model_path
         if lora_path is not None and llm.llm_engine.vllm_config.lora_config is None:
-            raise ValueError("lora_path was given but the vllm.LLM was built without LoRA; build it with "
-                             "make_llm(model, max_lora_rank=lora_rank(lora_path)) or enable_lora=True")
+            raise ValueError(
+                "lora_path was given but the vllm.LLM was built without LoRA; build it with "
+                "make_llm(model, max_lora_rank=lora_rank(lora_path)) or enable_lora=True"
+            )
     add_special_tokens = prompt_format.mode == "completion"  # a chat template writes its own special tokens
     texts = [prompt_format.render(prompt, tokenizer) for prompt in prompts]
-    requests = [TokensPrompt(prompt_token_ids=ids)
-                for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
+    requests = [
+        TokensPrompt(prompt_token_ids=ids)
+        for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
+    ]
     copies = num_samples if temperature > 0 else 1  # greedy: one decode per prompt stands for all n samples
     decoding = {"temperature": temperature, "top_p": top_p} if temperature > 0 else {"temperature": 0.0}
     decoding.update(_generate_defaults(llm.llm_engine.model_config.model, sampling=temperature > 0))
     problem_indices = range(len(requests)) if problem_indices is None else problem_indices
     sampling = [
-        vllm.SamplingParams(n=copies, seed=batch_seed(seed, index), max_tokens=max_new_tokens,
-                            stop=stop_sequences or None, **decoding)
+        vllm.SamplingParams(
+            n=copies, seed=batch_seed(seed, index), max_tokens=max_new_tokens, stop=stop_sequences or None, **decoding
+        )
         for index in problem_indices
-    ]  # fmt: skip
+    ]
     with served_lora(lora_path) as served:
         lora_request = None if served is None else LoRARequest(served.name or "adapter", next(_lora_ids), str(served))
         outputs = llm.generate(requests, sampling, use_tqdm=progress, lora_request=lora_request)
     return [
-        [cut_at_stop(tokenizer.decode(sample.token_ids, skip_special_tokens=True), stop_sequences)
-         for sample in output.outputs for _ in range(num_samples // copies)]
+        [
+            cut_at_stop(tokenizer.decode(sample.token_ids, skip_special_tokens=True), stop_sequences)
+            for sample in output.outputs
+            for _ in range(num_samples // copies)
+        ]
         for output in outputs
-    ]  # fmt: skip
+    ]
 
 
 def vllm_sample_batches(
@@ -322,8 +334,22 @@ def vllm_sample_batches(
             if not indices:
                 continue
             completions = generate_samples_vllm(
-                llm, tokenizer, [prompts[index] for index in indices], num_samples, temperature, top_p,
-                max_new_tokens, stop_sequences, prompt_format, served, seed, problem_indices=indices,
-            )  # fmt: skip
+                llm,
+                tokenizer,
+                [prompts[index] for index in indices],
+                num_samples,
+                temperature,
+                top_p,
+                max_new_tokens,
+                stop_sequences,
+                prompt_format,
+                served,
+                seed,
+                problem_indices=indices,
+            )
             bar.update(len(indices) * num_samples)
-            yield [(index, sample, text) for index, group in zip(indices, completions) for sample, text in enumerate(group)]
+            yield [
+                (index, sample, text)
+                for index, group in zip(indices, completions)
+                for sample, text in enumerate(group)
+            ]

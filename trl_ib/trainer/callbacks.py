@@ -25,19 +25,19 @@ class PassAtKMCallback(TrainerCallback):
 
     Args:
         trainer: the Trainer this callback is added to; its `processing_class` must be a tokenizer.
-        problems: dicts with keys prompt, test, entry_point (HumanEval layout; `trl_ib.code_eval.problem_sets.load_problems`
-            reads them from a file, a dataset or a VerilogEval directory).
+        problems: dicts with keys prompt, test, entry_point (HumanEval layout;
+            `trl_ib.code_eval.problem_sets.load_problems` reads them from a file, a dataset or a VerilogEval directory).
         k, m: the Pass@k^(m) pairs to log; "k" in `m` means m = k.
         num_samples: n, samples per problem, at least max(k).
         every_n_steps: evaluate when `global_step` is a multiple of this.
-        prompt_mode: "completion", "chat" or "auto" (`trl_ib.generation.prompting`; auto looks at the trainer's tokenizer and
-            the model's `name_or_path`).
+        prompt_mode: "completion", "chat" or "auto" (`trl_ib.generation.prompting`; auto looks at the trainer's
+            tokenizer and the model's `name_or_path`).
         language, instruction_prefix, response_prefix, temperature, top_p, max_new_tokens, stop_sequences,
             batch_size, timeout, num_workers: as in `ib-ft eval`.
         backend: what samples: hf (`generate_samples` on the model being trained, split across processes), vllm (an
             engine built at each evaluation from the model as it stands, merged into a copy and saved to a temporary
-            folder: `trl_ib.generation.vllm_generation.serving`; one process) or auto: vllm where it is installed and one process
-            trains, else hf.
+            folder: `trl_ib.generation.vllm_generation.serving`; one process) or auto: vllm where it is installed
+            and one process trains, else hf.
         vllm_kwargs: `vllm.LLM` arguments for the vllm backend; its dtype defaults to the trainer's mixed precision
             (bf16 or fp16), else the weights' dtype. On a GPU the trainer holds memory that vLLM's default
             `gpu_memory_utilization` (0.9) would claim: give a smaller one.
@@ -76,7 +76,9 @@ class PassAtKMCallback(TrainerCallback):
         self.backend = resolve_backend(backend, trainer.accelerator.num_processes)
         precision = {"dtype": "bfloat16"} if trainer.args.bf16 else {"dtype": "float16"} if trainer.args.fp16 else {}
         self.vllm_kwargs = {**precision, **(vllm_kwargs or {})}
-        prompt_mode = resolve_prompt_mode(prompt_mode, trainer.processing_class, getattr(trainer.model, "name_or_path", ""))
+        prompt_mode = resolve_prompt_mode(
+            prompt_mode, trainer.processing_class, getattr(trainer.model, "name_or_path", "")
+        )
         self.prompt_format = PromptFormat(prompt_mode, language, instruction_prefix, response_prefix)
         self.generation = dict(
             temperature=temperature,
@@ -102,9 +104,14 @@ class PassAtKMCallback(TrainerCallback):
             with unwrap_model_for_generation(self.trainer.model_wrapped, accelerator) as model, accelerator.autocast():
                 prompts = [problem["prompt"] for problem in problems]
                 completions = generate_samples_with(
-                    self.backend, model, self.trainer.processing_class, prompts, self.num_samples, **self.generation,
+                    self.backend,
+                    model,
+                    self.trainer.processing_class,
+                    prompts,
+                    self.num_samples,
+                    **self.generation,
                     llm_kwargs=self.vllm_kwargs,
-                )  # fmt: skip
+                )
         completions = gather_object(completions)  # [problem][sample], all processes, problem order
         metrics = None
         if accelerator.is_main_process:
@@ -113,8 +120,15 @@ class PassAtKMCallback(TrainerCallback):
             programs = build_programs(prompts, completions, self.prompt_format, entry_points)
             tests = [problem["test"] for problem in self.problems]
             scores = score(
-                programs, tests, entry_points, self.k, self.m, self.prompt_format.language, self.timeout,
-                self.num_workers, progress=False,
-            )  # fmt: skip
+                programs,
+                tests,
+                entry_points,
+                self.k,
+                self.m,
+                self.prompt_format.language,
+                self.timeout,
+                self.num_workers,
+                progress=False,
+            )
             metrics = {f"eval_{name}": value for name, value in scores.table.items()}
         return broadcast_object_list([metrics])[0]

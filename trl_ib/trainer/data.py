@@ -1,6 +1,5 @@
 """The paper's data format for IBSFTTrainer."""
 
-
 # The paper's datasets (OriGen, Evol-CodeAlpaca-V1) as the official code reads them.
 PAPER_COLUMNS = ("Instruction", "Response")
 

@@ -3,7 +3,6 @@
 from dataclasses import dataclass, field
 
 import torch
-
 from trl import SFTConfig
 
 from ..precision import native_bf16

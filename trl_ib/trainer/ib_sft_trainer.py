@@ -109,8 +109,9 @@ class IBSFTTrainer(SFTTrainer):
         if args.ib_target_kl is not None:
             if self._ib_alpha <= 0:
                 raise ValueError(f"ib_target_kl needs a starting alpha > 0, got ib_alpha={self._ib_alpha!r}.")
-            self._ib_controller = KLController(self._ib_alpha, self._ib_alpha * self._ib_beta, args.ib_target_kl,
-                                               args.ib_kl_controller_rate)
+            self._ib_controller = KLController(
+                self._ib_alpha, self._ib_alpha * self._ib_beta, args.ib_target_kl, args.ib_kl_controller_rate
+            )
         self._ib_num_kl_positions = None  # KL positions of the accumulated batch, set with num_items_in_batch
         self._ib_step_kl = torch.zeros(2, dtype=torch.float64)  # (KL sum, weight) over this step's micro-batches
         self._ib_scale_checked = False  # the first training batch compares the penalty with ce (a warning)
@@ -183,8 +184,9 @@ class IBSFTTrainer(SFTTrainer):
         # SFTTrainer may run more than one forward here (the logits for `compute_metrics`, or a loss forward without
         # labels for `compute_loss_func`): the IB terms come from the first, with this batch's labels.
         with self._ib_model.collect_ib_terms(inputs.get("labels"), inputs.get("shift_labels")) as collected:
-            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                          num_items_in_batch=num_items_in_batch)
+            result = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         ce, outputs = result if return_outputs else (result, None)
         terms = collected.terms
         if terms is None:
@@ -205,12 +207,19 @@ class IBSFTTrainer(SFTTrainer):
         # Metrics: per-micro-batch means, gathered across processes.
         local = torch.stack([terms.kl().mean(), terms.ce_ib().mean()]).detach()
         kl_mean, ce_ib_mean = self.accelerator.gather_for_metrics(local.unsqueeze(0)).mean(0).tolist()
-        if mode == "train":  # the controller's signal: this process's KL, weighted by its positions, summed at step end
+        if (
+            mode == "train"
+        ):  # the controller's signal: this process's KL, weighted by its positions, summed at step end
             weight = terms.num_kl_positions.double().cpu()
             self._ib_step_kl += torch.stack([local[0].double().cpu() * weight, weight])
         ce_mean = self._micro_batch_ce(ce, inputs, num_items_in_batch)
-        for key, value in (("ce", ce_mean), ("ib_kl", kl_mean), ("ib_ce", ce_ib_mean), ("ib_alpha", alpha),
-                           ("ib_penalty", alpha * (kl_mean + beta * ce_ib_mean))):
+        for key, value in (
+            ("ce", ce_mean),
+            ("ib_kl", kl_mean),
+            ("ib_ce", ce_ib_mean),
+            ("ib_alpha", alpha),
+            ("ib_penalty", alpha * (kl_mean + beta * ce_ib_mean)),
+        ):
             self._metrics[mode][key].append(value)
         if mode == "train" and not self._ib_scale_checked:
             self._ib_scale_checked = True
@@ -225,7 +234,8 @@ class IBSFTTrainer(SFTTrainer):
         cause = (
             "IBLoraConfig(ib_input_norm='none') feeds the encoder the raw hidden state, whose massive activations "
             "(the attention sink at position 0 of pretrained LLMs) dominate the KL; ib_input_norm='rms' bounds it. "
-            if self._ib_config.ib_input_norm == "none" else ""
+            if self._ib_config.ib_input_norm == "none"
+            else ""
         )
         logger.warning(
             f"The IB penalty alpha * (KL + beta * ce_ib) = {penalty:.4g} is {penalty / max(ce, 1e-12):.0f}x the task "
@@ -272,7 +282,9 @@ def check_has_ib_adapter(model) -> None:
     if any(isinstance(c, IBLoraConfig) for c in getattr(model, "peft_config", {}).values()):
         return
     if isinstance(model, PeftModel):
-        types = ", ".join(f"{name!r}: {getattr(c.peft_type, 'value', c.peft_type)}" for name, c in model.peft_config.items())
+        types = ", ".join(
+            f"{name!r}: {getattr(c.peft_type, 'value', c.peft_type)}" for name, c in model.peft_config.items()
+        )
         got = f"a PeftModel whose adapters are {{{types}}}"
     else:
         got = f"a {type(model).__name__} without a PEFT adapter"

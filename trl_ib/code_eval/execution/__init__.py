@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 from .languages import LANGUAGES, Backend, Language, check_language
 from .sandbox import ExecutionResult, Limits, SandboxError, bwrap_available
 
-
 __all__ = [
     "LANGUAGES",
     "Backend",
@@ -55,7 +54,9 @@ class Sample:
         for name in ("program", "test"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"Sample.{name}={getattr(self, name)!r} is invalid; give the source as a str")
-        if self.entry_point is not None and not (isinstance(self.entry_point, str) and self.entry_point.isidentifier()):
+        if self.entry_point is not None and not (
+            isinstance(self.entry_point, str) and self.entry_point.isidentifier()
+        ):
             raise ValueError(f"Sample.entry_point={self.entry_point!r} is invalid; give an identifier (a str) or None")
         for name in ("program", "test", "entry_point"):  # plain str (a subclass would not marshal)
             if getattr(self, name) is not None:
@@ -101,8 +102,12 @@ def run_samples(
     """
     record = check_language(language)
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not 0 < timeout <= MAX_TIMEOUT_S:
-        raise ValueError(f"timeout={timeout!r} is invalid; give the wall-clock seconds per sample, > 0 and <= {MAX_TIMEOUT_S:g}")
-    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 1):
+        raise ValueError(
+            f"timeout={timeout!r} is invalid; give the wall-clock seconds per sample, > 0 and <= {MAX_TIMEOUT_S:g}"
+        )
+    if num_workers is not None and (
+        isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 1
+    ):
         raise ValueError(
             f"num_workers={num_workers!r} is invalid; give a whole number >= 1, or None for one per CPU "
             "up to what the RAM holds at Limits.max_memory_bytes each"
@@ -134,7 +139,9 @@ def run_samples(
             for index, sample in enumerate(samples)
         }
         try:
-            for future in tqdm(as_completed(futures), total=len(futures), desc=f"running {language}", disable=not progress):
+            for future in tqdm(
+                as_completed(futures), total=len(futures), desc=f"running {language}", disable=not progress
+            ):
                 results[futures[future]] = future.result()
         except BaseException:
             pool.shutdown(cancel_futures=True)

@@ -8,27 +8,26 @@
 # A comment, not a docstring: a docstring would be one more server global a sample can reach by name
 # (tests/test_sandbox_attacks.py pins those globals).
 
-import ctypes
-import marshal
-import os
-import resource
-import select
-import signal
-import socket
-import struct
-import sys
-import time
-
 # The imports HumanEval's prompts make, loaded once here rather than in every child.
 import collections  # noqa: F401
+import ctypes
 import functools  # noqa: F401
 import hashlib  # noqa: F401
 import heapq  # noqa: F401
 import itertools  # noqa: F401
+import marshal
 import math  # noqa: F401
+import os
 import random  # noqa: F401
 import re  # noqa: F401
+import resource
+import select
+import signal
+import socket
 import string  # noqa: F401
+import struct
+import sys
+import time
 import typing  # noqa: F401
 
 if __name__ != "__main__":
@@ -53,11 +52,13 @@ CLEAN_BUILTINS = dict(__builtins__.__dict__)
 class CappedWriter:
     def __init__(self, fd, max_chars):
         self.fd, self.left, self.write_fd = fd, max_chars, os.write
+
     def write(self, text):
         if self.left > 0:
             self.write_fd(self.fd, str(text)[: self.left].encode("utf-8", "backslashreplace"))
         self.left -= len(text)
         return len(text)
+
     def flush(self):
         pass
 

@@ -39,7 +39,9 @@ step("compile error", [iverilog, "-g2012", "-E", "-o", "design.pp.sv", "design.s
 os.replace("design.pp.sv", "design.sv")  # its lines keep their numbers (dropped lines stay as blank ones)
 with open("design.sv", encoding="utf-8", errors="replace") as file:
     code = re.sub(r'"(?:\\.|[^"\\\n])*"|//[^\n]*|/\*.*?\*/', " ", file.read(), flags=re.S)  # no strings, comments
-directive = re.search(r"`\s*(\w*)", re.sub(r"`(timescale|default_nettype|resetall|celldefine|endcelldefine)\b", "", code))
+directive = re.search(
+    r"`\s*(\w*)", re.sub(r"`(timescale|default_nettype|resetall|celldefine|endcelldefine)\b", "", code)
+)
 if directive:  # e.g. a macro that pastes an `ifdef together: only inert directives may survive preprocessing
     refuse("compile error", f"the preprocessed design still holds the directive `{directive.group(1)}")
 task = re.search(r"\$(finish|stop|fatal|exit)\w*", code)

@@ -70,7 +70,6 @@ from importlib import resources
 
 from . import sandbox
 
-
 # The server script, handed to the sandboxed interpreter as `-c` text (it cannot import trl_ib there).
 _FORK_SERVER = resources.files(__package__).joinpath("_fork_server.py").read_text(encoding="utf-8")
 

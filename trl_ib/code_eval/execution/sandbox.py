@@ -71,7 +71,6 @@ import warnings
 from dataclasses import dataclass, fields
 from functools import cache
 
-
 SANDBOX_UID = SANDBOX_GID = 65534  # "nobody": the identity of every sample when the host runs as root
 WORKSPACE = "/sandbox"  # the sample's cwd, HOME and TMPDIR: a private tmpfs inside the sandbox
 
@@ -134,7 +133,7 @@ class ExecutionResult:
 
     @property
     def verdict(self) -> str:
-        """"passed", "failed" or "timed out"."""
+        """ "passed", "failed" or "timed out"."""
         return self.result.split(":", 1)[0]
 
 
@@ -205,11 +204,31 @@ def _ancestors(path: str) -> list[str]:
 
 def _inner_args(disk_bytes: int, view: list[str]) -> list[str]:
     return [
-        "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
-        "--cap-drop", "ALL", *view, "--dev", "/dev", "--remount-ro", "/dev",
-        "--tmpfs", "/dev/pts", "--remount-ro", "/dev/pts",  # hides the devpts instance: no ptys (a host-wide pool)
-        "--size", str(disk_bytes), "--tmpfs", WORKSPACE, "--chdir", WORKSPACE, "--remount-ro", "/",
-    ]  # fmt: skip
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        *view,
+        "--dev",
+        "/dev",
+        "--remount-ro",
+        "/dev",
+        "--tmpfs",
+        "/dev/pts",
+        "--remount-ro",
+        "/dev/pts",  # hides the devpts instance: no ptys (a host-wide pool)
+        "--size",
+        str(disk_bytes),
+        "--tmpfs",
+        WORKSPACE,
+        "--chdir",
+        WORKSPACE,
+        "--remount-ro",
+        "/",
+    ]
 
 
 # Classic BPF as seccomp runs it (linux/bpf_common.h, linux/seccomp.h, linux/audit.h): an instruction is
@@ -227,23 +246,67 @@ X32_SYSCALL_BIT = 0x40000000  # numbers at or above it are x32's (x86_64); no na
 # namespaces, shared with the next sample (kernel keyrings: add_key, request_key, keyctl; POSIX message queues:
 # mq_*). socket and socketpair are checked by family.
 _REFUSED = [
-    "shmget", "msgget", "semget", "memfd_create", "memfd_secret", "add_key", "request_key", "keyctl",
-    "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
-]  # fmt: skip
+    "shmget",
+    "msgget",
+    "semget",
+    "memfd_create",
+    "memfd_secret",
+    "add_key",
+    "request_key",
+    "keyctl",
+    "mq_open",
+    "mq_unlink",
+    "mq_timedsend",
+    "mq_timedreceive",
+    "mq_notify",
+    "mq_getsetattr",
+]
 _SOCKET_CALLS = ["socket", "socketpair"]
 # machine -> (audit arch, syscall numbers: arch/x86/entry/syscalls/syscall_64.tbl, include/uapi/asm-generic/unistd.h)
 _SYSCALLS = {
-    "x86_64": (AUDIT_ARCH_X86_64, {
-        "shmget": 29, "msgget": 68, "semget": 64, "memfd_create": 319, "memfd_secret": 447, "add_key": 248,
-        "request_key": 249, "keyctl": 250, "mq_open": 240, "mq_unlink": 241, "mq_timedsend": 242,
-        "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245, "socket": 41, "socketpair": 53,
-    }),
-    "aarch64": (AUDIT_ARCH_AARCH64, {
-        "shmget": 194, "msgget": 186, "semget": 190, "memfd_create": 279, "memfd_secret": 447, "add_key": 217,
-        "request_key": 218, "keyctl": 219, "mq_open": 180, "mq_unlink": 181, "mq_timedsend": 182,
-        "mq_timedreceive": 183, "mq_notify": 184, "mq_getsetattr": 185, "socket": 198, "socketpair": 199,
-    }),
-}  # fmt: skip
+    "x86_64": (
+        AUDIT_ARCH_X86_64,
+        {
+            "shmget": 29,
+            "msgget": 68,
+            "semget": 64,
+            "memfd_create": 319,
+            "memfd_secret": 447,
+            "add_key": 248,
+            "request_key": 249,
+            "keyctl": 250,
+            "mq_open": 240,
+            "mq_unlink": 241,
+            "mq_timedsend": 242,
+            "mq_timedreceive": 243,
+            "mq_notify": 244,
+            "mq_getsetattr": 245,
+            "socket": 41,
+            "socketpair": 53,
+        },
+    ),
+    "aarch64": (
+        AUDIT_ARCH_AARCH64,
+        {
+            "shmget": 194,
+            "msgget": 186,
+            "semget": 190,
+            "memfd_create": 279,
+            "memfd_secret": 447,
+            "add_key": 217,
+            "request_key": 218,
+            "keyctl": 219,
+            "mq_open": 180,
+            "mq_unlink": 181,
+            "mq_timedsend": 182,
+            "mq_timedreceive": 183,
+            "mq_notify": 184,
+            "mq_getsetattr": 185,
+            "socket": 198,
+            "socketpair": 199,
+        },
+    ),
+}
 # Socket families a sample may open: Unix sockets (the fork server's verdict channel) and IP, which reaches
 # nothing but the sandbox's own loopback. Every other family is refused: AF_VSOCK is not network-namespaced
 # (it reaches the hypervisor and this VM's vsock ports), AF_NETLINK, AF_PACKET, and families added later.
@@ -298,10 +361,31 @@ def sandbox_argv(argv: list[str], disk_bytes: int, seccomp_fd: int | None = None
     # kills everything below it. A parent-death signal could not reach the inner stages: root without CAP_KILL
     # may not signal uid 65534.
     outer = [
-        bwrap, "--die-with-parent", "--unshare-pid", *_view_args(paths, links, hidden), "--dev", "/dev", "--proc", "/proc",
-        "--dir", "/tmp", "--dir", WORKSPACE, "--remount-ro", "/", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
-        "--", find_tool("setpriv", "util-linux"), f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_GID}", "--clear-groups", "--",
-    ]  # fmt: skip
+        bwrap,
+        "--die-with-parent",
+        "--unshare-pid",
+        *_view_args(paths, links, hidden),
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--dir",
+        "/tmp",
+        "--dir",
+        WORKSPACE,
+        "--remount-ro",
+        "/",
+        "--cap-add",
+        "CAP_SETUID",
+        "--cap-add",
+        "CAP_SETGID",
+        "--",
+        find_tool("setpriv", "util-linux"),
+        f"--reuid={SANDBOX_UID}",
+        f"--regid={SANDBOX_GID}",
+        "--clear-groups",
+        "--",
+    ]
     return [*outer, bwrap, *_inner_args(disk_bytes, _view_args(tops, links, ())), *seccomp, *argv]
 
 
@@ -376,7 +460,12 @@ def spawn(argv: list[str], limits: Limits, **popen_kwargs) -> subprocess.Popen:
         env.update(HOME=workdir, TMPDIR=workdir)
     try:
         process = subprocess.Popen(
-            argv, cwd=workdir or "/", env=env, start_new_session=True, pass_fds=[seccomp_fd] if seccomp_fd else [], **popen_kwargs
+            argv,
+            cwd=workdir or "/",
+            env=env,
+            start_new_session=True,
+            pass_fds=[seccomp_fd] if seccomp_fd else [],
+            **popen_kwargs,
         )
     finally:
         if seccomp_fd is not None:
@@ -411,7 +500,11 @@ def run(argv: list[str], timeout: float, limits: Limits, stdin: bytes = b"") -> 
         limits: rlimits, tmpfs size and output truncation.
         stdin: the command's stdin (an anonymous file: writing it never blocks, whatever its size).
     """
-    prlimit = [find_tool("prlimit", "util-linux"), *(f"--{name}={value}" for name, value in rlimits(timeout, limits).items()), "--"]
+    prlimit = [
+        find_tool("prlimit", "util-linux"),
+        *(f"--{name}={value}" for name, value in rlimits(timeout, limits).items()),
+        "--",
+    ]
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr, tempfile.TemporaryFile() as input_:
         input_.write(stdin)
         input_.seek(0)

@@ -33,7 +33,6 @@ from importlib import resources
 
 from . import sandbox
 
-
 _MISMATCH_FORMAT = '"Mismatches: '
 
 # The driver script, handed to the sandboxed interpreter as `-c` text (it cannot import trl_ib there).
@@ -115,7 +114,7 @@ def _run(program: str, test: str, entry_point: str | None, timeout: float, limit
     tools = [sandbox.find_tool("iverilog", "iverilog"), sandbox.find_tool("vvp", "iverilog")]
     if _MISMATCH_FORMAT not in test:
         raise ValueError(
-            f"test does not print {_MISMATCH_FORMAT}%1d in %1d samples\"; Verilog tests must be "
+            f'test does not print {_MISMATCH_FORMAT}%1d in %1d samples"; Verilog tests must be '
             "VerilogEval testbenches that report their mismatch count"
         )
     nonce = secrets.token_hex(16)

@@ -11,7 +11,6 @@ import evaluate
 
 from trl_ib.code_eval.scoring import score
 
-
 _CITATION = """\
 @misc{chen2021evaluating,
   title={Evaluating Large Language Models Trained on Code},
@@ -95,7 +94,15 @@ class PassAtKM(evaluate.Metric):
         )
 
     def _compute(
-        self, predictions, references, k=(1, 10), m=(1, "k"), entry_points=None, language="python", timeout=3.0, num_workers=None
+        self,
+        predictions,
+        references,
+        k=(1, 10),
+        m=(1, "k"),
+        entry_points=None,
+        language="python",
+        timeout=3.0,
+        num_workers=None,
     ):
         if os.getenv("HF_ALLOW_CODE_EVAL", "0") != "1":
             raise ValueError(_WARNING)
