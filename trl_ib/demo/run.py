@@ -54,6 +54,9 @@ from .study import ARMS, BASES, contrasts, format_strength, plot_barrier
 from .tasks import Task, make_task, sft_rows
 
 
+SCORING_BACKEND = "auto"  # what samples the scored models: vLLM where it is installed, else generate_samples
+
+
 @dataclass(frozen=True)
 class Budget:
     """Problem counts, epochs and sampling of one demo size."""
@@ -204,11 +207,11 @@ def fine_tune(arm: str, base_dir: Path, tokenizer, rows: list[dict], output_dir:
 
 def sample_and_score(model, tokenizer, problems: list[dict], budget: Budget, seed: int):
     """`budget.num_samples` sampled completions per problem (the evaluator's temperature / top_p), run: `Scores`.
-    Sampled by vLLM where it is installed, else `generate_samples` (`generate_samples_with`, backend auto)."""
+    Sampled by `generate_samples_with` on `SCORING_BACKEND`."""
     set_seed(seed)
     prompts = [p["prompt"] for p in problems]
     completions = generate_samples_with(
-        "auto", model, tokenizer, prompts, budget.num_samples, EvalArguments.temperature, EvalArguments.top_p,
+        SCORING_BACKEND, model, tokenizer, prompts, budget.num_samples, EvalArguments.temperature, EvalArguments.top_p,
         budget.max_new_tokens, batch_size=80, progress=True,
     )  # fmt: skip
     programs = build_programs(prompts, completions, "python")
@@ -284,7 +287,7 @@ def base_scores(base_dir: Path, tokenizer, d_code, reference, problems, budget: 
 
     memorized_row = cached_json(base_dir / f"base-memorization-{key_hash(d_code, reference, str(dtype))}.json",
                                 memorized)  # fmt: skip
-    backend = resolve_backend("auto")  # named in the key where not hf: the files cached before it keep their names
+    backend = resolve_backend(SCORING_BACKEND)  # in the key where not hf: the files cached before keep their names
     key = key_hash([p["prompt"] for p in problems], budget.num_samples, budget.max_new_tokens, str(dtype), seed,
                    *([backend] if backend != "hf" else []))  # fmt: skip
     sampled_row = cached_json(base_dir / f"base-samples-{key}.json",
