@@ -57,6 +57,8 @@ from .contaminate import cached_base, key_hash
 from .study import ARMS, BASES, contrasts, format_strength, plot_barrier
 from .tasks import Task, make_task, sft_rows
 
+SCORING_BACKEND = "auto"  # what samples the scored models: vLLM where it is installed, else generate_samples
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -254,11 +256,11 @@ def fine_tune(
 
 def sample_and_score(model, tokenizer, problems: list[dict], budget: Budget, seed: int):
     """`budget.num_samples` sampled completions per problem (the evaluator's temperature / top_p), run: `Scores`.
-    Sampled by vLLM where it is installed, else `generate_samples` (`generate_samples_with`, backend auto)."""
+    Sampled by `generate_samples_with` on `SCORING_BACKEND`."""
     set_seed(seed)
     prompts = [p["prompt"] for p in problems]
     completions = generate_samples_with(
-        "auto",
+        SCORING_BACKEND,
         model,
         tokenizer,
         prompts,
@@ -346,7 +348,7 @@ def base_scores(
     memorized_row = cached_json(
         base_dir / f"base-memorization-{key_hash(d_code, reference, str(dtype))}.json", memorized
     )
-    backend = resolve_backend("auto")  # named in the key where not hf: the files cached before it keep their names
+    backend = resolve_backend(SCORING_BACKEND)  # in the key where not hf: the files cached before keep their names
     key = key_hash(
         [p["prompt"] for p in problems],
         budget.num_samples,
