@@ -211,8 +211,8 @@ def sample_and_score(model, tokenizer, problems: list[dict], budget: Budget, see
     set_seed(seed)
     prompts = [p["prompt"] for p in problems]
     completions = generate_samples_with(
-        SCORING_BACKEND, model, tokenizer, prompts, budget.num_samples, EvalArguments.temperature, EvalArguments.top_p,
-        budget.max_new_tokens, batch_size=80, progress=True,
+        SCORING_BACKEND, model, tokenizer, prompts, budget.num_samples, temperature=EvalArguments.temperature,
+        top_p=EvalArguments.top_p, max_new_tokens=budget.max_new_tokens, batch_size=80, progress=True,
     )  # fmt: skip
     programs = build_programs(prompts, completions, "python")
     m = range(1, max(K_VALUES) + 1)
