@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_generate import markdown, useful_tokens
+
 ARMS = {
     "generate_samples bf16": ("hf", "bfloat16"),
     "vLLM bf16": ("vllm", "bfloat16"),
@@ -86,9 +88,7 @@ def worker(args) -> dict:
         start = time.perf_counter()
         completions = sample(prompts, args.num_samples, args.worker_tokens, seed=repeat)
         seconds.append(time.perf_counter() - start)
-        tokens.append(
-            sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for g in completions for text in g)
-        )
+        tokens.append(useful_tokens(tokenizer, completions))
     return {"seconds": seconds, "tokens": tokens, "load_average": os.getloadavg()[0]}
 
 
@@ -131,11 +131,6 @@ def machine() -> str:
             return next(line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
-
-
-def table(rows: list[dict], header: list[str]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(row[key]) for key in header) + " |" for row in rows])
 
 
 def main():
@@ -190,21 +185,7 @@ def main():
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
-    print(
-        table(
-            rows,
-            [
-                "threads",
-                "new tokens",
-                "arm",
-                "seconds per call",
-                "tokens per call",
-                "tokens/s",
-                f"vs {REFERENCE}",
-                "load average",
-            ],
-        )
-    )
+    print(markdown(rows))
 
 
 if __name__ == "__main__":

@@ -295,19 +295,20 @@ def test_an_in_memory_model_samples_alike_on_both_backends(served, adapter_name)
     the completions of `generate_samples`; sampled with seed None, draws fixed by the global generator's state."""
     _, tokenizer, peft_models, _ = served
     model = base_model(len(tokenizer)).eval() if adapter_name is None else peft_models[adapter_name]
-    greedy = (model, tokenizer, PROMPTS, 2, 0.0, 1.0, MAX_NEW_TOKENS, STOPS)
-    expected = generate_samples_with("hf", *greedy)
+    greedy = dict(temperature=0.0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS, stop_sequences=STOPS)
+    expected = generate_samples_with("hf", model, tokenizer, PROMPTS, 2, **greedy)
     set_num_threads, num_threads = torch.set_num_threads, torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
-        assert generate_samples_with("vllm", *greedy, llm_kwargs={"max_model_len": MAX_LENGTH}) == expected
-        sampled = (model, tokenizer, PROMPTS, 3, 1.0, 0.95, MAX_NEW_TOKENS, SAMPLED_STOPS)
+        llm_kwargs = {"max_model_len": MAX_LENGTH}
+        assert generate_samples_with("vllm", model, tokenizer, PROMPTS, 2, llm_kwargs=llm_kwargs, **greedy) == expected
+        sampled = dict(temperature=1.0, top_p=0.95, max_new_tokens=MAX_NEW_TOKENS, stop_sequences=SAMPLED_STOPS)
         draws = []
         for seed in (0, 0, 1):
             torch.manual_seed(seed)
-            draws.append(generate_samples_with("vllm", *sampled, llm_kwargs={"max_model_len": MAX_LENGTH}))
+            draws.append(generate_samples_with("vllm", model, tokenizer, PROMPTS, 3, llm_kwargs=llm_kwargs, **sampled))
     assert draws[0] == draws[1] != draws[2] and len({s for group in draws[0] for s in group}) > len(PROMPTS)
-    assert generate_samples_with("hf", *greedy) == expected  # the model itself was not merged or changed
+    assert generate_samples_with("hf", model, tokenizer, PROMPTS, 2, **greedy) == expected  # the model is unchanged
     assert torch.set_num_threads is set_num_threads and torch.get_num_threads() == num_threads  # as before vLLM
 
 

@@ -265,9 +265,9 @@ def sample_and_score(model, tokenizer, problems: list[dict], budget: Budget, see
         tokenizer,
         prompts,
         budget.num_samples,
-        TEMPERATURE,
-        TOP_P,
-        budget.max_new_tokens,
+        temperature=TEMPERATURE,
+        top_p=TOP_P,
+        max_new_tokens=budget.max_new_tokens,
         batch_size=80,
         progress=True,
     )

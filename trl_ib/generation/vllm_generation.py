@@ -156,31 +156,27 @@ def generate_samples_with(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     num_samples: int,
-    temperature: float = 0.8,
-    top_p: float = 0.95,
-    max_new_tokens: int = 512,
-    stop_sequences: Sequence[str] | None = None,
-    batch_size: int = 16,
-    prompt_format: PromptFormat = PromptFormat(),
-    progress: bool = False,
-    seed: int | None = None,
+    *,
     llm_kwargs: dict | None = None,
+    **sampling,
 ) -> list[list[str]]:
-    """`generate_samples` on the backend `backend` resolves to (`resolve_backend`, one process): hf runs it as it
-    is; vllm serves `model` as it stands (`serving`, with `llm_kwargs`) and samples with `generate_samples_vllm`,
-    `batch_size` aside (seed None: one drawn from the global torch generator, which a `set_seed` before the call
-    fixes, as it fixes `generate_samples`' draws). Greedy completions are the same on both
-    (tests/test_vllm_generation.py); sampled ones are drawn from the same distribution by other random streams.
+    """`generate_samples(model, tokenizer, prompts, num_samples, **sampling)` on the backend `backend` resolves to
+    (`resolve_backend`, one process): hf runs it as it is; vllm serves `model` as it stands (`serving`, with
+    `llm_kwargs`) and samples with `generate_samples_vllm`, `batch_size` aside (seed None: one drawn from the global
+    torch generator, which a `set_seed` before the call fixes, as it fixes `generate_samples`' draws). Greedy
+    completions are the same on both (tests/test_vllm_generation.py); sampled ones are drawn from the same
+    distribution by other random streams.
 
     Returns:
         completions[problem][sample], shape (len(prompts), num_samples).
     """
-    sampling = (prompts, num_samples, temperature, top_p, max_new_tokens, stop_sequences)
     if resolve_backend(backend) == "hf":
-        return generate_samples(model, tokenizer, *sampling, batch_size, prompt_format, progress, seed)
+        return generate_samples(model, tokenizer, prompts, num_samples, **sampling)
+    sampling.pop("batch_size", None)
+    seed = sampling.pop("seed", None)
     seed = int(torch.randint(2**31 - 1, ())) if seed is None else seed
     with serving(model, tokenizer, seed, **(llm_kwargs or {})) as llm:
-        return generate_samples_vllm(llm, tokenizer, *sampling, prompt_format, seed=seed, progress=progress)
+        return generate_samples_vllm(llm, tokenizer, prompts, num_samples, seed=seed, **sampling)
 
 
 def lora_rank(lora_path: str | os.PathLike) -> int:
