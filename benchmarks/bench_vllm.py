@@ -11,10 +11,11 @@ each thread count in `--threads` (1, 2). Three arms:
   prefill): today's best transformers path, the demo's;
 - `generate_samples_vllm` on a vLLM engine in bfloat16, and in float32.
 Every arm of every setting runs in a fresh process (vLLM's CPU worker binds the threads of the process it runs in, so
-arms sharing one would share its binding), loads the model, warms up with one short call, then times `--repeats`
-calls. Thread counts: `torch.set_num_threads` for transformers, vLLM's `VLLM_CPU_OMP_THREADS_BIND` (cores 0..t-1)
-for vLLM. The arms of a setting run one after another, in reverse order every other setting, so a drift in the
-machine's load does not favour one arm. Tokens are those of the returned completions (cut at the stop sequences),
+arms sharing one would share its binding), loads the model, warms up with a call of 8 new tokens on the same prompts
+and rows, then times `--repeats` calls. Thread counts: `torch.set_num_threads` for transformers, vLLM's
+`VLLM_CPU_OMP_THREADS_BIND` (cores 0..t-1) for vLLM, whose KV cache is `make_llm`'s default. The arms of a setting
+run one after another, in reverse order every other setting, so a drift in the machine's load does not favour one
+arm. Tokens are those of the returned completions (cut at the stop sequences),
 tokenized alike for every arm; the samples of the arms differ (other random streams), their distribution does not.
 
 Writes benchmarks/results/bench_vllm.json (replaced by each run) and prints the table: tokens/s per arm and each
@@ -82,7 +83,7 @@ def worker(args) -> dict:
                 llm, tokenizer, prompts, num_samples, max_new_tokens=max_new_tokens, seed=seed, **common
             )
 
-    sample(prompts[:1], 1, 8, seed=0)  # warm-up
+    sample(prompts, args.num_samples, 8, seed=0)  # warm-up: the timed calls' prompts and rows, 8 new tokens
     seconds, tokens = [], []
     for repeat in range(args.repeats):
         start = time.perf_counter()
