@@ -45,7 +45,7 @@ from transformers import (
 
 from ..code_eval.extraction import cut_at_stop
 from .prompting import PromptFormat
-from .sampling import sampling_arguments
+from .sampling import TEMPERATURE, TOP_P, sampling_arguments
 
 
 def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple | None:
@@ -126,8 +126,8 @@ def sample_batches(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     num_samples: int,
-    temperature: float = 0.8,
-    top_p: float = 0.95,
+    temperature: float = TEMPERATURE,
+    top_p: float = TOP_P,
     max_new_tokens: int = 512,
     stop_sequences: Sequence[str] | None = None,
     batch_size: int = 16,
@@ -231,8 +231,8 @@ def generate_samples(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     num_samples: int,
-    temperature: float = 0.8,
-    top_p: float = 0.95,
+    temperature: float = TEMPERATURE,
+    top_p: float = TOP_P,
     max_new_tokens: int = 512,
     stop_sequences: Sequence[str] | None = None,
     batch_size: int = 16,

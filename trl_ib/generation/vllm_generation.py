@@ -38,7 +38,7 @@ from transformers import AutoConfig, GenerationConfig, PreTrainedModel, PreTrain
 from ..code_eval.extraction import cut_at_stop
 from .hf_generation import batch_seed, generate_samples
 from .prompting import PromptFormat
-from .sampling import generation_value
+from .sampling import TEMPERATURE, TOP_P, generation_value
 
 INSTALL_HINT = (
     'vLLM is not installed in this environment. On a CPU: pip install "ib-ft[vllm]" && pip uninstall -y torchvision '
@@ -228,8 +228,8 @@ def generate_samples_vllm(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     num_samples: int,
-    temperature: float = 0.8,
-    top_p: float = 0.95,
+    temperature: float = TEMPERATURE,
+    top_p: float = TOP_P,
     max_new_tokens: int = 512,
     stop_sequences: Sequence[str] | None = None,
     prompt_format: PromptFormat = PromptFormat(),
@@ -303,8 +303,8 @@ def vllm_sample_batches(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     num_samples: int,
-    temperature: float = 0.8,
-    top_p: float = 0.95,
+    temperature: float = TEMPERATURE,
+    top_p: float = TOP_P,
     max_new_tokens: int = 512,
     stop_sequences: Sequence[str] | None = None,
     batch_size: int = 16,

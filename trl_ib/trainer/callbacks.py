@@ -8,6 +8,7 @@ from trl.models.utils import unwrap_model_for_generation
 
 from ..code_eval import score
 from ..generation.prompting import PromptFormat, build_programs, resolve_prompt_mode
+from ..generation.sampling import TEMPERATURE, TOP_P
 from ..generation.vllm_generation import generate_samples_with, resolve_backend
 
 
@@ -55,8 +56,8 @@ class PassAtKMCallback(TrainerCallback):
         prompt_mode: str = "auto",
         instruction_prefix: str | None = None,
         response_prefix: str | None = None,
-        temperature: float = 0.8,
-        top_p: float = 0.95,
+        temperature: float = TEMPERATURE,
+        top_p: float = TOP_P,
         max_new_tokens: int = 256,
         stop_sequences: Sequence[str] | None = None,
         batch_size: int = 16,
