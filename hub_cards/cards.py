@@ -56,6 +56,7 @@ def adapter_card(
     license: str | None = None,
     tags: str | Iterable[str] | None = None,
     plots: Sequence[tuple[str, str]] = (),
+    search: Mapping[str, Any] | None = None,
 ) -> ModelCard:
     """
     The model card of an IB-LoRA adapter.
@@ -70,6 +71,8 @@ def adapter_card(
         eval_dataset: Hub id of the dataset `pass_at_k_m` was measured on; required with `pass_at_k_m`.
         datasets, license, tags: card metadata; `tags` are added to `ADAPTER_TAGS`.
         plots: (caption, PNG file name relative to the README) pairs to embed (see `write_adapter_card`).
+        search: the hyperparameter search that chose this adapter (`ib-ft tune`): backend, objective, direction,
+            trials, best_trial, best_value, space ({field: draw}) and best ({field: value}).
     """
     base_model = base_model or peft_config.base_model_name_or_path
     results = _pass_at_k_m_rows(pass_at_k_m)
@@ -104,6 +107,7 @@ def adapter_card(
         pass_at_k_m=results,
         eval_dataset=eval_dataset,
         plots=plots,
+        search=search,
         citation=CITATION,
     )
 
@@ -114,35 +118,40 @@ def write_adapter_card(
     *,
     log_history: Sequence[Mapping[str, float]] | None = None,
     pass_at_k_m: Mapping[str, float] | None = None,
+    plots: Sequence[tuple[str, str]] = (),
     **card_kwargs: Any,
 ) -> ModelCard:
     """
     Draw the plots that the inputs allow (training curves from `log_history`; Pass@k^(m) against m when some k has
-    several m) into `save_directory`, then save `adapter_card(...)` there as README.md and return it.
-    `card_kwargs` are the other keyword arguments of `adapter_card`.
+    several m) into `save_directory`, then save `adapter_card(...)` there as README.md and return it. `plots`:
+    (caption, file) pairs already in `save_directory`, shown after these. `card_kwargs` are the other keyword
+    arguments of `adapter_card`.
     """
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)
-    plots = []
+    given, plots = plots, []
     if log_history and plot_training_curves(log_history, directory / TRAINING_CURVES_PNG):
         plots.append(("Training curves", TRAINING_CURVES_PNG))
     if pass_at_k_m and _plot_pass_at_k_m(_pass_at_k_m_rows(pass_at_k_m), directory / PASS_AT_K_M_PNG):
         plots.append(("Pass@k^(m) against m", PASS_AT_K_M_PNG))
+    plots += given
     card = adapter_card(peft_config, log_history=log_history, pass_at_k_m=pass_at_k_m, plots=plots, **card_kwargs)
     card.save(directory / "README.md")
     return card
 
 
-def trainer_card(trainer: Any, *, model_name: str | None = None, **card_kwargs: Any) -> ModelCard:
+def trainer_card(
+    trainer: Any, *, model_name: str | None = None, output_dir: str | os.PathLike | None = None, **card_kwargs: Any
+) -> ModelCard:
     """
-    Write the card of the IB-LoRA adapter a Trainer is training into `trainer.args.output_dir`, with its
+    Write the card of the IB-LoRA adapter a Trainer is training into `output_dir` (default: `args.output_dir`), with its
     `state.log_history`; for `IBSFTTrainer.create_model_card`, which `Trainer.push_to_hub` calls after saving the
     model and before uploading the folder. `model_name` (as TRL passes it) names the adapter when the trainer has
     no `hub_model_id`. `card_kwargs`: `pass_at_k_m`, `eval_dataset`, `datasets`, `license`, `tags`.
     """
     model = trainer.accelerator.unwrap_model(trainer.model)
     return write_adapter_card(
-        trainer.args.output_dir,
+        output_dir or trainer.args.output_dir,
         model.active_peft_config,
         log_history=trainer.state.log_history,
         repo_id=trainer.hub_model_id or model_name,

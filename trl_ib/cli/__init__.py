@@ -13,6 +13,7 @@ import sys
 # subcommand -> (module with `main(argv)`, one-line help)
 SUBCOMMANDS = {
     "train": ("trl_ib.cli.train", "fine-tune with IB-LoRA (IBSFTTrainer); YAML config + overrides"),
+    "tune": ("trl_ib.cli.tune", "search IB-FT's settings on validation data (Optuna, or Ray Tune)"),
     "eval": ("trl_ib.cli.eval", "generate samples and score Pass@k^(m) in the sandbox"),
     "memorization": ("trl_ib.cli.memorization", "Min-K% Prob memorization scores of a dataset"),
     "export": ("trl_ib.cli.export", "write an IB-LoRA adapter as a plain LoRA adapter for serving"),

@@ -128,30 +128,40 @@ def load_data(script_args: ScriptArguments, ib_args: IBArguments):
     return dataset[script_args.dataset_train_split], dataset.get(script_args.dataset_test_split)
 
 
-def run(script_args: ScriptArguments, training_args: IBSFTConfig, model_args: ModelConfig, ib_args: IBArguments):
-    train_dataset, eval_dataset = load_data(script_args, ib_args)
+def load_base(model_args: ModelConfig, training_args: IBSFTConfig, texts: list[str]):
+    """(model, tokenizer): `model_name_or_path`'s, or with none the built-in tiny model with a tokenizer trained on
+    `texts`, saved under `<output_dir>/base_model` and recorded as the adapter's base (it exists nowhere else)."""
     # The same built-in base and adapter initialization on every process, and in every run with this seed.
     set_seed(training_args.seed)
     if model_args.model_name_or_path is None:
-        texts = [row["prompt"] + row["completion"] for row in train_dataset]
         tokenizer = builtin.train_tokenizer(texts)
         model = builtin.tiny_llama(vocab_size=len(tokenizer))
-        # This base exists nowhere else: save it beside the adapter (recorded as the adapter's base) so the adapter
-        # can be loaded and evaluated later.
         base_dir = Path(training_args.output_dir) / "base_model"
         if training_args.process_index == 0:
             model.save_pretrained(base_dir)
             tokenizer.save_pretrained(base_dir)
         model.name_or_path = model.config._name_or_path = str(base_dir)
-    else:
-        model_args.model_name_or_path = builtin.resolve_model(model_args.model_name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
-        model = AutoModelForCausalLM.from_pretrained(
-            model_args.model_name_or_path,
-            revision=model_args.model_revision,
-            dtype=model_args.dtype or "auto",
-            attn_implementation=model_args.attn_implementation,
-        )
+        return model, tokenizer
+    model_args.model_name_or_path = builtin.resolve_model(model_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    return load_model(model_args), tokenizer
+
+
+def load_model(model_args: ModelConfig):
+    """The base model of `model_name_or_path` with the model flags (dtype, attention)."""
+    return AutoModelForCausalLM.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        dtype=model_args.dtype or "auto",
+        attn_implementation=model_args.attn_implementation,
+    )
+
+
+def run(script_args: ScriptArguments, training_args: IBSFTConfig, model_args: ModelConfig, ib_args: IBArguments):
+    train_dataset, eval_dataset = load_data(script_args, ib_args)
+    model, tokenizer = load_base(
+        model_args, training_args, [row["prompt"] + row["completion"] for row in train_dataset]
+    )
     peft_config = build_peft_config(model_args, ib_args, training_args)
     if ib_args.peft_type == "lora":  # the control: the same LoRA, no IB encoders, TRL's own trainer
         trainer_class, peft_config = SFTTrainer, to_lora_config(peft_config)
@@ -185,14 +195,24 @@ def run(script_args: ScriptArguments, training_args: IBSFTConfig, model_args: Mo
 BUILTIN_DEFAULTS = {"learning_rate": 1e-2, "ib_dim": 16, "lora_r": 16, "lora_alpha": 32}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parsed = make_parser().parse_args_and_config(args=argv)
+def parse(argv: list[str] | None, parser_factory=None) -> tuple:
+    """The parsed flag dataclasses; with no model, the built-in default's flag defaults (BUILTIN_DEFAULTS)."""
+    parser_factory = parser_factory or make_parser
+    parsed = parser_factory().parse_args_and_config(args=argv)
     if parsed[2].model_name_or_path is None:
-        parser = make_parser()
+        parser = parser_factory()
         parser.set_defaults(**BUILTIN_DEFAULTS)
         parsed = parser.parse_args_and_config(args=argv)
-    trainer = run(*parsed)
-    # Leave the process group before the interpreter exits: a gloo group torn down at exit has aborted a finished
-    # rank ("terminate called without an active exception") while another was still saving.
+    return parsed
+
+
+def main(argv: list[str] | None = None) -> None:
+    trainer = run(*parse(argv))
+    end_processes(trainer)
+
+
+def end_processes(trainer) -> None:
+    """Leave the process group before the interpreter exits: a gloo group torn down at exit has aborted a finished
+    rank ("terminate called without an active exception") while another was still saving."""
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()

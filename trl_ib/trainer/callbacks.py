@@ -13,7 +13,8 @@ from ..generation.vllm_generation import generate_samples_with, resolve_backend
 
 
 class PassAtKMCallback(TrainerCallback):
-    """Every `every_n_steps` optimizer steps, sample, execute and log Pass@k^(m) on `problems`.
+    """Every `every_n_steps` optimizer steps, or with every evaluation, sample, execute and log Pass@k^(m) on
+    `problems`.
 
     Generation is split across processes; the main process runs the programs in the sandbox, and
     every process logs the same values through `trainer.log`, under keys `eval_pass@{k}^({m})`
@@ -30,7 +31,9 @@ class PassAtKMCallback(TrainerCallback):
             `trl_ib.code_eval.problem_sets.load_problems` reads them from a file, a dataset or a VerilogEval directory).
         k, m: the Pass@k^(m) pairs to log; "k" in `m` means m = k.
         num_samples: n, samples per problem, at least max(k).
-        every_n_steps: evaluate when `global_step` is a multiple of this.
+        every_n_steps: evaluate when `global_step` is a multiple of this. None: with every `trainer.evaluate()`
+            (the evaluations of `eval_strategy`, and the one at the end of a hyperparameter-search trial), whose
+            metrics then include these, so that `hyperparameter_search` can optimize and prune on them.
         prompt_mode: "completion", "chat" or "auto" (`trl_ib.generation.prompting`; auto looks at the trainer's
             tokenizer and the model's `name_or_path`).
         language, instruction_prefix, response_prefix, temperature, top_p, max_new_tokens, stop_sequences,
@@ -51,7 +54,7 @@ class PassAtKMCallback(TrainerCallback):
         k: Sequence[int] = (1,),
         m: Sequence[int | str] = (1,),
         num_samples: int = 1,
-        every_n_steps: int = 100,
+        every_n_steps: int | None = 100,
         language: str = "python",
         prompt_mode: str = "auto",
         instruction_prefix: str | None = None,
@@ -68,8 +71,8 @@ class PassAtKMCallback(TrainerCallback):
     ):
         if num_samples < max(k):
             raise ValueError(f"num_samples={num_samples} is smaller than max(k)={max(k)}; need n >= k")
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps={every_n_steps} is invalid; give a step interval >= 1")
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"every_n_steps={every_n_steps} is invalid; give a step interval >= 1, or None")
         self.trainer = trainer
         self.problems = list(problems)
         self.k, self.m, self.num_samples, self.every_n_steps = list(k), list(m), num_samples, every_n_steps
@@ -91,11 +94,24 @@ class PassAtKMCallback(TrainerCallback):
         )
         self._last_step = -1
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_step = -1  # a new run (a search's next trial) counts its steps from 0 again
+
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.every_n_steps != 0 or state.global_step == self._last_step:
+        if (
+            self.every_n_steps is None
+            or state.global_step % self.every_n_steps
+            or state.global_step == self._last_step
+        ):
             return
         self._last_step = state.global_step
         self.trainer.log(self.evaluate())
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self.every_n_steps is None and metrics is not None:
+            values = self.evaluate()
+            metrics.update(values)  # the dict `trainer.evaluate()` returns, already logged without these
+            self.trainer.log(values)
 
     def evaluate(self) -> dict[str, float]:
         """{"eval_pass@{k}^({m})": value} for the current model, identical on every process."""

@@ -5,26 +5,35 @@ weights them (warmup, KL controller), normalizes them over the whole accumulated
 normalizes its cross-entropy, adds them to SFTTrainer's loss and logs them. The method: docs/METHOD.md.
 """
 
+import copy
 import inspect
 import json
 import math
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
-from peft import PeftModel
-from transformers import TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from peft import PeftModel, get_peft_model
+from transformers import TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import HPSearchBackend, get_last_checkpoint, number_of_arguments
 from transformers.utils import is_triton_available, logging
 from trl import SFTTrainer
 from trl.kernels import ChunkedLogProbFunction
-from trl.trainer.utils import get_config_model_id, maybe_gather_lm_head_ctx
+from trl.trainer.utils import add_fused_lm_head, get_config_model_id, maybe_gather_lm_head_ctx
 
 from peft_ib import IBLoraConfig, find_ib_model
 
 from .distributed import check_distributed_run
 from .ib_sft_config import IBSFTConfig
 from .kl_controller import KLController
+from .search_backends import (
+    check_some_trial_completed,
+    load_study,
+    metric_objective,
+    optuna_study_kwargs,
+    resolve_backend,
+)
+from .search_space import DEFAULT_IB_SPACE, optuna_space, ray_space, split_params
 
 CONTROLLER_FILE = "ib_kl_controller.json"
 # The first training batch warns when the IB penalty at full alpha exceeds this multiple of the task loss.
@@ -32,6 +41,8 @@ PENALTY_WARNING_RATIO = 10.0
 
 logger = logging.get_logger(__name__)
 
+# The per-token outputs of the fused LM head SFTTrainer.__init__ adds to its model (a trial's new base gets the same).
+FUSED_OUTPUTS = ("log_probs", "entropy", "is_top1")
 # Vocabulary tile of TRL's chunked log-prob kernel for ce_ib (the width TRL's fused LM head uses).
 CE_VOCAB_CHUNK = 32768
 
@@ -72,6 +83,14 @@ def trl_kernel_is_fast(device: torch.device) -> bool:
 
 
 SFT_TRAINER_SIGNATURE = inspect.signature(SFTTrainer.__init__)
+# SFTTrainer's, with Trainer's `model_init` (what `hyperparameter_search` calls for each trial's base model) added:
+# `model` may then be left out.
+IB_SFT_TRAINER_SIGNATURE = SFT_TRAINER_SIGNATURE.replace(
+    parameters=[
+        *(p.replace(default=None) if p.name == "model" else p for p in SFT_TRAINER_SIGNATURE.parameters.values()),
+        inspect.Parameter("model_init", inspect.Parameter.KEYWORD_ONLY, default=None),
+    ]
+)
 
 
 class _StepEnd(TrainerCallback):
@@ -96,13 +115,30 @@ class IBSFTTrainer(SFTTrainer):
 
     def __init__(self, *positional, **keywords):
         # Bound to SFTTrainer's own signature: a positional call means what it means for SFTTrainer.
-        call = SFT_TRAINER_SIGNATURE.bind(self, *positional, **keywords)
+        call = IB_SFT_TRAINER_SIGNATURE.bind(self, *positional, **keywords)
         call.apply_defaults()
+        model_init = call.arguments.pop("model_init")
+        if call.arguments["model"] is None:  # Trainer's rule: a model, or a model_init that builds one
+            if model_init is None:
+                raise ValueError("IBSFTTrainer needs a model (a Hub id, a local path or a model) or a model_init.")
+            call.arguments["model"] = model_init() if number_of_arguments(model_init) == 0 else model_init(None)
         model = call.arguments["model"]
-        call.arguments["args"] = args = as_ib_sft_config(call.arguments["args"], model)
+        call.arguments["args"] = as_ib_sft_config(call.arguments["args"], model)
         super().__init__(*call.args[1:], **call.kwargs)  # SFTTrainer's own argument checks come first
         check_has_ib_adapter(self.model)
-        self._ib_model = find_ib_model(self.model)
+        self.model_init = model_init  # as in Trainer: when set, every `train()` starts from a model it builds
+        self._ib_trial_adapter = {}  # the IBLoraConfig values of the hyperparameter-search trial being set up
+        self._ib_bind(self.model)
+        # Each trial's adapter is this one with the trial's values (Trainer's `peft_config` may be None).
+        self._ib_adapter_config = copy.deepcopy(self._ib_config)
+        self.add_callback(_StepEnd(self))
+        check_distributed_run(self)
+
+    def _ib_bind(self, model) -> None:
+        """Read the IB-LoRA adapter of `model` and the IB fields of `args` into this trainer's state: at `__init__`,
+        and for each model a `model_init` or a hyperparameter-search trial builds."""
+        args = self.args
+        self._ib_model = find_ib_model(model)
         self._ib_alpha = self._ib_config.ib_alpha if args.ib_alpha is None else args.ib_alpha
         self._ib_beta = self._ib_config.ib_beta if args.ib_beta is None else args.ib_beta
         self._ib_controller = None
@@ -115,12 +151,10 @@ class IBSFTTrainer(SFTTrainer):
         self._ib_num_kl_positions = None  # KL positions of the accumulated batch, set with num_items_in_batch
         self._ib_step_kl = torch.zeros(2, dtype=torch.float64)  # (KL sum, weight) over this step's micro-batches
         self._ib_scale_checked = False  # the first training batch compares the penalty with ce (a warning)
-        self.add_callback(_StepEnd(self))
-        check_distributed_run(self)
         if trl_kernel_is_fast(self.accelerator.device):
             self._ib_model.fused_target_log_probs = chunked_target_log_probs
 
-    __init__.__signature__ = SFT_TRAINER_SIGNATURE
+    __init__.__signature__ = IB_SFT_TRAINER_SIGNATURE
 
     @property
     def _ib_config(self) -> IBLoraConfig:
@@ -257,7 +291,9 @@ class IBSFTTrainer(SFTTrainer):
             return
         from hub_cards import trainer_card
 
-        trainer_card(self, model_name=model_name, datasets=dataset_name, tags=tags)
+        # TRL writes it with every checkpoint; a search trial's goes to the trial's folder, beside its adapter.
+        output_dir = self._get_output_dir(getattr(self, "_trial", None))
+        trainer_card(self, model_name=model_name, datasets=dataset_name, tags=tags, output_dir=output_dir)
 
     # ---- checkpoints: the controller's state travels with them -----------------------------------------------
 
@@ -267,14 +303,153 @@ class IBSFTTrainer(SFTTrainer):
             checkpoint = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
             (checkpoint / CONTROLLER_FILE).write_text(json.dumps(self._ib_controller.state_dict()))
 
-    def train(self, resume_from_checkpoint=None, **kwargs):
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
         if resume_from_checkpoint is True:
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
         if resume_from_checkpoint and self._ib_controller is not None:
             state_file = Path(resume_from_checkpoint) / CONTROLLER_FILE
             if state_file.exists():
                 self._ib_controller = KLController(**json.loads(state_file.read_text()))
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        if trial is not None and self.hp_search_backend is not None:
+            # Each trial's adapter and log, in the folder BestRun.run_id names (`<output_dir>/run-<run_id>`).
+            run_dir = self._get_output_dir(trial)
+            self.save_model(run_dir)
+            if self.args.should_save:
+                self.state.save_to_json(str(Path(run_dir) / "trainer_state.json"))
+        return output
+
+    # ---- hyperparameter search: a fresh base model and IB-LoRA adapter per trial -------------------------------
+
+    def hyperparameter_search(
+        self,
+        hp_space=None,
+        compute_objective=None,
+        n_trials: int = 20,
+        direction: str | list[str] = "minimize",
+        backend: str | HPSearchBackend | None = None,
+        hp_name=None,
+        **kwargs,
+    ):
+        """
+        [`~transformers.Trainer.hyperparameter_search`] for IB-FT: every trial trains a fresh IB-LoRA adapter on a
+        fresh base model, so fields of IBLoraConfig (`ib_alpha`, `ib_beta`, `ib_dim`, `ib_layers`, `r`, ...) are
+        searchable beside those of IBSFTConfig (`learning_rate`, `ib_target_kl`, ...).
+
+        The base of each trial is the trainer's own base model with the previous adapter unloaded (IB-LoRA
+        training leaves base weights untouched), or what `model_init` returns when the trainer was given one: Ray
+        Tune, DeepSpeed ZeRO-3, FSDP, `bf16_full_eval` / `fp16_full_eval` and `modules_to_save` need a `model_init`
+        (the first three cannot hand the trainer's model to a trial, the others change base weights). Each trial's
+        final adapter is saved to `<output_dir>/run-<trial>`.
+
+        Args:
+            hp_space: a search space in the form of `trl_ib.trainer.search_space` (a dict, also what a YAML file
+                gives), or transformers' callable. Default: `DEFAULT_IB_SPACE` (ib_alpha, ib_beta, ib_layers, ib_dim).
+            compute_objective: metrics -> objective. Default: `eval_ce`, the task loss on `eval_dataset`;
+                `metric_objective("eval_pass@1^(1)")` reads Pass@1 from a `PassAtKMCallback(every_n_steps=None)`.
+            n_trials: trials in the study, those a stored study already finished included (Optuna).
+            direction: "minimize" (the default, for eval_ce) or "maximize" (for Pass@k^(m)).
+            backend: "optuna" (the default; `pip install "ib-ft[tune]"`) or "ray" (`pip install "ib-ft[ray]"`).
+            hp_name: trial -> the name of its folder under `output_dir`.
+            kwargs: Optuna: `storage` (a URL such as "sqlite:///study.db": a search started again with it continues
+                the stored study), `study_name` ("ib-ft"), `heartbeat_interval` (60 s), `sampler` (TPE seeded with
+                `args.seed`), `pruner` (Optuna's median pruner, which acts on the evaluations of `eval_strategy`),
+                `timeout`, `n_jobs`, `gc_after_trial`, `catch`. Ray: `ray.tune.run`'s arguments.
+
+        Returns:
+            transformers' `BestRun` (run_id, objective, hyperparameters, run_summary: the Optuna study or Ray Tune's
+            ExperimentAnalysis, which `trl_ib.trainer.search_backends.trial_rows` turns into one row per trial).
+        """
+        backend = resolve_backend(backend)
+        if self.model_init is None:
+            self._check_base_reusable(backend)
+            self.model_init = self._unloaded_base
+        space = DEFAULT_IB_SPACE if hp_space is None else hp_space
+        if isinstance(space, dict):
+            space = (optuna_space if backend == HPSearchBackend.OPTUNA else ray_space)(space)
+        compute_objective = compute_objective or metric_objective("eval_ce")
+        search = (space, compute_objective)
+        if backend == HPSearchBackend.RAY:
+            self._ib_model = None  # travels to each trial without the model, as transformers sends the trainer
+            return super().hyperparameter_search(*search, n_trials, direction, backend, hp_name, **kwargs)
+        study_kwargs, n_left = optuna_study_kwargs(kwargs, n_trials, self.args.seed)
+        try:
+            best = super().hyperparameter_search(*search, n_left, direction, backend, hp_name, **study_kwargs)
+        except ValueError:
+            check_some_trial_completed(load_study(study_kwargs))
+            raise
+        return best if best is None else best._replace(run_summary=load_study(study_kwargs))
+
+    def _check_base_reusable(self, backend: HPSearchBackend) -> None:
+        """Refuse, naming the cause, a search whose trials cannot start from the trainer's own base model."""
+        config = self._ib_adapter_config
+        causes = {
+            "backend='ray' sends the trainer to each trial without its model": backend == HPSearchBackend.RAY,
+            "DeepSpeed ZeRO-3 shards the base model in place": self.is_deepspeed_enabled
+            and self.accelerator.state.deepspeed_plugin.zero_stage == 3,
+            "FSDP shards the base model in place": self.is_fsdp_enabled,
+            "bf16_full_eval / fp16_full_eval cast the base model's weights": self.args.bf16_full_eval
+            or self.args.fp16_full_eval,
+            "modules_to_save / trainable_token_indices train base modules that unloading keeps": bool(
+                config.modules_to_save or config.trainable_token_indices
+            ),
+        }
+        for cause, applies in causes.items():
+            if applies:
+                raise ValueError(
+                    f"hyperparameter_search: {cause}, so each trial needs its own base model: give IBSFTTrainer "
+                    "model_init=..., a function returning the base model (e.g. lambda: "
+                    "AutoModelForCausalLM.from_pretrained(model_id)); each trial's IBLoraConfig is applied to it."
+                )
+
+    def _unloaded_base(self):
+        """The base model under the current IB-LoRA adapter, that adapter unloaded (removed, not merged)."""
+        return self._ib_model.unload()
+
+    def _trial_params(self, trial) -> dict:
+        """{field: value} of a trial: Optuna's drawn by `hp_space`, Ray Tune's and W&B's given as a dict."""
+        if self.hp_search_backend == HPSearchBackend.OPTUNA:
+            return self.hp_space(trial)
+        return {key: value for key, value in trial.items() if key != "wandb"}
+
+    def call_model_init(self, trial=None):
+        """`model_init`'s model with an IB-LoRA adapter: the trainer's IBLoraConfig, with the trial's values."""
+        model = super().call_model_init(trial)
+        adapter_values = {}
+        if trial is not None and self.hp_search_backend is not None:
+            adapter_values = split_params(self._trial_params(trial))[1]
+        if self.model_init != self._unloaded_base:  # a new base: SFTTrainer's fused LM head, as at its __init__
+            add_fused_lm_head(model.get_base_model() if isinstance(model, PeftModel) else model, outputs=FUSED_OUTPUTS)
+        if not isinstance(model, PeftModel):
+            # As SFTTrainer applies `peft_config`: adapters in the base's dtype under ZeRO-3, input grads for
+            # gradient checkpointing.
+            zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+            config = replace(copy.deepcopy(self._ib_adapter_config), **adapter_values)
+            set_seed(self.args.seed)  # the adapter's initialization, whatever building the base drew
+            model = get_peft_model(model, config, autocast_adapter_dtype=not zero3)
+            if self.args.gradient_checkpointing:
+                model.enable_input_require_grads()
+        elif adapter_values:
+            raise ValueError(
+                f"The search space sets adapter fields ({', '.join(adapter_values)}), but model_init returned a "
+                "PeftModel, whose adapter is fixed: return the base model and each trial's IBLoraConfig is applied."
+            )
+        check_has_ib_adapter(model)
+        self._ib_bind(model)
+        return model
+
+    def _hp_search_setup(self, trial) -> None:
+        """Trainer's setup of a trial with the IBSFTConfig values only (the IBLoraConfig ones went to
+        `call_model_init`), then the IB state read again from the trial's args."""
+        if self.hp_search_backend is None or trial is None:
+            return super()._hp_search_setup(trial)
+        training_values = split_params(self._trial_params(trial))[0]
+        hp_space, self.hp_space = self.hp_space, lambda _trial: training_values
+        try:
+            super()._hp_search_setup(trial if self.hp_search_backend == HPSearchBackend.OPTUNA else training_values)
+        finally:
+            self.hp_space = hp_space
+        self._ib_bind(self.model)
 
 
 def check_has_ib_adapter(model) -> None:
