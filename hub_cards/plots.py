@@ -1,4 +1,5 @@
-"""Pass@k^(m) against m: the one plot that cards, `ib-ft eval` and the demo all draw.
+"""Pass@k^(m) against m, which cards, `ib-ft eval` and the demo draw; and a search's trials, which `ib-ft tune`
+and the tuning study draw.
 
 matplotlib's object API (`Figure`, no pyplot): no process-wide backend switch, safe off the main thread.
 """
@@ -23,3 +24,19 @@ def plot_against_m(
     axes.legend()
     axes.grid(alpha=0.3)
     figure.savefig(path, dpi=120)
+
+
+def plot_trials(rows: Sequence[Mapping], parameters: Sequence[str], objective: str, path: str | os.PathLike) -> None:
+    """Save a PNG of a search's objective per trial, then against each searched parameter; `rows` as
+    `trl_ib.trainer.search_backends.trial_rows` gives them. Pruned and failed trials are left out (their objective
+    is an intermediate value, or none)."""
+    done = [row for row in rows if row["objective"] is not None and row["state"] in ("COMPLETE", "TERMINATED")]
+    figure = Figure(figsize=(3.2 * (1 + len(parameters)), 3.0), layout="constrained")
+    axes = figure.subplots(1, 1 + len(parameters), squeeze=False)[0]
+    axes[0].plot([row["trial"] for row in done], [row["objective"] for row in done], "o-")
+    axes[0].set(xlabel="trial", ylabel=objective)
+    for axis, name in zip(axes[1:], parameters):
+        points = [(row[name], row["objective"]) for row in done if row.get(name) is not None]
+        axis.plot([str(x) if isinstance(x, str) else x for x, _ in points], [y for _, y in points], "o")
+        axis.set(xlabel=name)
+    figure.savefig(path, dpi=100)

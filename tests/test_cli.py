@@ -35,7 +35,7 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
 
 
 def test_unknown_command_names_the_choices(capsys):
-    with pytest.raises(SystemExit, match="unknown command 'trian'; choose one of train, eval"):
+    with pytest.raises(SystemExit, match="unknown command 'trian'; choose one of train, tune, eval"):
         cli.main(["trian"])
 
 

@@ -22,6 +22,7 @@ from transformers import TrainerCallback, TrainerState
 from trl import ModelConfig, ScriptArguments, TrlParser
 
 from hub_cards import write_adapter_card
+from hub_cards.plots import plot_trials
 from peft_ib import IBLoraConfig
 from trl_ib.code_eval.problem_sets import load_problems
 from trl_ib.trainer.callbacks import PassAtKMCallback
@@ -222,23 +223,6 @@ def _show(value) -> str:
 def _log_history(run_dir: Path) -> list[dict]:
     state_file = run_dir / "trainer_state.json"
     return TrainerState.load_from_json(str(state_file)).log_history if state_file.exists() else []
-
-
-def plot_trials(rows: list[dict], parameters: list[str], objective: str, path: Path) -> None:
-    """The objective per trial, then against each searched parameter (log axes for log-drawn ones); pruned and
-    failed trials left out (their objective is an intermediate value, or none)."""
-    from matplotlib.figure import Figure
-
-    done = [row for row in rows if row["objective"] is not None and row["state"] in ("COMPLETE", "TERMINATED")]
-    figure = Figure(figsize=(3.2 * (1 + len(parameters)), 3.0), layout="constrained")
-    axes = figure.subplots(1, 1 + len(parameters), squeeze=False)[0]
-    axes[0].plot([row["trial"] for row in done], [row["objective"] for row in done], "o-")
-    axes[0].set(xlabel="trial", ylabel=objective)
-    for axis, name in zip(axes[1:], parameters):
-        points = [(row[name], row["objective"]) for row in done if row.get(name) is not None]
-        axis.plot([str(x) if isinstance(x, str) else x for x, _ in points], [y for _, y in points], "o")
-        axis.set(xlabel=name)
-    figure.savefig(path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -214,11 +214,12 @@ def fine_tune(
     budget: Budget,
     ib_options: dict | None = None,
     bf16: bool = False,
+    learning_rate: float = FT_ARGS["learning_rate"],
 ):
     """
     Fine-tune the base in `base_dir` on `rows` as `arm` ("lora", or "ib-lora" with the IBLoraConfig fields
-    `ib_options`) for `budget`'s epochs and batch size, float32 weights, under bf16 autocast if `bf16`; save adapter
-    + card. Returns the PeftModel in eval mode and the first logged step (losses).
+    `ib_options`) for `budget`'s epochs and batch size at `learning_rate`, float32 weights, under bf16 autocast if
+    `bf16`; save adapter + card. Returns the PeftModel in eval mode and the first logged step (losses).
     """
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     common = dict(
@@ -228,7 +229,7 @@ def fine_tune(
         num_train_epochs=budget.fine_tune_epochs,
         per_device_train_batch_size=budget.fine_tune_batch_size,
         bf16=bf16,
-        **FT_ARGS,
+        **(FT_ARGS | {"learning_rate": learning_rate}),
     )
     data = Dataset.from_list(rows)
     if arm == "lora":

@@ -112,7 +112,7 @@ def trial_rows(run_summary) -> list[dict[str, Any]]:
                 "trial": trial.number,
                 "state": trial.state.name,
                 "objective": trial.value,
-                "seconds": round(trial.duration.total_seconds(), 1) if trial.duration else None,
+                "seconds": round(trial.duration.total_seconds(), 2) if trial.duration else None,
                 **trial.params,
             }
             for trial in run_summary.trials
