@@ -34,16 +34,17 @@ from trl_ib.builtin import SMOLLM2_NAME
 from trl_ib.models import merge_adapter
 from trl_ib.trainer.search_backends import metric_objective, trial_rows
 
+from .contaminate import cached_base
 from .run import (
     FT_ARGS,
     LORA_ARGS,
     QUICK_STRENGTH,
     SCORING_BACKEND,
     DemoArguments,
-    bases,
     demo_task,
     fine_tune,
     sampled,
+    texts,
 )
 from .study import HEADLINE, paired_bootstrap, per_problem
 from .tasks import sft_rows
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     task = demo_task(demo.task_seed, budget)
     seconds = {}
     start = time.perf_counter()
-    base_dir = bases(SMOLLM2_NAME, task, strength, demo.precision()[0])["contaminated"]
+    base_dir = cached_base(SMOLLM2_NAME, texts(task.train), strength, demo.precision()[0])
     seconds["contaminated base"] = round(time.perf_counter() - start, 1)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     results = {"arguments": vars(args), "objective": OBJECTIVE, "spaces": SPACES, "searches": {}, "held_out": {}}

@@ -108,6 +108,10 @@ class IBSFTTrainer(SFTTrainer):
     may be an IBSFTConfig, or an SFTConfig / TrainingArguments, converted with the IB fields at their defaults.
     Logs `ce` (task cross-entropy), `ib_kl`, `ib_ce`, `ib_alpha`, `ib_penalty` in train and eval; `loss` is the total.
     `eval_ce` is the number to compare with a plain SFTTrainer's `eval_loss`.
+
+    Beyond SFTTrainer: `model_init` (keyword, as in transformers' Trainer) builds the base model instead of `model`,
+    and `hyperparameter_search` searches IBLoraConfig and IBSFTConfig fields, a fresh adapter per trial
+    (docs/TUNING.md).
     """
 
     _tag_names = ["trl", "sft", "ib-lora", "information-bottleneck"]
@@ -127,7 +131,6 @@ class IBSFTTrainer(SFTTrainer):
         super().__init__(*call.args[1:], **call.kwargs)  # SFTTrainer's own argument checks come first
         check_has_ib_adapter(self.model)
         self.model_init = model_init  # as in Trainer: when set, every `train()` starts from a model it builds
-        self._ib_trial_adapter = {}  # the IBLoraConfig values of the hyperparameter-search trial being set up
         self._ib_bind(self.model)
         # Each trial's adapter is this one with the trial's values (Trainer's `peft_config` may be None).
         self._ib_adapter_config = copy.deepcopy(self._ib_config)
