@@ -37,6 +37,10 @@ def plot_trials(rows: Sequence[Mapping], parameters: Sequence[str], objective: s
     axes[0].set(xlabel="trial", ylabel=objective)
     for axis, name in zip(axes[1:], parameters):
         points = [(row[name], row["objective"]) for row in done if row.get(name) is not None]
-        axis.plot([str(x) if isinstance(x, str) else x for x, _ in points], [y for _, y in points], "o")
+        values = [x for x, _ in points]
+        axis.plot([str(x) if isinstance(x, str) else x for x in values], [y for _, y in points], "o")
         axis.set(xlabel=name)
+        numbers = [x for x in values if isinstance(x, (int, float)) and not isinstance(x, bool)]
+        if numbers and len(numbers) == len(values) and min(numbers) > 0 and max(numbers) >= 10 * min(numbers):
+            axis.set_xscale("log")  # a range over a decade or more, as log-drawn fields are
     figure.savefig(path, dpi=100)
