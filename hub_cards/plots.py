@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 
 def plot_against_m(
@@ -43,4 +44,5 @@ def plot_trials(rows: Sequence[Mapping], parameters: Sequence[str], objective: s
         numbers = [x for x in values if isinstance(x, (int, float)) and not isinstance(x, bool)]
         if numbers and len(numbers) == len(values) and min(numbers) > 0 and max(numbers) >= 10 * min(numbers):
             axis.set_xscale("log")  # a range over a decade or more, as log-drawn fields are
+            axis.xaxis.set_minor_formatter(NullFormatter())  # decades labelled only: minor labels overlap
     figure.savefig(path, dpi=100)
