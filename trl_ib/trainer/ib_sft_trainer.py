@@ -388,8 +388,7 @@ class IBSFTTrainer(SFTTrainer):
         config = self._ib_adapter_config
         causes = {
             "backend='ray' sends the trainer to each trial without its model": backend == HPSearchBackend.RAY,
-            "DeepSpeed ZeRO-3 shards the base model in place": self.is_deepspeed_enabled
-            and self.accelerator.state.deepspeed_plugin.zero_stage == 3,
+            "DeepSpeed ZeRO-3 shards the base model in place": self._is_zero3(),
             "FSDP shards the base model in place": self.is_fsdp_enabled,
             "bf16_full_eval / fp16_full_eval cast the base model's weights": self.args.bf16_full_eval
             or self.args.fp16_full_eval,
@@ -404,6 +403,9 @@ class IBSFTTrainer(SFTTrainer):
                     "model_init=..., a function returning the base model (e.g. lambda: "
                     "AutoModelForCausalLM.from_pretrained(model_id)); each trial's IBLoraConfig is applied to it."
                 )
+
+    def _is_zero3(self) -> bool:
+        return self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
 
     def _unloaded_base(self):
         """The base model under the current IB-LoRA adapter, that adapter unloaded (removed, not merged)."""
@@ -426,10 +428,9 @@ class IBSFTTrainer(SFTTrainer):
         if not isinstance(model, PeftModel):
             # As SFTTrainer applies `peft_config`: adapters in the base's dtype under ZeRO-3, input grads for
             # gradient checkpointing.
-            zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
             config = replace(copy.deepcopy(self._ib_adapter_config), **adapter_values)
             set_seed(self.args.seed)  # the adapter's initialization, whatever building the base drew
-            model = get_peft_model(model, config, autocast_adapter_dtype=not zero3)
+            model = get_peft_model(model, config, autocast_adapter_dtype=not self._is_zero3())
             if self.args.gradient_checkpointing:
                 model.enable_input_require_grads()
         elif adapter_values:

@@ -32,16 +32,21 @@ SHARED_FIELDS = ADAPTER_FIELDS & TRAINING_FIELDS  # ib_alpha, ib_beta
 CHOICE_TYPES = (bool, int, float, str, type(None))
 
 
+def check_field(name: str) -> None:
+    """A ValueError naming `name` where it is not a searchable field."""
+    if name not in ADAPTER_FIELDS | TRAINING_FIELDS:
+        raise ValueError(
+            f"search space field {name!r} is not a field of IBLoraConfig or IBSFTConfig (e.g. ib_alpha, ib_beta, "
+            "ib_dim, ib_layers, r, lora_alpha, learning_rate, ib_target_kl, num_train_epochs)."
+        )
+
+
 def check_space(space: dict[str, dict]) -> dict[str, dict]:
     """`space` as given, once every entry names a searchable field and a valid draw; else a ValueError naming it."""
     if not isinstance(space, dict) or not space:
         raise ValueError(f"search space {space!r}: expected a non-empty mapping of field name -> draw.")
     for name, draw in space.items():
-        if name not in ADAPTER_FIELDS | TRAINING_FIELDS:
-            raise ValueError(
-                f"search space field {name!r} is not a field of IBLoraConfig or IBSFTConfig (e.g. ib_alpha, ib_beta, "
-                "ib_dim, ib_layers, r, lora_alpha, learning_rate, ib_target_kl, num_train_epochs)."
-            )
+        check_field(name)
         if not isinstance(draw, dict):
             raise ValueError(
                 f"search space field {name!r}: {draw!r} is not a mapping; give low/high[/log] or choices."
@@ -106,9 +111,8 @@ def ray_space(space: dict[str, dict]):
 
 def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """A trial's values -> (IBSFTConfig values, IBLoraConfig values); ib_alpha / ib_beta go to both."""
-    unknown = set(params) - ADAPTER_FIELDS - TRAINING_FIELDS
-    if unknown:
-        check_space({name: {"choices": [None]} for name in sorted(unknown)})  # raises, naming the first
+    for name in params:
+        check_field(name)
     training = {k: v for k, v in params.items() if k in TRAINING_FIELDS}
     adapter = {k: v for k, v in params.items() if k in ADAPTER_FIELDS}
     return training, adapter
